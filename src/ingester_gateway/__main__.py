@@ -1,0 +1,3 @@
+from ingester_gateway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""App factory and routes; wiring only.
+
+Uploads go straight to raw ASGI handlers (the hot path); everything else is a thin
+Starlette app, where its conveniences cost nothing that matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ingester_gateway.config import Settings
+from ingester_gateway.errors import ApiError, ErrorDetail, ErrorEnvelope
+from ingester_gateway.gateway import Gateway
+from ingester_gateway.handlers import FILES_PREFIX, Receive, Scope, Send, UploadEndpoint, error_body
+from ingester_gateway.observability import get_logger, request_id_from
+from ingester_gateway.openapi import build_openapi
+
+_encoder = msgspec.json.Encoder()
+_log = get_logger("ingester_gateway.app")
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encoder.encode(payload), status, headers, media_type="application/json")
+
+
+def _request_id(request: Request) -> str:
+    return request_id_from(request.headers.get("x-request-id", "").encode("latin-1") or None)
+
+
+def _error(request: Request, status: int, code: str, message: str,
+           headers: dict[str, str] | None = None) -> Response:
+    rid = _request_id(request)
+    body = ErrorEnvelope(ErrorDetail(code, message, rid))
+    return _json(status, body, {"x-request-id": rid, **(headers or {})})
+
+
+def build_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp:
+    gw = gateway or Gateway(settings)
+    openapi = _encoder.encode(build_openapi())
+
+    async def live(request: Request) -> Response:
+        return _json(200, {"status": "alive"})
+
+    async def ready(request: Request) -> Response:
+        ok, details = gw.readiness()
+        return _json(200 if ok else 503, {"status": "ready" if ok else "not_ready", **details})
+
+    async def metrics(request: Request) -> Response:
+        gw.update_node_metrics()
+        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(openapi, media_type="application/json")
+
+    async def upload_progress(request: Request) -> Response:
+        principal = await gw.verifier.verify_header(
+            request.headers.get("authorization", "").encode("latin-1") or None
+        )
+        progress = gw.progress.get(request.path_params["upload_id"], principal.sub)
+        if progress is None:
+            raise ApiError(404, "not_found", "no such upload")
+        return _json(200, progress)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _error(request, exc.status, exc.code, exc.message,
+                      {k.decode(): v.decode() for k, v in exc.headers})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(request, exc.status_code, code, str(exc.detail), exc.headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    routes = [
+        Route("/api/v1/uploads/{upload_id}", upload_progress, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    for prefix in ("", "/api/v1"):
+        routes.append(Route(f"{prefix}/health/live", live, methods=["GET"]))
+        routes.append(Route(f"{prefix}/health/ready", ready, methods=["GET"]))
+    starlette = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: api_error, HTTPException: http_error},
+    )
+    return GatewayApp(gw, starlette)
+
+
+class GatewayApp:
+    """The ASGI callable: uploads to raw handlers, the rest to Starlette."""
+
+    def __init__(self, gateway: Gateway, starlette: Starlette) -> None:
+        self.gateway = gateway
+        self.starlette = starlette
+        self.uploads = UploadEndpoint(gateway)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            method, path = scope["method"], scope["path"]
+            if method == "PUT" and path.startswith(FILES_PREFIX) and len(path) > len(FILES_PREFIX):
+                await self._guarded(self.uploads.put_file, scope, receive, send)
+                return
+            if method == "POST" and path == "/api/v1/files/upload":
+                await self._guarded(self.uploads.post_multipart, scope, receive, send)
+                return
+        await self.starlette(scope, receive, send)
+
+    async def _guarded(self, handler: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        """Last line of defence: a bug answers a JSON 500, never a traceback."""
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await handler(scope, receive, tracking_send)
+        except Exception:
+            _log.exception("unhandled_error", path=scope["path"])
+            if not started:
+                error = ApiError(500, "internal_error", "internal error")
+                rid = request_id_from(dict(scope["headers"]).get(b"x-request-id"))
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": error_body(error, rid)})
+
+
+def app_from_environment() -> GatewayApp:
+    """uvicorn factory: each worker process builds its app from the environment."""
+    from ingester_gateway.config import load_settings
+    from ingester_gateway.observability import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return build_app(settings)

@@ -1,0 +1,141 @@
+"""`ingester-gateway serve | storage-element | keys | token | dev`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ingester_gateway.config import ConfigError, load_settings, parse_size
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"ingester-gateway: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from ingester_gateway.observability import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        "ingester_gateway.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=settings.access_log,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _storage_element(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ingester_gateway.auth import StaticKeySource, TokenVerifier
+    from ingester_gateway.observability import configure_logging
+    from ingester_gateway.storage_element.app import StorageElementApp
+    from ingester_gateway.storage_element.store import FileStore
+
+    configure_logging("warning" if args.quiet else "info", "json")
+    verifier = TokenVerifier(StaticKeySource.from_file(args.public_key_file))
+    app = StorageElementApp(
+        FileStore(args.data_dir, parse_size(args.capacity_bytes)),
+        verifier,
+        element_id=args.element_id,
+        mode=args.mode,
+        priority=args.priority,
+    )
+    uvicorn.run(
+        app, host=args.host, port=args.port, loop="uvloop", http="httptools",
+        lifespan="on", access_log=False, log_config=None, server_header=False,
+    )
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from ingester_gateway.tokens import generate_keypair
+
+    private, public = generate_keypair(args.out)
+    print(f"wrote {private} and {public}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from ingester_gateway.tokens import mint_token
+
+    pem = Path(args.private_key).read_bytes()
+    print(
+        mint_token(
+            pem, sub=args.sub, role=args.role, ttl=args.ttl, token_type=args.type, kid=args.kid
+        )
+    )
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from ingester_gateway.devrun import run_dev
+
+    return run_dev(Path(args.data_dir), args.port, args.se_port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ingester-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the gateway (configured by INGESTER_* variables)")
+    serve.set_defaults(func=_serve)
+
+    se = sub.add_parser("storage-element", help="start the reference Storage Element")
+    se.add_argument("--host", default="127.0.0.1")
+    se.add_argument("--port", type=int, default=8010)
+    se.add_argument("--data-dir", required=True)
+    se.add_argument("--mode", choices=["edit", "rw", "ro", "ar"], default="rw")
+    se.add_argument("--element-id", default="se-1")
+    se.add_argument("--capacity-bytes", default="100GiB", help="bytes, or 500MiB, 2TiB, ...")
+    se.add_argument("--priority", type=int, default=100)
+    se.add_argument("--public-key-file", required=True)
+    se.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    se.set_defaults(func=_storage_element)
+
+    keys = sub.add_parser("keys", help="write a dev RSA key pair (private.pem, public.pem)")
+    keys.add_argument("--out", required=True)
+    keys.set_defaults(func=_keys)
+
+    token = sub.add_parser("token", help="print an RS256 token in the Admin Module's format")
+    token.add_argument("--private-key", required=True)
+    token.add_argument("--sub", required=True)
+    token.add_argument("--role", default="user", choices=["user", "operator", "admin"])
+    token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    token.add_argument(
+        "--type", default="admin_user", choices=["admin_user", "service_account", "access"]
+    )
+    token.add_argument("--kid", default=None)
+    token.set_defaults(func=_token)
+
+    dev = sub.add_parser("dev", help="dev keys + a local Storage Element + the gateway")
+    dev.add_argument("--data-dir", default=".data")
+    dev.add_argument("--port", type=int, default=int(os.environ.get("INGESTER_PORT", "8020")))
+    dev.add_argument("--se-port", type=int, default=8021)
+    dev.set_defaults(func=_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError) as exc:
+        print(f"ingester-gateway: {exc}", file=sys.stderr)
+        return 1

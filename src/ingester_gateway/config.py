@@ -1,0 +1,147 @@
+"""Settings from `INGESTER_*` environment variables, decoded once at start.
+
+Every field of `Settings` is one variable: `block_size` is `INGESTER_BLOCK_SIZE`.
+A bad value stops start-up with one line that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+PREFIX = "INGESTER_"
+
+Role = Literal["user", "operator", "admin"]
+Codec = Literal["zstd", "brotli", "gzip", "none"]
+NodeMode = Literal["edit", "rw", "ro", "ar"]
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class StorageElementConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """One entry of the static registry (`INGESTER_STORAGE_ELEMENTS`)."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+    mode: NodeMode = "rw"
+    priority: int = 100
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = "0.0.0.0"
+    port: Port = 8020
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+
+    auth_public_key_file: str | None = None
+    auth_jwks_url: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_min_role: Role = "user"
+    auth_leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=300)] = 10
+    auth_max_token_bytes: Annotated[int, msgspec.Meta(ge=256, le=65536)] = 8192
+    auth_jwks_refresh_seconds: Seconds = 300.0
+    auth_token_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 4096
+
+    registry: Literal["static"] = "static"
+    storage_elements: list[StorageElementConfig] = msgspec.field(default_factory=list)
+    health_check_interval_seconds: Seconds = 5.0
+
+    max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 100 * 2**30
+    block_size: Annotated[int, msgspec.Meta(ge=2**12, le=2**26)] = 2**20
+    default_compression: Codec = "zstd"
+    zstd_level: Annotated[int, msgspec.Meta(ge=-7, le=22)] = 3
+    brotli_quality: Annotated[int, msgspec.Meta(ge=0, le=11)] = 4
+    gzip_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 6
+    allowed_content_types: list[str] = msgspec.field(default_factory=list)
+
+    client_body_timeout_seconds: Seconds = 60.0
+    upstream_connect_timeout_seconds: Seconds = 5.0
+    upstream_response_timeout_seconds: Seconds = 120.0
+
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.auth_public_key_file is None and self.auth_jwks_url is None:
+            raise ValueError(
+                "INGESTER_AUTH_PUBLIC_KEY_FILE or INGESTER_AUTH_JWKS_URL must be set"
+            )
+        if self.registry == "static" and not self.storage_elements:
+            raise ValueError(
+                "INGESTER_STORAGE_ELEMENTS: at least one storage element is required"
+                " with the static registry"
+            )
+        ids = [se.id for se in self.storage_elements]
+        if len(ids) != len(set(ids)):
+            raise ValueError("INGESTER_STORAGE_ELEMENTS: storage element ids must be unique")
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message is one line naming the variable."""
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_SIZE_FIELDS = {"max_upload_bytes", "block_size"}
+_JSON_FIELDS = {"storage_elements"}
+_LIST_FIELDS = {"allowed_content_types"}
+
+
+def parse_size(text: str) -> int:
+    """`1048576`, `1MiB`, `1M` and `1mb` all mean 2**20 bytes."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (use bytes or a suffix like 64KiB, 1GiB)")
+    number, unit = match.groups()
+    return int(number) * (_SIZE_UNITS[unit[0].lower()] if unit else 1)
+
+
+def _raw_value(name: str, text: str) -> Any:
+    if name in _SIZE_FIELDS:
+        return parse_size(text)
+    if name in _JSON_FIELDS:
+        return msgspec.json.decode(text)
+    if name in _LIST_FIELDS:
+        text = text.strip()
+        if text.startswith("["):
+            return msgspec.json.decode(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+def _env_name(path: str) -> str:
+    """`$.storage_elements[0].url` -> `INGESTER_STORAGE_ELEMENTS`."""
+    field = re.sub(r"^\$\.?", "", path).split("[")[0].split(".")[0]
+    return PREFIX + field.upper()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    known = set(Settings.__struct_fields__)
+    raw: dict[str, Any] = {}
+    for key, text in env.items():
+        if not key.startswith(PREFIX):
+            continue
+        name = key[len(PREFIX) :].lower()
+        if name not in known:
+            continue  # other tools share the prefix namespace; only known names are read
+        try:
+            raw[name] = _raw_value(name, text)
+        except (ValueError, msgspec.DecodeError) as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        where = message.rsplit(" - at `", 1)
+        if len(where) == 2:
+            path = where[1].rstrip("`")
+            detail = where[0][0].lower() + where[0][1:]
+            raise ConfigError(f"{_env_name(path)}: {detail} (at {path})") from None
+        raise ConfigError(message) from None

@@ -1,0 +1,282 @@
+"""The two upload endpoints as raw ASGI callables.
+
+Raw ASGI rather than Starlette's Request: the body is pulled with `receive()` piece by
+piece (no per-chunk wrappers), and auth runs before the first `receive()`, so a client
+that sent `Expect: 100-continue` is refused before it uploads anything.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from ingester_gateway.errors import ApiError, ErrorDetail, ErrorEnvelope, bad_request
+from ingester_gateway.gateway import Gateway
+from ingester_gateway.auth import Principal
+from ingester_gateway.models import iso_utc, parse_upload_options
+from ingester_gateway.observability import request_id_from
+from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drain_body
+from ingester_gateway.pipeline.digest import claimed_sha256
+from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
+from ingester_gateway.saga import UploadRequest, UploadSaga, validate_filename
+
+Outcome = Literal["stored", "rejected", "failed", "aborted"]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+FILES_PREFIX = "/api/v1/files/"
+DRAIN_SECONDS = 2.0
+DRAIN_BYTES = 64 * 2**20
+_encoder = msgspec.json.Encoder()
+_UPLOAD_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_WANTED = frozenset(
+    {
+        b"authorization", b"content-length", b"transfer-encoding", b"content-type",
+        b"x-request-id", b"x-upload-id", b"content-digest", b"x-checksum-sha256", b"expect",
+    }
+)
+
+
+class Exchange:
+    """What one upload request carries, read from the ASGI scope once."""
+
+    def __init__(self, scope: Scope) -> None:
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name in _WANTED:
+                headers[name] = value
+        self.headers = headers
+        self.scope = scope
+        self.request_id = request_id_from(headers.get(b"x-request-id"))
+        self.upload_id = _upload_id_from(headers.get(b"x-upload-id"))
+        self.response_headers = [
+            (b"x-request-id", self.request_id.encode()),
+            (b"x-upload-id", self.upload_id.encode()),
+        ]
+
+    def text(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    def content_length(self) -> int | None:
+        raw = self.headers.get(b"content-length")
+        if raw is None:
+            return None
+        if not raw.isdigit() or len(raw) > 19:
+            raise bad_request("invalid Content-Length")
+        return int(raw)
+
+    @property
+    def chunked(self) -> bool:
+        return b"chunked" in self.headers.get(b"transfer-encoding", b"").lower()
+
+    @property
+    def expects_continue(self) -> bool:
+        return self.headers.get(b"expect", b"").lower() == b"100-continue"
+
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(self.scope["query_string"].decode("latin-1"), keep_blank_values=True))
+
+
+def _upload_id_from(header: bytes | None) -> str:
+    """A client may name its upload (to poll progress while it is running)."""
+    if header is not None:
+        text = header.decode("latin-1")
+        if 8 <= len(text) <= 64 and set(text) <= _UPLOAD_ID_OK:
+            return text
+    return uuid.uuid4().hex
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_body(error: ApiError, request_id: str) -> bytes:
+    return _encoder.encode(ErrorEnvelope(ErrorDetail(error.code, error.message, request_id)))
+
+
+class UploadEndpoint:
+    """Shared skeleton of both upload routes: auth, options, saga, answer, accounting."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    async def put_file(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._handle(scope, receive, send, self._raw_source)
+
+    async def post_multipart(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._handle(scope, receive, send, self._multipart_source)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, source: _SourceFactory
+    ) -> None:
+        gw = self.gw
+        ex = Exchange(scope)
+        started = time.perf_counter()
+        body: RequestBody | None = None
+        saga: UploadSaga | None = None
+        status = 201
+        outcome: Outcome = "stored"
+        gw.metrics.in_flight.inc()
+        try:
+            principal = await gw.verifier.verify_header(ex.headers.get(b"authorization"))
+            length = ex.content_length()
+            if length is None and not ex.chunked:
+                raise ApiError(411, "length_required", "send Content-Length or a chunked body")
+            limit = gw.settings.max_upload_bytes
+            if length is not None and length > limit:
+                raise ApiError(413, "payload_too_large", f"upload exceeds the limit of {limit} bytes")
+            body = RequestBody(
+                receive, content_length=length, limit=limit,
+                idle_timeout=gw.settings.client_body_timeout_seconds,
+            )
+            request, pieces, after_data = await source(ex, body, principal)
+            saga = UploadSaga(gw, request)
+            if not gw.progress.open(ex.upload_id, principal.sub, saga.progress):
+                raise ApiError(409, "upload_id_in_use", "X-Upload-Id is already in use")
+            result = await saga.run(pieces, after_data)
+            saga.progress.state = "stored"
+            saga.progress.finished_at = iso_utc(time.time())
+            await send_json(send, 201, _encoder.encode(result), ex.response_headers)
+            gw.metrics.compression_ratio.labels(result.compression_algorithm).observe(
+                result.compression_ratio
+            )
+            gw.metrics.bytes_out.labels(result.storage_element_id).inc(result.stored_size)
+            gw.log.info(
+                "upload_stored", request_id=ex.request_id, upload_id=ex.upload_id,
+                sub=principal.sub, node=result.storage_element_id, file_id=result.file_id,
+                file_size=result.file_size, stored_size=result.stored_size,
+                codec=result.compression_algorithm, seconds=round(time.perf_counter() - started, 4),
+            )
+        except ApiError as exc:
+            status = exc.status
+            outcome = "rejected" if status < 500 else "failed"
+            self._mark_failed(saga, exc.message)
+            await self._answer_error(ex, receive, send, body, exc)
+        except ClientDisconnected:
+            status, outcome = 499, "aborted"
+            self._mark_failed(saga, "client disconnected")
+            gw.log.info("upload_aborted", request_id=ex.request_id, upload_id=ex.upload_id)
+        finally:
+            gw.metrics.in_flight.dec()
+            if saga is not None:
+                gw.progress.close(ex.upload_id)
+                node = saga.progress.storage_element_id
+                if node is not None:
+                    gw.metrics.node_uploads.labels(node, outcome).inc()
+            if body is not None:
+                gw.metrics.bytes_in.inc(body.bytes_received)
+            gw.metrics.uploads.labels(outcome, str(status)).inc()
+            gw.metrics.duration.labels(outcome).observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _mark_failed(saga: UploadSaga | None, message: str) -> None:
+        if saga is not None:
+            saga.progress.state = "failed"
+            saga.progress.error = message
+            saga.progress.finished_at = iso_utc(time.time())
+
+    async def _answer_error(
+        self, ex: Exchange, receive: Receive, send: Send, body: RequestBody | None, exc: ApiError
+    ) -> None:
+        headers = [*ex.response_headers, *exc.headers]
+        unread = body is None or not body.complete
+        has_body = ex.chunked or ex.headers.get(b"content-length", b"0") != b"0"
+        if unread and has_body:
+            # Answer, then close: the rest of the body is not wanted. Read a bounded
+            # amount first so the client sees the answer instead of a TCP reset; a
+            # client waiting on `100-continue` has sent nothing and is not invited to.
+            if body is not None or not ex.expects_continue:
+                await drain_body(receive, DRAIN_SECONDS, DRAIN_BYTES)
+            headers.append((b"connection", b"close"))
+        if exc.status >= 500:
+            self.gw.log.warning(
+                "upload_failed", request_id=ex.request_id, upload_id=ex.upload_id,
+                status=exc.status, code=exc.code, error=exc.message,
+            )
+        await send_json(send, exc.status, error_body(exc, ex.request_id), headers)
+
+    async def _raw_source(
+        self, ex: Exchange, body: RequestBody, principal: Principal
+    ) -> tuple[UploadRequest, AsyncIterator[bytes], Callable[[], Awaitable[None]]]:
+        path: str = ex.scope["path"]
+        filename = validate_filename(path[len(FILES_PREFIX) :])
+        request = UploadRequest(
+            upload_id=ex.upload_id,
+            request_id=ex.request_id,
+            principal=principal,
+            filename=filename,
+            declared_content_type=ex.text(b"content-type"),
+            options=parse_upload_options(ex.query()),
+            expected_size=body.content_length,
+            claimed_sha256=claimed_sha256(ex.text(b"content-digest"), ex.text(b"x-checksum-sha256")),
+        )
+        return request, body.__aiter__(), _nothing_after
+
+    async def _multipart_source(
+        self, ex: Exchange, body: RequestBody, principal: Principal
+    ) -> tuple[UploadRequest, AsyncIterator[bytes], Callable[[], Awaitable[None]]]:
+        boundary = boundary_from(ex.text(b"content-type") or "")
+        claimed = claimed_sha256(ex.text(b"content-digest"), ex.text(b"x-checksum-sha256"))
+        reader = MultipartReader(body, boundary)
+        fields: dict[str, str] = {}
+        while True:
+            part = await reader.next_part()
+            if part is None:
+                raise bad_request("the form has no 'file' part", "missing_file")
+            if part.name == "file":
+                break
+            if part.filename is not None:
+                raise bad_request(f"unexpected file part {part.name!r}; send the file as 'file'")
+            fields[part.name] = await reader.read_value()
+        request = UploadRequest(
+            upload_id=ex.upload_id,
+            request_id=ex.request_id,
+            principal=principal,
+            filename=validate_filename(part.filename or fields.get("filename") or "upload.bin"),
+            declared_content_type=part.content_type,
+            options=parse_upload_options(fields),
+            # The request's length bounds the file's; it is what is reserved on the node.
+            expected_size=body.content_length,
+            claimed_sha256=claimed,
+        )
+
+        async def nothing_after_file() -> None:
+            trailing = await reader.next_part()
+            if trailing is not None:
+                raise bad_request(
+                    f"field {trailing.name!r} comes after the file part; "
+                    "control fields must come before 'file'",
+                    "field_after_file",
+                )
+
+        return request, reader.iter_data(), nothing_after_file
+
+
+_SourceFactory = Callable[
+    [Exchange, RequestBody, Principal],
+    Awaitable[tuple[UploadRequest, AsyncIterator[bytes], Callable[[], Awaitable[None]]]],
+]
+
+
+async def _nothing_after() -> None:
+    return None

@@ -1,0 +1,133 @@
+"""The data model at the edges: upload options in, results and progress out."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ingester_gateway.errors import bad_request
+
+RetentionPolicy = Literal["temporary", "permanent"]
+CodecName = Literal["zstd", "brotli", "gzip", "none"]
+UploadState = Literal["receiving", "storing", "stored", "failed"]
+
+RETENTION_BY_MODE: dict[str, RetentionPolicy] = {"edit": "temporary", "rw": "permanent"}
+MODE_BY_RETENTION: dict[RetentionPolicy, str] = {"temporary": "edit", "permanent": "rw"}
+
+MAX_METADATA_BYTES = 16 * 1024
+MAX_DESCRIPTION_CHARS = 4096
+
+
+class UploadOptions(msgspec.Struct, kw_only=True):
+    """Options of one upload, from query parameters (PUT) or form fields (multipart)."""
+
+    description: Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION_CHARS)] = ""
+    retention_policy: RetentionPolicy = "permanent"
+    ttl_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] | None = None
+    compress: bool | None = None  # None: compress unless the data is already compressed
+    compression_algorithm: CodecName | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_OPTION_NAMES = frozenset(UploadOptions.__struct_fields__) | {"storage_mode"}
+_metadata_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def iso_utc(timestamp: float) -> str:
+    """`2026-11-22T10:00:00.123Z` for a unix time."""
+    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_upload_options(fields: Mapping[str, str]) -> UploadOptions:
+    """Decode string fields into options; a bad value is a 400 that names the field."""
+    raw: dict[str, Any] = {k: v for k, v in fields.items() if k in _OPTION_NAMES}
+    mode = raw.pop("storage_mode", None)
+    if mode is not None:
+        if mode not in RETENTION_BY_MODE:
+            raise bad_request("storage_mode must be 'edit' or 'rw'", "invalid_parameter")
+        alias = RETENTION_BY_MODE[mode]
+        if raw.get("retention_policy", alias) != alias:
+            raise bad_request(
+                "storage_mode and retention_policy disagree", "invalid_parameter"
+            )
+        raw["retention_policy"] = alias
+    metadata = raw.pop("metadata", None)
+    if metadata is not None and metadata != "":
+        if len(metadata) > MAX_METADATA_BYTES:
+            raise bad_request(
+                f"metadata is larger than {MAX_METADATA_BYTES} bytes", "invalid_parameter"
+            )
+        try:
+            raw["metadata"] = _metadata_decoder.decode(metadata)
+        except msgspec.DecodeError:
+            raise bad_request("metadata must be a JSON object", "invalid_parameter") from None
+    for name in ("ttl_days", "compress", "compression_algorithm"):
+        if raw.get(name) == "":
+            del raw[name]
+    try:
+        options = msgspec.convert(raw, UploadOptions, strict=False)
+    except msgspec.ValidationError as exc:
+        raise bad_request(_describe(exc), "invalid_parameter") from None
+    if options.ttl_days is not None and options.retention_policy != "temporary":
+        raise bad_request(
+            "ttl_days applies only to retention_policy=temporary", "invalid_parameter"
+        )
+    return options
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    message, _, path = str(exc).partition(" - at `$.")
+    field = path.rstrip("`").split("[")[0] or "options"
+    return f"{field}: {message[0].lower()}{message[1:]}"
+
+
+class UploadResult(msgspec.Struct):
+    """The 201 body of a finished upload."""
+
+    file_id: str
+    original_filename: str
+    storage_filename: str
+    content_type: str
+    file_size: int
+    stored_size: int
+    compressed: bool
+    compression_algorithm: CodecName
+    compression_ratio: float
+    checksum: str
+    stored_checksum: str
+    uploaded_at: str
+    storage_element_id: str
+    storage_element_url: str
+    retention_policy: RetentionPolicy
+    ttl_expires_at: str | None
+    upload_id: str
+
+
+class UploadProgress(msgspec.Struct):
+    """State of one upload, readable while it runs (`GET /api/v1/uploads/{id}`)."""
+
+    upload_id: str
+    state: UploadState
+    filename: str
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    expected_bytes: int | None = None
+    storage_element_id: str | None = None
+    file_id: str | None = None
+    error: str | None = None
+    started_at: str = ""
+    finished_at: str | None = None
+
+
+class StorageUploadReply(msgspec.Struct):
+    """What a Storage Element answers to a successful upload."""
+
+    file_id: str
+    checksum: str
+    file_size: int | None = None
+    original_filename: str | None = None
+    message: str | None = None

@@ -1,0 +1,128 @@
+"""`/openapi.json`: the public API, with schemas generated from the msgspec structs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ingester_gateway import __version__
+from ingester_gateway.errors import ErrorEnvelope
+from ingester_gateway.models import UploadOptions, UploadProgress, UploadResult
+
+_REF = "#/components/schemas/{name}"
+
+
+def _query_parameters() -> list[dict[str, Any]]:
+    params = []
+    _, components = msgspec.json.schema_components([UploadOptions], ref_template=_REF)
+    for name, prop in components["UploadOptions"]["properties"].items():
+        params.append({"name": name, "in": "query", "required": False, "schema": prop})
+    params.append(
+        {"name": "storage_mode", "in": "query", "required": False,
+         "schema": {"enum": ["edit", "rw"]}, "description": "alias of retention_policy"}
+    )
+    for p in params:
+        if p["name"] == "metadata":
+            p["schema"] = {"type": "string", "description": "a JSON object"}
+    return params
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {
+        str(code): {
+            "description": "error",
+            "content": {"application/json": {"schema": {"$ref": _REF.format(name="ErrorEnvelope")}}},
+        }
+        for code in codes
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        [UploadResult, UploadProgress, ErrorEnvelope, UploadOptions], ref_template=_REF
+    )
+    created = {
+        "201": {
+            "description": "stored",
+            "content": {"application/json": {"schema": {"$ref": _REF.format(name="UploadResult")}}},
+        },
+        **_errors(400, 401, 403, 408, 411, 413, 415, 422, 502, 503, 507),
+    }
+    form_fields = {
+        name: {"type": "string"}
+        for name in ("description", "retention_policy", "storage_mode", "ttl_days", "compress",
+                     "compression_algorithm", "metadata")
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ingester-gateway", "version": __version__},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/files/upload": {
+                "post": {
+                    "summary": "Upload a file as multipart/form-data (control fields before 'file')",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["file"],
+                                    "properties": {
+                                        **form_fields,
+                                        "file": {"type": "string", "format": "binary"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": created,
+                }
+            },
+            "/api/v1/files/{filename}": {
+                "put": {
+                    "summary": "Upload a raw body (Content-Length or chunked)",
+                    "parameters": [
+                        {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}},
+                        *_query_parameters(),
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "responses": created,
+                }
+            },
+            "/api/v1/uploads/{upload_id}": {
+                "get": {
+                    "summary": "Progress of an upload (visible to its uploader only)",
+                    "parameters": [
+                        {"name": "upload_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "progress",
+                            "content": {
+                                "application/json": {"schema": {"$ref": _REF.format(name="UploadProgress")}}
+                            },
+                        },
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/health/live": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
+            "/health/ready": {
+                "get": {
+                    "summary": "Readiness: a writable storage element answered recently",
+                    "security": [],
+                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                }
+            },
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "metrics"}}}},
+        },
+    }

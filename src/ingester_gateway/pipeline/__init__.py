@@ -1,0 +1,1 @@
+"""The data path: request body pieces -> blocks -> digest and codec -> upstream."""

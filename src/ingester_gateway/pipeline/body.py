@@ -1,0 +1,133 @@
+"""The request body as an async iterator of pieces, read straight from ASGI `receive()`.
+
+This is the hot path, so it is raw ASGI: one `receive()` per piece (uvicorn hands
+over up to 64 KiB), byte counting against the declared length and the size limit,
+and a cheap idle watchdog instead of a `wait_for` (which would cost a task per piece).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from ingester_gateway.errors import ApiError
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the body was complete."""
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"upload exceeds the limit of {limit} bytes")
+
+
+class RequestBody:
+    """Yields body pieces; raises 413 past `limit`, 400 on a length mismatch,
+    ClientDisconnected when the client goes away, 408 after `idle_timeout`."""
+
+    def __init__(
+        self,
+        receive: Receive,
+        *,
+        content_length: int | None,
+        limit: int,
+        idle_timeout: float,
+    ) -> None:
+        self._receive = receive
+        self.content_length = content_length
+        self._limit = limit
+        self._idle_timeout = idle_timeout
+        self.bytes_received = 0
+        self.complete = False
+        self.timed_out = False
+        self._waiting_since: float | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        if self.complete:
+            return
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        watchdog = _IdleWatchdog(self, loop, task)
+        try:
+            more = True
+            while more:
+                self._waiting_since = loop.time()
+                message = await self._receive()
+                self._waiting_since = None
+                if message["type"] != "http.request":
+                    raise ClientDisconnected()
+                piece: bytes = message.get("body", b"")
+                more = message.get("more_body", False)
+                if piece:
+                    self.bytes_received += len(piece)
+                    if self.bytes_received > self._limit:
+                        raise too_large(self._limit)
+                    if self.content_length is not None and self.bytes_received > self.content_length:
+                        raise ApiError(400, "length_mismatch", "body longer than Content-Length")
+                    yield piece
+            if self.content_length is not None and self.bytes_received != self.content_length:
+                raise ApiError(400, "length_mismatch", "body shorter than Content-Length")
+            self.complete = True
+        except asyncio.CancelledError:
+            if self.timed_out:
+                if task is not None:
+                    task.uncancel()
+                raise ApiError(
+                    408, "request_timeout", f"no body data for {self._idle_timeout:g} s"
+                ) from None
+            raise
+        finally:
+            watchdog.stop()
+
+    def idle_for(self, now: float) -> float:
+        since = self._waiting_since
+        return 0.0 if since is None else now - since
+
+
+class _IdleWatchdog:
+    """Cancels the reading task when it has waited on the client for too long."""
+
+    def __init__(
+        self, body: RequestBody, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None
+    ) -> None:
+        self._body = body
+        self._loop = loop
+        self._task = task
+        self._interval = max(body._idle_timeout / 4, 0.05)
+        self._handle = loop.call_later(self._interval, self._check)
+
+    def _check(self) -> None:
+        body = self._body
+        if body.idle_for(self._loop.time()) >= body._idle_timeout and self._task is not None:
+            body.timed_out = True
+            self._task.cancel()
+            return
+        self._handle = self._loop.call_later(self._interval, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+async def drain_body(receive: Receive, max_seconds: float, max_bytes: int) -> None:
+    """Read and drop what the client still sends, bounded, so an early error
+    response is not lost to a TCP reset when the connection closes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_seconds
+    drained = 0
+    try:
+        async with asyncio.timeout_at(deadline):
+            while drained < max_bytes:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                drained += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return

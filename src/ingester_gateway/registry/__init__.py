@@ -1,0 +1,42 @@
+"""Where Storage Elements are known from: one Protocol, one source per module."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import msgspec
+
+NodeStatus = Literal["ok", "degraded", "down", "unknown"]
+WRITABLE_MODES = frozenset({"edit", "rw"})
+
+
+class NodeRecord(msgspec.Struct, frozen=True):
+    """One Storage Element as the gateway sees it."""
+
+    id: str
+    url: str
+    mode: str
+    status: NodeStatus = "unknown"
+    priority: int = 100
+    capacity_total: int | None = None
+    capacity_used: int | None = None
+    capacity_available: int | None = None
+    last_seen: float | None = None  # unix time of the last heartbeat or health answer
+
+    @property
+    def writable(self) -> bool:
+        return self.mode in WRITABLE_MODES
+
+
+class NodeRegistry(Protocol):
+    """A live view of the Storage Elements; reads are in-memory and never block."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def nodes(self) -> list[NodeRecord]: ...
+
+    def is_stale(self) -> bool:
+        """True when the view could not be refreshed recently (its source is down)."""
+        ...

@@ -1,0 +1,330 @@
+"""One upload, step by step, each step with its compensation.
+
+    select a node and reserve room  -> release the reservation
+    stream blocks to the node       -> abort the request (the SE drops the partial)
+    commit (closing boundary)       -> delete the stored file
+    verify the SE's checksum        -> (failure compensates the commit)
+
+The closing boundary of the upstream multipart body is held back until the whole
+client body has been read and checked (length, digest, form shape). Until then the
+SE cannot have stored anything, so most failures need only an abort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ingester_gateway.auth import Principal
+from ingester_gateway.errors import ApiError, unavailable
+from ingester_gateway.models import (
+    CodecName,
+    UploadOptions,
+    UploadProgress,
+    UploadResult,
+    iso_utc,
+)
+from ingester_gateway.pipeline.blocks import coalesce
+from ingester_gateway.pipeline.encode import BlockEncoder
+from ingester_gateway.pipeline.sniff import (
+    Sniffed,
+    content_type_allowed,
+    resolve_content_type,
+    sniff,
+)
+from ingester_gateway.registry import NodeRecord
+from ingester_gateway.upstream import MultipartFraming, UpstreamError
+
+if TYPE_CHECKING:
+    from ingester_gateway.gateway import Gateway
+
+SNIFF_BYTES = 8192
+
+
+@dataclass(slots=True)
+class UploadRequest:
+    upload_id: str
+    request_id: str
+    principal: Principal
+    filename: str
+    declared_content_type: str | None
+    options: UploadOptions
+    expected_size: int | None = None
+    claimed_sha256: bytes | None = None
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """Mutable state shared between the producer and the upstream body."""
+
+    node: NodeRecord
+    file_id: str
+    committed: bool = False  # the closing boundary went out: the SE may hold the file
+    producing: bool = True
+    upstream_failed: bool = False
+    bytes_sent: int = 0
+    progress: UploadProgress | None = field(default=None, repr=False)
+
+
+def choose_codec(options: UploadOptions, sniffed: Sniffed, default: CodecName) -> CodecName:
+    if options.compress is False:
+        return "none"
+    algorithm = options.compression_algorithm or default
+    if options.compress is True:
+        return "zstd" if algorithm == "none" and options.compression_algorithm is None else algorithm
+    if algorithm == "none" or sniffed.compressed:
+        return "none"
+    return algorithm
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_filename(name: str) -> str:
+    """An ASCII basename the SE can store and serve back (the original stays ours)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
+    base = _UNSAFE.sub("_", base).strip("._")[:200]
+    return base or "file"
+
+
+def validate_filename(name: str) -> str:
+    if not name or len(name) > 1024:
+        raise ApiError(400, "invalid_filename", "filename must be 1 to 1024 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ApiError(400, "invalid_filename", "filename contains control characters")
+    return name
+
+
+def _map_upstream(exc: UpstreamError) -> ApiError:
+    if exc.kind in ("connect", "refused"):
+        return unavailable(f"no storage element could take the upload: {exc.message}")
+    if exc.kind == "full":
+        return ApiError(507, "insufficient_storage", exc.message)
+    if exc.kind == "too_large":
+        return ApiError(413, "payload_too_large", exc.message)
+    return ApiError(502, "storage_failed", exc.message)
+
+
+class UploadSaga:
+    def __init__(self, gateway: Gateway, request: UploadRequest) -> None:
+        self.gw = gateway
+        self.req = request
+        self.progress = UploadProgress(
+            upload_id=request.upload_id,
+            state="receiving",
+            filename=request.filename,
+            expected_bytes=request.expected_size,
+            started_at=iso_utc(time.time()),
+        )
+
+    async def run(
+        self, pieces: AsyncIterator[bytes], after_data: Callable[[], Awaitable[None]]
+    ) -> UploadResult:
+        """Store the upload. `pieces` is the file data; `after_data` checks what follows
+        it in the request (nothing, for a raw body) before anything is committed."""
+        gw, req = self.gw, self.req
+        blocks = coalesce(pieces, gw.settings.block_size).__aiter__()
+        first = await anext(blocks, None)
+        head = (first or b"")[:SNIFF_BYTES]
+        sniffed = sniff(head)
+        content_type = resolve_content_type(sniffed, req.declared_content_type)
+        if not content_type_allowed(content_type, gw.settings.allowed_content_types):
+            raise ApiError(415, "unsupported_media_type", f"content type {content_type} is not accepted")
+        codec = gw.codecs[choose_codec(req.options, sniffed, gw.settings.default_compression)]
+
+        node = gw.select_node(req.options.retention_policy, req.expected_size or 0)
+        if node is None:
+            raise unavailable("no writable storage element is available")
+        attempt = _Attempt(node=node, file_id=str(uuid.uuid4()), progress=self.progress)
+        self.progress.storage_element_id = node.id
+        self.progress.file_id = attempt.file_id
+        reservation = req.expected_size or 0
+        gw.reserve(node.id, reservation)
+        try:
+            return await self._stream(attempt, codec.name, content_type, first, blocks, after_data)
+        finally:
+            gw.release(node.id, reservation)
+
+    async def _stream(
+        self,
+        attempt: _Attempt,
+        codec_name: CodecName,
+        content_type: str,
+        first: bytes | None,
+        blocks: AsyncIterator[bytes],
+        after_data: Callable[[], Awaitable[None]],
+    ) -> UploadResult:
+        gw, req = self.gw, self.req
+        codec = gw.codecs[codec_name]
+        encoder = BlockEncoder(codec, gw.executor)
+        framing = MultipartFraming()
+        storage_name = safe_filename(req.filename) + codec.extension
+        preamble = b"".join(
+            [
+                framing.field("file_id", attempt.file_id),
+                framing.field("description", req.options.description),
+                framing.field("version", "1"),
+                framing.field("retention_policy", req.options.retention_policy),
+                framing.field("content_type", content_type),
+                framing.field("compression_algorithm", codec.name),
+                framing.field("uploaded_by", req.principal.sub),
+                framing.file_header(
+                    storage_name, codec.media_type if codec.name != "none" else content_type
+                ),
+            ]
+        )
+        channel: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
+        loop = asyncio.get_running_loop()
+        closing: asyncio.Future[bytes] = loop.create_future()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield preamble
+            while (chunk := await channel.get()) is not None:
+                attempt.bytes_sent += len(chunk)
+                self.progress.bytes_sent = attempt.bytes_sent
+                yield chunk
+            tail = await closing
+            attempt.committed = True
+            yield tail
+
+        headers = {"X-Request-ID": req.request_id, **gw.upstream_headers(req.principal)}
+        upstream = asyncio.create_task(
+            gw.storage.upload(attempt.node, body(), framing.content_type, headers)
+        )
+        producer = asyncio.current_task()
+        assert producer is not None
+
+        def upstream_done(task: asyncio.Task[object]) -> None:
+            # The SE failed or answered early while we still produce: stop producing.
+            if attempt.producing and not task.cancelled():
+                attempt.upstream_failed = True
+                producer.cancel()
+
+        upstream.add_done_callback(upstream_done)
+        try:
+            try:
+                await self._produce(encoder, first, blocks, channel)
+                await after_data()
+                self._check_claimed_digest(encoder)
+                self.progress.state = "storing"
+                attempt.producing = False
+                closing.set_result(
+                    framing.file_end()
+                    + framing.field("original_size", str(encoder.original_size))
+                    + framing.field("original_checksum", encoder.original_hex)
+                    + framing.closing()
+                )
+            except asyncio.CancelledError:
+                if not attempt.upstream_failed:
+                    raise
+                producer.uncancel()
+            attempt.producing = False
+            reply = await upstream
+        except UpstreamError as exc:
+            if attempt.committed:  # the SE may have stored it before failing
+                await self._compensate_commit(attempt.node, attempt.file_id, headers)
+            raise _map_upstream(exc) from None
+        except BaseException:
+            attempt.producing = False
+            await self._abort(upstream, attempt)
+            raise
+
+        if reply.checksum.lower() != encoder.stored_hex or (
+            reply.file_size is not None and reply.file_size != encoder.stored_size
+        ):
+            await self._compensate_commit(attempt.node, reply.file_id, headers)
+            raise ApiError(
+                502, "checksum_mismatch",
+                "the storage element stored different bytes than were sent; the copy was removed",
+            )
+        return self._result(attempt, reply.file_id, encoder, codec_name, content_type, storage_name)
+
+    async def _produce(
+        self,
+        encoder: BlockEncoder,
+        first: bytes | None,
+        blocks: AsyncIterator[bytes],
+        channel: asyncio.Queue[bytes | None],
+    ) -> None:
+        """Encode block N in a worker thread while block N+1 is read from the client
+        and block N-1 is written to the SE by aiohttp's writer task."""
+        block = first
+        while block is not None:
+            encoded = encoder.submit(block)
+            following = await anext(blocks, None)
+            out = await encoded
+            self.progress.bytes_received = encoder.original_size
+            if out:
+                await channel.put(out)
+            block = following
+        tail = encoder.finish()
+        if tail:
+            await channel.put(tail)
+        await channel.put(None)
+
+    def _check_claimed_digest(self, encoder: BlockEncoder) -> None:
+        claimed = self.req.claimed_sha256
+        if claimed is not None and claimed != encoder.original_digest:
+            raise ApiError(
+                422, "digest_mismatch",
+                f"the body's sha256 is {encoder.original_hex}, not what the client declared",
+            )
+
+    async def _abort(self, upstream: asyncio.Task[object], attempt: _Attempt) -> None:
+        """Cancel the SE request (it drops the partial); a committed body is deleted."""
+        upstream.cancel()
+        await asyncio.gather(upstream, return_exceptions=True)
+        if attempt.committed:
+            headers = self.gw.upstream_headers(self.req.principal)
+            await self._compensate_commit(attempt.node, attempt.file_id, headers)
+
+    async def _compensate_commit(
+        self, node: NodeRecord, file_id: str, headers: dict[str, str]
+    ) -> None:
+        if not await self.gw.storage.delete(node, file_id, headers):
+            self.gw.metrics.compensation_failures.labels(node.id).inc()
+            self.gw.log.error(
+                "compensation_failed", node=node.id, file_id=file_id,
+                upload_id=self.req.upload_id,
+            )
+
+    def _result(
+        self,
+        attempt: _Attempt,
+        file_id: str,
+        encoder: BlockEncoder,
+        codec_name: CodecName,
+        content_type: str,
+        storage_name: str,
+    ) -> UploadResult:
+        now = time.time()
+        ttl_days = self.req.options.ttl_days
+        node = attempt.node
+        return UploadResult(
+            file_id=file_id,
+            original_filename=self.req.filename,
+            storage_filename=storage_name,
+            content_type=content_type,
+            file_size=encoder.original_size,
+            stored_size=encoder.stored_size,
+            compressed=codec_name != "none",
+            compression_algorithm=codec_name,
+            compression_ratio=round(encoder.original_size / encoder.stored_size, 4)
+            if encoder.stored_size
+            else 1.0,
+            checksum=encoder.original_hex,
+            stored_checksum=encoder.stored_hex,
+            uploaded_at=iso_utc(now),
+            storage_element_id=node.id,
+            storage_element_url=node.url,
+            retention_policy=self.req.options.retention_policy,
+            ttl_expires_at=iso_utc(now + ttl_days * 86400) if ttl_days else None,
+            upload_id=self.req.upload_id,
+        )

@@ -1,0 +1,1 @@
+"""The reference artStore-compatible Storage Element shipped with the gateway."""
