@@ -17,11 +17,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from ingester_gateway.config import Settings
 from ingester_gateway.errors import ApiError, ErrorDetail, ErrorEnvelope
 from ingester_gateway.gateway import Gateway
-from ingester_gateway.handlers import FILES_PREFIX, Receive, Scope, Send, UploadEndpoint, error_body
+from ingester_gateway.handlers import FILES_PREFIX, UploadEndpoint, error_body
 from ingester_gateway.observability import get_logger, request_id_from
 from ingester_gateway.openapi import build_openapi
 
@@ -37,8 +38,9 @@ def _request_id(request: Request) -> str:
     return request_id_from(request.headers.get("x-request-id", "").encode("latin-1") or None)
 
 
-def _error(request: Request, status: int, code: str, message: str,
-           headers: dict[str, str] | None = None) -> Response:
+def _error(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
     rid = _request_id(request)
     body = ErrorEnvelope(ErrorDetail(code, message, rid))
     return _json(status, body, {"x-request-id": rid, **(headers or {})})
@@ -73,13 +75,18 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp:
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return _error(request, exc.status, exc.code, exc.message,
-                      {k.decode(): v.decode() for k, v in exc.headers})
+        return _error(
+            request,
+            exc.status,
+            exc.code,
+            exc.message,
+            {k.decode(): v.decode() for k, v in exc.headers},
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(request, exc.status_code, code, str(exc.detail), exc.headers)
+        return _error(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -128,7 +135,7 @@ class GatewayApp:
         """Last line of defence: a bug answers a JSON 500, never a traceback."""
         started = False
 
-        async def tracking_send(message: dict[str, Any]) -> None:
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             started = True
             await send(message)
@@ -140,9 +147,16 @@ class GatewayApp:
             if not started:
                 error = ApiError(500, "internal_error", "internal error")
                 rid = request_id_from(dict(scope["headers"]).get(b"x-request-id"))
-                await send({"type": "http.response.start", "status": 500,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"connection", b"close")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"connection", b"close"),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": error_body(error, rid)})
 
 

@@ -56,8 +56,15 @@ def _storage_element(args: argparse.Namespace) -> int:
         priority=args.priority,
     )
     uvicorn.run(
-        app, host=args.host, port=args.port, loop="uvloop", http="httptools",
-        lifespan="on", access_log=False, log_config=None, server_header=False,
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
     )
     return 0
 

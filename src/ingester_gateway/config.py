@@ -69,9 +69,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.auth_public_key_file is None and self.auth_jwks_url is None:
-            raise ValueError(
-                "INGESTER_AUTH_PUBLIC_KEY_FILE or INGESTER_AUTH_JWKS_URL must be set"
-            )
+            raise ValueError("INGESTER_AUTH_PUBLIC_KEY_FILE or INGESTER_AUTH_JWKS_URL must be set")
         if self.registry == "static" and not self.storage_elements:
             raise ValueError(
                 "INGESTER_STORAGE_ELEMENTS: at least one storage element is required"

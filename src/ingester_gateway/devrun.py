@@ -16,11 +16,13 @@ from pathlib import Path
 from ingester_gateway.tokens import generate_keypair, mint_token
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_ready(
+    name: str, url: str, process: subprocess.Popen[bytes], timeout: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[3]} exited with status {process.returncode}")
+            raise RuntimeError(f"{name} exited with status {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback)
                 if resp.status == 200:
@@ -57,12 +59,28 @@ def run_dev(data_dir: Path, port: int, se_port: int) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         se = subprocess.Popen(
-            [python, "-m", "ingester_gateway", "storage-element", "--host", "127.0.0.1",
-             "--port", str(se_port), "--data-dir", str(data_dir / "se-1"), "--mode", "rw",
-             "--element-id", "se-1", "--public-key-file", str(public), "--quiet"]
+            [
+                python,
+                "-m",
+                "ingester_gateway",
+                "storage-element",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(se_port),
+                "--data-dir",
+                str(data_dir / "se-1"),
+                "--mode",
+                "rw",
+                "--element-id",
+                "se-1",
+                "--public-key-file",
+                str(public),
+                "--quiet",
+            ]
         )
         processes.append(se)
-        wait_ready(f"http://127.0.0.1:{se_port}/health/ready", se)
+        wait_ready("the storage element", f"http://127.0.0.1:{se_port}/health/ready", se)
         env = {
             "INGESTER_HOST": "127.0.0.1",
             "INGESTER_LOG_FORMAT": "text",
@@ -75,8 +93,10 @@ def run_dev(data_dir: Path, port: int, se_port: int) -> int:
         }
         gateway = subprocess.Popen([python, "-m", "ingester_gateway", "serve"], env=env)
         processes.append(gateway)
-        wait_ready(f"http://127.0.0.1:{port}/health/ready", gateway)
-        token = mint_token((keys / "private.pem").read_bytes(), sub="dev", role="user", ttl=12 * 3600)
+        wait_ready("the gateway", f"http://127.0.0.1:{port}/health/ready", gateway)
+        token = mint_token(
+            (keys / "private.pem").read_bytes(), sub="dev", role="user", ttl=12 * 3600
+        )
         base = f"http://127.0.0.1:{port}"
         print(
             f"""
@@ -88,7 +108,8 @@ ingester-gateway is running on {base} (Storage Element se-1 on :{se_port}, data 
   curl -T README.md -H "Authorization: Bearer $TOKEN" {base}/api/v1/files/README.md
 
   # multipart, artStore style:
-  curl -F description=demo -F file=@README.md -H "Authorization: Bearer $TOKEN" {base}/api/v1/files/upload
+  curl -F description=demo -F file=@README.md -H "Authorization: Bearer $TOKEN" \\
+       {base}/api/v1/files/upload
 
   metrics: {base}/metrics   ready: {base}/health/ready   API: {base}/openapi.json
   Ctrl-C stops both.

@@ -10,7 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 
-from ingester_gateway.auth import JwksKeySource, KeySource, Principal, StaticKeySource, TokenVerifier
+from ingester_gateway.auth import (
+    JwksKeySource,
+    KeySource,
+    Principal,
+    StaticKeySource,
+    TokenVerifier,
+)
 from ingester_gateway.config import Settings
 from ingester_gateway.models import CodecName, RetentionPolicy
 from ingester_gateway.observability import Metrics, get_logger
@@ -103,8 +109,12 @@ class Gateway:
         horizon = time.time() - 3 * self.settings.health_check_interval_seconds
         nodes = self.registry.nodes()
         fresh = [
-            n for n in nodes
-            if n.writable and n.status == "ok" and n.last_seen is not None and n.last_seen >= horizon
+            n
+            for n in nodes
+            if n.writable
+            and n.status == "ok"
+            and n.last_seen is not None
+            and n.last_seen >= horizon
         ]
         details: dict[str, object] = {
             "writable_nodes_ok": len(fresh),

@@ -10,14 +10,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import parse_qsl
 
 import msgspec
+from starlette.types import Receive, Scope, Send
 
+from ingester_gateway.auth import Principal
 from ingester_gateway.errors import ApiError, ErrorDetail, ErrorEnvelope, bad_request
 from ingester_gateway.gateway import Gateway
-from ingester_gateway.auth import Principal
 from ingester_gateway.models import iso_utc, parse_upload_options
 from ingester_gateway.observability import request_id_from
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drain_body
@@ -26,9 +27,6 @@ from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
 from ingester_gateway.saga import UploadRequest, UploadSaga, validate_filename
 
 Outcome = Literal["stored", "rejected", "failed", "aborted"]
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 FILES_PREFIX = "/api/v1/files/"
 DRAIN_SECONDS = 2.0
@@ -37,8 +35,15 @@ _encoder = msgspec.json.Encoder()
 _UPLOAD_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 _WANTED = frozenset(
     {
-        b"authorization", b"content-length", b"transfer-encoding", b"content-type",
-        b"x-request-id", b"x-upload-id", b"content-digest", b"x-checksum-sha256", b"expect",
+        b"authorization",
+        b"content-length",
+        b"transfer-encoding",
+        b"content-type",
+        b"x-request-id",
+        b"x-upload-id",
+        b"content-digest",
+        b"x-checksum-sha256",
+        b"expect",
     }
 )
 
@@ -144,9 +149,13 @@ class UploadEndpoint:
                 raise ApiError(411, "length_required", "send Content-Length or a chunked body")
             limit = gw.settings.max_upload_bytes
             if length is not None and length > limit:
-                raise ApiError(413, "payload_too_large", f"upload exceeds the limit of {limit} bytes")
+                raise ApiError(
+                    413, "payload_too_large", f"upload exceeds the limit of {limit} bytes"
+                )
             body = RequestBody(
-                receive, content_length=length, limit=limit,
+                receive,
+                content_length=length,
+                limit=limit,
                 idle_timeout=gw.settings.client_body_timeout_seconds,
             )
             request, pieces, after_data = await source(ex, body, principal)
@@ -162,10 +171,16 @@ class UploadEndpoint:
             )
             gw.metrics.bytes_out.labels(result.storage_element_id).inc(result.stored_size)
             gw.log.info(
-                "upload_stored", request_id=ex.request_id, upload_id=ex.upload_id,
-                sub=principal.sub, node=result.storage_element_id, file_id=result.file_id,
-                file_size=result.file_size, stored_size=result.stored_size,
-                codec=result.compression_algorithm, seconds=round(time.perf_counter() - started, 4),
+                "upload_stored",
+                request_id=ex.request_id,
+                upload_id=ex.upload_id,
+                sub=principal.sub,
+                node=result.storage_element_id,
+                file_id=result.file_id,
+                file_size=result.file_size,
+                stored_size=result.stored_size,
+                codec=result.compression_algorithm,
+                seconds=round(time.perf_counter() - started, 4),
             )
         except ApiError as exc:
             status = exc.status
@@ -210,8 +225,12 @@ class UploadEndpoint:
             headers.append((b"connection", b"close"))
         if exc.status >= 500:
             self.gw.log.warning(
-                "upload_failed", request_id=ex.request_id, upload_id=ex.upload_id,
-                status=exc.status, code=exc.code, error=exc.message,
+                "upload_failed",
+                request_id=ex.request_id,
+                upload_id=ex.upload_id,
+                status=exc.status,
+                code=exc.code,
+                error=exc.message,
             )
         await send_json(send, exc.status, error_body(exc, ex.request_id), headers)
 
@@ -228,7 +247,9 @@ class UploadEndpoint:
             declared_content_type=ex.text(b"content-type"),
             options=parse_upload_options(ex.query()),
             expected_size=body.content_length,
-            claimed_sha256=claimed_sha256(ex.text(b"content-digest"), ex.text(b"x-checksum-sha256")),
+            claimed_sha256=claimed_sha256(
+                ex.text(b"content-digest"), ex.text(b"x-checksum-sha256")
+            ),
         )
         return request, body.__aiter__(), _nothing_after
 

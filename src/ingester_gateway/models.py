@@ -51,9 +51,7 @@ def parse_upload_options(fields: Mapping[str, str]) -> UploadOptions:
             raise bad_request("storage_mode must be 'edit' or 'rw'", "invalid_parameter")
         alias = RETENTION_BY_MODE[mode]
         if raw.get("retention_policy", alias) != alias:
-            raise bad_request(
-                "storage_mode and retention_policy disagree", "invalid_parameter"
-            )
+            raise bad_request("storage_mode and retention_policy disagree", "invalid_parameter")
         raw["retention_policy"] = alias
     metadata = raw.pop("metadata", None)
     if metadata is not None and metadata != "":

@@ -28,39 +28,54 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.uploads = Counter(
-            "ingester_uploads_total", "Finished uploads by outcome and HTTP status",
-            ["outcome", "status"], registry=r,
+            "ingester_uploads_total",
+            "Finished uploads by outcome and HTTP status",
+            ["outcome", "status"],
+            registry=r,
         )
         self.node_uploads = Counter(
-            "ingester_node_uploads_total", "Uploads per storage element and outcome",
-            ["node", "outcome"], registry=r,
+            "ingester_node_uploads_total",
+            "Uploads per storage element and outcome",
+            ["node", "outcome"],
+            registry=r,
         )
         self.bytes_in = Counter(
             "ingester_bytes_received_total", "Body bytes received from clients", registry=r
         )
         self.bytes_out = Counter(
-            "ingester_bytes_sent_total", "Stored bytes sent to storage elements",
-            ["node"], registry=r,
+            "ingester_bytes_sent_total",
+            "Stored bytes sent to storage elements",
+            ["node"],
+            registry=r,
         )
         self.duration = Histogram(
-            "ingester_upload_duration_seconds", "Upload duration, first byte to answer",
-            ["outcome"], registry=r,
+            "ingester_upload_duration_seconds",
+            "Upload duration, first byte to answer",
+            ["outcome"],
+            registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
         )
         self.in_flight = Gauge(
             "ingester_uploads_in_flight", "Uploads being received or stored", registry=r
         )
         self.compression_ratio = Histogram(
-            "ingester_compression_ratio", "Original size / stored size per upload",
-            ["codec"], registry=r, buckets=(1, 1.1, 1.5, 2, 3, 5, 10, 20, 50, 100),
+            "ingester_compression_ratio",
+            "Original size / stored size per upload",
+            ["codec"],
+            registry=r,
+            buckets=(1, 1.1, 1.5, 2, 3, 5, 10, 20, 50, 100),
         )
         self.node_healthy = Gauge(
-            "ingester_node_healthy", "1 when the storage element answered its last check",
-            ["node"], registry=r,
+            "ingester_node_healthy",
+            "1 when the storage element answered its last check",
+            ["node"],
+            registry=r,
         )
         self.compensation_failures = Counter(
             "ingester_compensation_failures_total",
-            "Stored files that could not be removed after a failed upload", ["node"], registry=r,
+            "Stored files that could not be removed after a failed upload",
+            ["node"],
+            registry=r,
         )
 
 
@@ -99,4 +114,4 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.stdlib.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.stdlib.get_logger(name)

@@ -19,8 +19,13 @@ def _query_parameters() -> list[dict[str, Any]]:
     for name, prop in components["UploadOptions"]["properties"].items():
         params.append({"name": name, "in": "query", "required": False, "schema": prop})
     params.append(
-        {"name": "storage_mode", "in": "query", "required": False,
-         "schema": {"enum": ["edit", "rw"]}, "description": "alias of retention_policy"}
+        {
+            "name": "storage_mode",
+            "in": "query",
+            "required": False,
+            "schema": {"enum": ["edit", "rw"]},
+            "description": "alias of retention_policy",
+        }
     )
     for p in params:
         if p["name"] == "metadata":
@@ -32,7 +37,9 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {
         str(code): {
             "description": "error",
-            "content": {"application/json": {"schema": {"$ref": _REF.format(name="ErrorEnvelope")}}},
+            "content": {
+                "application/json": {"schema": {"$ref": _REF.format(name="ErrorEnvelope")}}
+            },
         }
         for code in codes
     }
@@ -51,21 +58,30 @@ def build_openapi() -> dict[str, Any]:
     }
     form_fields = {
         name: {"type": "string"}
-        for name in ("description", "retention_policy", "storage_mode", "ttl_days", "compress",
-                     "compression_algorithm", "metadata")
+        for name in (
+            "description",
+            "retention_policy",
+            "storage_mode",
+            "ttl_days",
+            "compress",
+            "compression_algorithm",
+            "metadata",
+        )
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "ingester-gateway", "version": __version__},
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
         },
         "security": [{"bearer": []}],
         "paths": {
             "/api/v1/files/upload": {
                 "post": {
-                    "summary": "Upload a file as multipart/form-data (control fields before 'file')",
+                    "summary": "Upload as multipart/form-data (control fields before 'file')",
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -88,7 +104,12 @@ def build_openapi() -> dict[str, Any]:
                 "put": {
                     "summary": "Upload a raw body (Content-Length or chunked)",
                     "parameters": [
-                        {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {
+                            "name": "filename",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
                         *_query_parameters(),
                     ],
                     "requestBody": {
@@ -102,27 +123,49 @@ def build_openapi() -> dict[str, Any]:
                 "get": {
                     "summary": "Progress of an upload (visible to its uploader only)",
                     "parameters": [
-                        {"name": "upload_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                        {
+                            "name": "upload_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
                     ],
                     "responses": {
                         "200": {
                             "description": "progress",
                             "content": {
-                                "application/json": {"schema": {"$ref": _REF.format(name="UploadProgress")}}
+                                "application/json": {
+                                    "schema": {"$ref": _REF.format(name="UploadProgress")}
+                                }
                             },
                         },
                         **_errors(401, 404),
                     },
                 }
             },
-            "/health/live": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
+            "/health/live": {
+                "get": {
+                    "summary": "Liveness",
+                    "security": [],
+                    "responses": {"200": {"description": "alive"}},
+                }
+            },
             "/health/ready": {
                 "get": {
                     "summary": "Readiness: a writable storage element answered recently",
                     "security": [],
-                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "not ready"},
+                    },
                 }
             },
-            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "metrics"}}}},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "security": [],
+                    "responses": {"200": {"description": "metrics"}},
+                }
+            },
         },
     }

@@ -77,7 +77,9 @@ def choose_codec(options: UploadOptions, sniffed: Sniffed, default: CodecName) -
         return "none"
     algorithm = options.compression_algorithm or default
     if options.compress is True:
-        return "zstd" if algorithm == "none" and options.compression_algorithm is None else algorithm
+        return (
+            "zstd" if algorithm == "none" and options.compression_algorithm is None else algorithm
+        )
     if algorithm == "none" or sniffed.compressed:
         return "none"
     return algorithm
@@ -136,7 +138,9 @@ class UploadSaga:
         sniffed = sniff(head)
         content_type = resolve_content_type(sniffed, req.declared_content_type)
         if not content_type_allowed(content_type, gw.settings.allowed_content_types):
-            raise ApiError(415, "unsupported_media_type", f"content type {content_type} is not accepted")
+            raise ApiError(
+                415, "unsupported_media_type", f"content type {content_type} is not accepted"
+            )
         codec = gw.codecs[choose_codec(req.options, sniffed, gw.settings.default_compression)]
 
         node = gw.select_node(req.options.retention_policy, req.expected_size or 0)
@@ -241,7 +245,8 @@ class UploadSaga:
         ):
             await self._compensate_commit(attempt.node, reply.file_id, headers)
             raise ApiError(
-                502, "checksum_mismatch",
+                502,
+                "checksum_mismatch",
                 "the storage element stored different bytes than were sent; the copy was removed",
             )
         return self._result(attempt, reply.file_id, encoder, codec_name, content_type, storage_name)
@@ -273,7 +278,8 @@ class UploadSaga:
         claimed = self.req.claimed_sha256
         if claimed is not None and claimed != encoder.original_digest:
             raise ApiError(
-                422, "digest_mismatch",
+                422,
+                "digest_mismatch",
                 f"the body's sha256 is {encoder.original_hex}, not what the client declared",
             )
 
@@ -291,7 +297,9 @@ class UploadSaga:
         if not await self.gw.storage.delete(node, file_id, headers):
             self.gw.metrics.compensation_failures.labels(node.id).inc()
             self.gw.log.error(
-                "compensation_failed", node=node.id, file_id=file_id,
+                "compensation_failed",
+                node=node.id,
+                file_id=file_id,
                 upload_id=self.req.upload_id,
             )
 

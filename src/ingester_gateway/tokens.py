@@ -64,4 +64,4 @@ def mint_token(
     }
     claims.update(extra or {})
     headers = {"kid": kid} if kid else None
-    return jwt.encode(claims, private_key_pem.decode("ascii"), algorithm="RS256", headers=headers)  # type: ignore[no-any-return]
+    return jwt.encode(claims, private_key_pem.decode("ascii"), algorithm="RS256", headers=headers)

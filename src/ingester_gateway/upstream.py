@@ -131,10 +131,14 @@ class StorageClient:
         # sock_read starts once the body is written (aiohttp >= 3.10): it bounds the
         # wait for the SE's verdict, not the length of the upload.
         self._upload_timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_connect=connect_timeout,
+            total=None,
+            connect=connect_timeout,
+            sock_connect=connect_timeout,
             sock_read=response_timeout,
         )
-        self._short_timeout = aiohttp.ClientTimeout(total=connect_timeout + 5, connect=connect_timeout)
+        self._short_timeout = aiohttp.ClientTimeout(
+            total=connect_timeout + 5, connect=connect_timeout
+        )
 
     async def upload(
         self,
@@ -147,8 +151,12 @@ class StorageClient:
         send_headers = {**headers, "Content-Type": content_type}
         try:
             async with self._session.post(
-                url, data=body, headers=send_headers, timeout=self._upload_timeout,
-                compress=False, chunked=True,
+                url,
+                data=body,
+                headers=send_headers,
+                timeout=self._upload_timeout,
+                compress=False,
+                chunked=True,
             ) as resp:
                 raw = await resp.read()
                 if resp.status not in (200, 201):
@@ -190,4 +198,3 @@ class StorageClient:
                 return _capacity_decoder.decode(await resp.read())
         except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError):
             return None
-

@@ -8,12 +8,12 @@ and a cheap idle watchdog instead of a `wait_for` (which would cost a task per p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-from ingester_gateway.errors import ApiError
+from starlette.types import Receive
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
+from ingester_gateway.errors import ApiError
 
 
 class ClientDisconnected(Exception):
@@ -68,7 +68,10 @@ class RequestBody:
                     self.bytes_received += len(piece)
                     if self.bytes_received > self._limit:
                         raise too_large(self._limit)
-                    if self.content_length is not None and self.bytes_received > self.content_length:
+                    if (
+                        self.content_length is not None
+                        and self.bytes_received > self.content_length
+                    ):
                         raise ApiError(400, "length_mismatch", "body longer than Content-Length")
                     yield piece
             if self.content_length is not None and self.bytes_received != self.content_length:

@@ -35,10 +35,10 @@ class _ZstdCompressor:
         self._obj = cctx.compressobj()
 
     def compress(self, data: Buffer) -> bytes:
-        return self._obj.compress(data)  # type: ignore[no-any-return]
+        return self._obj.compress(data)
 
     def flush(self) -> bytes:
-        return self._obj.flush()  # type: ignore[no-any-return]
+        return self._obj.flush()
 
 
 class ZstdCodec:

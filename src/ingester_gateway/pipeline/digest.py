@@ -28,7 +28,9 @@ def claimed_sha256(content_digest: str | None, checksum_header: str | None) -> b
             try:
                 value = base64.b64decode(match.group(2), validate=True)
             except binascii.Error:
-                raise bad_request("malformed Content-Digest sha-256 value", "invalid_digest") from None
+                raise bad_request(
+                    "malformed Content-Digest sha-256 value", "invalid_digest"
+                ) from None
             if len(value) != 32:
                 raise bad_request("Content-Digest sha-256 must be 32 bytes", "invalid_digest")
             found.append(value)

@@ -35,7 +35,7 @@ def boundary_from(content_type: str) -> bytes:
     if not boundary or len(boundary) > 200:
         raise bad_request("multipart/form-data needs a boundary of 1 to 200 characters")
     try:
-        return boundary.encode("latin-1")
+        return str(boundary).encode("latin-1")
     except UnicodeEncodeError:
         raise bad_request("invalid multipart boundary") from None
 

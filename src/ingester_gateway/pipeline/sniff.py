@@ -39,13 +39,30 @@ _SIGNATURES: tuple[tuple[int, bytes, str, bool], ...] = (
     (257, b"ustar", "application/x-tar", False),
 )
 
-_MP4_BRANDS = {b"qt  ": "video/quicktime", b"heic": "image/heic", b"heix": "image/heic",
-               b"avif": "image/avif", b"M4A ": "audio/mp4", b"M4V ": "video/mp4"}
-_RIFF_KINDS = {b"WEBP": ("image/webp", True), b"AVI ": ("video/x-msvideo", True),
-               b"WAVE": ("audio/wav", False)}
-_TEXT_TYPES_OK = ("text/", "application/json", "application/xml", "application/x-ndjson",
-                  "application/yaml", "application/javascript", "application/csv",
-                  "application/sql", "image/svg+xml")
+_MP4_BRANDS = {
+    b"qt  ": "video/quicktime",
+    b"heic": "image/heic",
+    b"heix": "image/heic",
+    b"avif": "image/avif",
+    b"M4A ": "audio/mp4",
+    b"M4V ": "video/mp4",
+}
+_RIFF_KINDS = {
+    b"WEBP": ("image/webp", True),
+    b"AVI ": ("video/x-msvideo", True),
+    b"WAVE": ("audio/wav", False),
+}
+_TEXT_TYPES_OK = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/x-ndjson",
+    "application/yaml",
+    "application/javascript",
+    "application/csv",
+    "application/sql",
+    "image/svg+xml",
+)
 
 
 def sniff(head: bytes) -> Sniffed:

@@ -11,11 +11,11 @@ import datetime as dt
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
+from starlette.types import Receive, Scope, Send
 
 from ingester_gateway.auth import Principal, TokenVerifier
 from ingester_gateway.errors import ApiError
@@ -30,10 +30,6 @@ from ingester_gateway.storage_element.store import (
     StoreFull,
     valid_file_id,
 )
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 WRITABLE = frozenset({"edit", "rw"})
 BLOCK = 1 << 20

@@ -1,0 +1,276 @@
+"""Real server processes for tests and benchmarks: reference SEs, gateways, redis, nginx.
+
+Each server runs on a free loopback port, logs to a file, and is always stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_binary(name: str) -> str:
+    """A Debian binary the suite needs; `make test` installs it (never a skip)."""
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        raise RuntimeError(f"{name} is not installed: run `make system-deps` (Debian package)")
+    return found
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] | None = None
+    ready_path: str | None = "/health/ready"
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the process lifetime)
+        self.process = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}"
+                )
+            if self._is_ready():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready after {timeout:g} s:\n{self.log_tail()}")
+
+    def _is_ready(self) -> bool:
+        if self.ready_path is None:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.5),
+            ):
+                return True
+            return False
+        try:
+            with urllib.request.urlopen(self.url + self.ready_path, timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbyes: what a crash looks like."""
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> ServerProcess:
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def storage_element(
+    workdir: Path,
+    public_key: Path,
+    *,
+    element_id: str = "se-1",
+    mode: str = "rw",
+    capacity: str = "10GiB",
+    port: int | None = None,
+    data_dir: Path | None = None,
+    extra: Sequence[str] = (),
+) -> ServerProcess:
+    port = port or free_port()
+    data = data_dir or workdir / f"{element_id}-data"
+    argv = [
+        PYTHON,
+        "-m",
+        "ingester_gateway",
+        "storage-element",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data),
+        "--mode",
+        mode,
+        "--element-id",
+        element_id,
+        "--capacity-bytes",
+        capacity,
+        "--public-key-file",
+        str(public_key),
+        "--quiet",
+        *extra,
+    ]
+    return ServerProcess(element_id, argv, port, workdir / f"{element_id}.log")
+
+
+def gateway(
+    workdir: Path,
+    public_key: Path,
+    storage_elements: Sequence[Mapping[str, object]],
+    *,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    name: str = "gateway",
+) -> ServerProcess:
+    port = port or free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")} | {
+        "INGESTER_HOST": "127.0.0.1",
+        "INGESTER_PORT": str(port),
+        "INGESTER_AUTH_PUBLIC_KEY_FILE": str(public_key),
+        "INGESTER_STORAGE_ELEMENTS": json.dumps(list(storage_elements)),
+        "INGESTER_HEALTH_CHECK_INTERVAL_SECONDS": "1",
+        "INGESTER_LOG_LEVEL": "info",
+        **(env or {}),
+    }
+    argv = [PYTHON, "-m", "ingester_gateway", "serve"]
+    return ServerProcess(name, argv, port, workdir / f"{name}.log", env=full_env)
+
+
+def se_entry(se: ServerProcess, mode: str = "rw", priority: int = 100) -> dict[str, object]:
+    return {"id": se.name, "url": se.url, "mode": mode, "priority": priority}
+
+
+@contextlib.contextmanager
+def running(*servers: ServerProcess) -> Iterator[tuple[ServerProcess, ...]]:
+    started: list[ServerProcess] = []
+    try:
+        for server in servers:
+            started.append(server.start())
+        yield servers
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+def redis_server(workdir: Path, port: int | None = None) -> ServerProcess:
+    port = port or free_port()
+    data = workdir / f"redis-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        find_binary("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data),
+        "--protected-mode",
+        "no",
+    ]
+    return ServerProcess(
+        f"redis-{port}", argv, port, workdir / f"redis-{port}.log", ready_path=None
+    )
+
+
+NGINX_CONF = """\
+daemon off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/client_body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    upstream backend {{ server {upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 0;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx(workdir: Path, upstream: str, port: int | None = None) -> ServerProcess:
+    """nginx proxying everything to `upstream` (host:port) without buffering bodies."""
+    port = port or free_port()
+    conf_dir = workdir / f"nginx-{port}"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    conf = conf_dir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(workdir=conf_dir, upstream=upstream, port=port))
+    argv = [
+        find_binary("nginx"),
+        "-c",
+        str(conf),
+        "-p",
+        str(conf_dir),
+        "-e",
+        str(conf_dir / "error.log"),
+    ]
+    return ServerProcess(f"nginx-{port}", argv, port, conf_dir / "stdout.log", ready_path=None)
