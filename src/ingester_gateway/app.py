@@ -166,5 +166,5 @@ def app_from_environment() -> GatewayApp:
     from ingester_gateway.observability import configure_logging
 
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     return build_app(settings)

@@ -20,7 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from ingester_gateway.observability import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     uvicorn.run(
         "ingester_gateway.app:app_from_environment",
         factory=True,

@@ -79,7 +79,7 @@ class Metrics:
         )
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
+def configure_logging(level: str = "info", fmt: str = "json", access_log: bool = False) -> None:
     """structlog over stdlib logging, so uvicorn's own lines share the format."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
@@ -110,7 +110,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+        logging.getLogger(name).propagate = name != "uvicorn.access" or access_log
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
