@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -66,6 +70,14 @@ class Stack:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return bytes(resp.read())
 
+    def settled_partials(self, timeout: float = 5.0) -> list[str]:
+        """The SE's partial files once it has had up to `timeout` s to drop them (it
+        removes a partial asynchronously, after the gateway aborted the request)."""
+        deadline = time.monotonic() + timeout
+        while (left := self.partials()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
+
 
 def start_stack(
     workdir: Path,
@@ -91,3 +103,64 @@ def stack(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[S
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_call(
+    url: str,
+    method: str,
+    path: str,
+    body: bytes | Iterable[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Answer:
+    """One request with http.client: any status comes back as an Answer, never raised.
+    An iterable body is sent chunked."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        chunked = body is not None and not isinstance(body, bytes)
+        conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
+        resp = conn.getresponse()
+        return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def assert_error_envelope(answer: Answer, status: int, code: str | None = None) -> dict[str, str]:
+    """`answer` is the gateway's JSON error envelope with `status` (and `code`)."""
+    assert answer.status == status, (answer.status, answer.body[:500])
+    assert answer.headers.get("content-type", "").startswith("application/json"), answer.headers
+    error = answer.json()["error"]
+    assert set(error) == {"code", "message", "request_id"}, error
+    assert error["message"] and error["request_id"]
+    assert error["request_id"] == answer.headers.get("x-request-id")
+    if code is not None:
+        assert error["code"] == code, error
+    return dict(error)
+
+
+def multipart_form(
+    fields: dict[str, str], data: bytes, filename: str = "data.bin", boundary: str = "b0undary"
+) -> tuple[bytes, str]:
+    """A multipart/form-data body: control fields, then the `file` part; and its type."""
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"'
+        f"\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"

@@ -5,6 +5,7 @@ Each server runs on a free loopback port, logs to a file, and is always stopped.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,12 +14,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import aiohttp
+from aiohttp import web
 
 PYTHON = sys.executable
 
@@ -274,3 +279,112 @@ def nginx(workdir: Path, upstream: str, port: int | None = None) -> ServerProces
         str(conf_dir / "error.log"),
     ]
     return ServerProcess(f"nginx-{port}", argv, port, conf_dir / "stdout.log", ready_path=None)
+
+
+@dataclass
+class ProxiedRequest:
+    method: str
+    path: str
+    status: int = 0  # 0 until the SE has answered
+    body_bytes: int = 0
+
+
+ReplyRewrite = Callable[[str, str, int, bytes], bytes]
+
+
+class StorageElementProxy:
+    """A reverse proxy on loopback in front of a real SE, run by aiohttp in a thread of
+    the test process: it records every request it forwards (method, path, status, body
+    bytes) and may rewrite the SE's replies, which makes a misbehaving SE out of a real one.
+
+    `rewrite(method, path, status, body) -> body` may be swapped between tests.
+    """
+
+    def __init__(self, upstream: str, name: str = "se-proxy", port: int | None = None) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.name = name
+        self.port = port or free_port()
+        self.rewrite: ReplyRewrite | None = None
+        self.requests: list[ProxiedRequest] = []
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def uploads(self) -> list[ProxiedRequest]:
+        """The upload requests that reached the SE through this proxy."""
+        with self._lock:
+            return [r for r in self.requests if r.path == "/api/v1/files/upload"]
+
+    def deletes(self) -> list[ProxiedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.method == "DELETE"]
+
+    def start(self) -> StorageElementProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> StorageElementProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application(client_max_size=0)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        record = ProxiedRequest(request.method, request.path)
+        with self._lock:
+            self.requests.append(record)  # on arrival: a request that later fails still counts
+
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in request.content.iter_any():
+                record.body_bytes += len(chunk)
+                yield chunk
+
+        skip = {"host", "content-length", "transfer-encoding", "connection"}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}
+        has_body = request.body_exists
+        async with self._session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body() if has_body else None,
+            chunked=True if has_body else None,
+            timeout=aiohttp.ClientTimeout(total=120),
+        ) as upstream:
+            payload = await upstream.read()
+            record.status = upstream.status
+            content_type = upstream.headers.get("Content-Type", "application/json")
+        if self.rewrite is not None:
+            payload = self.rewrite(request.method, request.path, record.status, payload)
+        return web.Response(
+            status=record.status, body=payload, headers={"Content-Type": content_type}
+        )
