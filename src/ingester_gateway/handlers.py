@@ -214,7 +214,7 @@ class UploadEndpoint:
         self, ex: Exchange, receive: Receive, send: Send, body: RequestBody | None, exc: ApiError
     ) -> None:
         headers = [*ex.response_headers, *exc.headers]
-        unread = body is None or not body.complete
+        unread = body is None or not body.fully_received
         has_body = ex.chunked or ex.headers.get(b"content-length", b"0") != b"0"
         if unread and has_body:
             # Answer, then close: the rest of the body is not wanted. Read a bounded

@@ -42,6 +42,8 @@ class RequestBody:
         self._idle_timeout = idle_timeout
         self.bytes_received = 0
         self.complete = False
+        # The last message came in: a further `receive()` would wait for the response.
+        self.fully_received = False
         self.timed_out = False
         self._waiting_since: float | None = None
 
@@ -64,6 +66,7 @@ class RequestBody:
                     raise ClientDisconnected()
                 piece: bytes = message.get("body", b"")
                 more = message.get("more_body", False)
+                self.fully_received = not more
                 if piece:
                     self.bytes_received += len(piece)
                     if self.bytes_received > self._limit:

@@ -1,0 +1,550 @@
+"""Uploads through a real gateway into a real reference Storage Element, over loopback.
+
+Every stored object is downloaded from the SE, decoded with the answer's
+`compression_algorithm`, and compared with what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import DevKeys, Stack, sha256_hex, start_stack
+from tests.integration.roundtrip import (
+    CODECS,
+    assert_stored,
+    pseudo_random_blocks,
+    se_metadata,
+    stream_stored_digests,
+)
+
+TEXT = b"".join(
+    f"{i:06d} the quick brown fox jumps over the lazy dog\n".encode() for i in range(30_000)
+)
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(4000)
+# An error answered after the whole body arrived must not wait for the drain timeout (2 s).
+PROMPT_SECONDS = 1.0
+MAGIC = {"zstd": b"\x28\xb5\x2f\xfd", "gzip": b"\x1f\x8b"}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Message
+    body: dict[str, Any]
+
+
+def call(
+    method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> Reply:
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return Reply(resp.status, resp.headers, json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return Reply(exc.code, exc.headers, json.loads(exc.read()))
+
+
+def files_url(stack: Stack, name: str, query: str = "") -> str:
+    url = f"{stack.gw.url}/api/v1/files/{urllib.parse.quote(name, safe='')}"
+    return f"{url}?{query}" if query else url
+
+
+def put(
+    stack: Stack,
+    name: str,
+    data: bytes,
+    query: str = "",
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    return call(
+        "PUT", files_url(stack, name, query), data, {**stack.keys.auth(), **(headers or {})}
+    )
+
+
+def curl(*args: str, stdin: Any = None) -> tuple[int, dict[str, Any], str]:
+    """Run curl; its status code, JSON body and verbose trace."""
+    proc = subprocess.run(
+        ["curl", "-sS", "-v", "-w", "\n%{http_code}", *args],
+        stdin=stdin,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    out, _, code = proc.stdout.rpartition(b"\n")
+    return int(code), json.loads(out), proc.stderr.decode(errors="replace")
+
+
+def multipart_body(parts: list[tuple[str, str | None, bytes]], boundary: str) -> bytes:
+    """A form built by hand: (name, filename or None, payload) in the given order."""
+    out = []
+    for name, filename, payload in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode())
+        out.append(payload + b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out)
+
+
+def post_form(
+    stack: Stack, parts: list[tuple[str, str | None, bytes]], headers: dict[str, str] | None = None
+) -> Reply:
+    boundary = uuid.uuid4().hex
+    return call(
+        "POST",
+        f"{stack.gw.url}/api/v1/files/upload",
+        multipart_body(parts, boundary),
+        {
+            **stack.keys.auth(),
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            **(headers or {}),
+        },
+    )
+
+
+async def pieces_of(data: bytes, sizes: Iterator[int], pause: float = 0.0) -> AsyncIterator[bytes]:
+    at = 0
+    while at < len(data):
+        size = next(sizes)
+        yield data[at : at + size]
+        at += size
+        if pause:
+            await asyncio.sleep(pause)
+
+
+def eventually(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Whether `check` holds within `seconds` (the SE cleans up after an abort on its own)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def cycle(*sizes: int) -> Iterator[int]:
+    while True:
+        yield from sizes
+
+
+# -- raw PUT ---------------------------------------------------------------------------
+
+
+def test_raw_put_with_content_length_roundtrips(stack: Stack) -> None:
+    reply = put(stack, "text.txt", TEXT)
+    assert reply.status == 201, reply.body
+    assert reply.body["original_filename"] == "text.txt"
+    assert reply.body["compression_algorithm"] == "zstd"  # the default codec
+    assert reply.body["content_type"] == "text/plain"
+    assert reply.body["storage_element_id"] == stack.se.name
+    assert reply.body["storage_element_url"] == stack.se.url
+    assert reply.body["retention_policy"] == "permanent"
+    assert reply.body["stored_size"] < reply.body["file_size"] // 3
+    assert_stored(stack, reply.body, TEXT)
+
+
+def test_raw_put_chunked_from_curl_stdin_roundtrips(stack: Stack, tmp_path: Path) -> None:
+    source = tmp_path / "stdin.txt"
+    source.write_bytes(TEXT)
+    with source.open("rb") as stdin:
+        status, body, trace = curl(
+            "-T",
+            "-",
+            "-H",
+            f"Authorization: Bearer {stack.keys.token()}",
+            files_url(stack, "from-stdin.txt", "compression_algorithm=gzip"),
+            stdin=stdin,
+        )
+    assert "Transfer-Encoding: chunked" in trace
+    assert status == 201, body
+    assert body["compression_algorithm"] == "gzip"
+    assert_stored(stack, body, TEXT)
+
+
+def test_raw_put_chunked_from_async_generator_roundtrips(stack: Stack) -> None:
+    data = os.urandom(300_000) + TEXT[:500_000]
+
+    async def upload() -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(
+                files_url(stack, "generated.bin", "compression_algorithm=brotli"),
+                data=pieces_of(data, cycle(1, 65_536, 7, 200_003, 4096)),
+                headers=stack.keys.auth(),
+            ) as resp,
+        ):
+            assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
+            return resp.status, await resp.json()
+
+    status, body = asyncio.run(upload())
+    assert status == 201, body
+    assert body["compression_algorithm"] == "brotli"
+    assert_stored(stack, body, data)
+
+
+# -- multipart -------------------------------------------------------------------------
+
+
+def test_multipart_from_curl_form_roundtrips_with_description(stack: Stack, tmp_path: Path) -> None:
+    source = tmp_path / "report.txt"
+    source.write_bytes(TEXT)
+    status, body, _ = curl(
+        "-F",
+        "description=x",
+        "-F",
+        f"file=@{source}",
+        "-H",
+        f"Authorization: Bearer {stack.keys.token()}",
+        f"{stack.gw.url}/api/v1/files/upload",
+    )
+    assert status == 201, body
+    assert body["original_filename"] == "report.txt"
+    assert_stored(stack, body, TEXT)
+    assert se_metadata(stack, body["file_id"])["description"] == "x"
+
+
+def test_multipart_from_python_client_roundtrips_with_options(stack: Stack) -> None:
+    data = TEXT[:700_000]
+
+    async def upload() -> tuple[int, dict[str, Any]]:
+        form = aiohttp.FormData()
+        form.add_field("description", "from aiohttp")
+        form.add_field("compression_algorithm", "gzip")
+        form.add_field("metadata", json.dumps({"project": "artStore"}))
+        form.add_field("file", data, filename="notes.txt", content_type="text/plain")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{stack.gw.url}/api/v1/files/upload", data=form, headers=stack.keys.auth()
+            ) as resp,
+        ):
+            return resp.status, await resp.json()
+
+    status, body = asyncio.run(upload())
+    assert status == 201, body
+    assert body["compression_algorithm"] == "gzip"
+    assert body["original_filename"] == "notes.txt"
+    assert_stored(stack, body, data)
+    assert se_metadata(stack, body["file_id"])["description"] == "from aiohttp"
+
+
+# -- codecs and sizes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_each_codec_stores_decodable_bytes(stack: Stack, codec: str) -> None:
+    reply = put(stack, f"text-{codec}.txt", TEXT, f"compression_algorithm={codec}")
+    assert reply.status == 201, reply.body
+    assert reply.body["compression_algorithm"] == codec
+    stored = assert_stored(stack, reply.body, TEXT)
+    if codec == "none":
+        assert reply.body["compression_ratio"] == 1.0
+    else:
+        assert len(stored) < len(TEXT) // 3
+        assert reply.body["compression_ratio"] == pytest.approx(len(TEXT) / len(stored), 1e-3)
+        assert reply.body["storage_filename"].endswith(
+            {"zstd": ".zst", "brotli": ".br"}.get(codec, ".gz")
+        )
+    if codec in MAGIC:
+        assert stored.startswith(MAGIC[codec])
+
+
+def test_multipart_each_codec_field_is_honoured(stack: Stack) -> None:
+    for codec in CODECS:
+        reply = post_form(
+            stack,
+            [("compression_algorithm", None, codec.encode()), ("file", "t.txt", TEXT[:100_000])],
+        )
+        assert reply.status == 201, reply.body
+        assert reply.body["compression_algorithm"] == codec
+        assert_stored(stack, reply.body, TEXT[:100_000])
+
+
+def test_empty_file_is_stored_raw_and_multipart(stack: Stack) -> None:
+    raw = put(stack, "empty.bin", b"")
+    form = post_form(stack, [("file", "empty.bin", b"")])
+    for reply in (raw, form):
+        assert reply.status == 201, reply.body
+        assert reply.body["file_size"] == 0
+        assert reply.body["checksum"] == sha256_hex(b"")
+        assert_stored(stack, reply.body, b"")
+
+
+def test_one_byte_file_is_stored(stack: Stack) -> None:
+    for codec in CODECS:
+        reply = put(stack, "one.bin", b"\x07", f"compression_algorithm={codec}")
+        assert reply.status == 201, reply.body
+        assert reply.body["file_size"] == 1
+        assert_stored(stack, reply.body, b"\x07")
+
+
+def test_file_over_64_mib_streams_through(stack: Stack) -> None:
+    total = 80 * 2**20
+    sent = hashlib.sha256()
+
+    async def generated() -> AsyncIterator[bytes]:
+        for block in pseudo_random_blocks(seed=64, total=total, block=3 * 2**20 + 17):
+            sent.update(block)
+            yield block
+
+    async def upload() -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(
+                files_url(stack, "big.bin"), data=generated(), headers=stack.keys.auth()
+            ) as resp,
+        ):
+            return resp.status, await resp.json()
+
+    status, body = asyncio.run(upload())
+    assert status == 201, body
+    assert body["file_size"] == total
+    assert body["checksum"] == sent.hexdigest()
+    stored_hex, decoded_hex, stored_size, decoded_size = stream_stored_digests(
+        stack, body["file_id"], body["compression_algorithm"]
+    )
+    assert (decoded_hex, decoded_size) == (sent.hexdigest(), total)
+    assert (stored_hex, stored_size) == (body["stored_checksum"], body["stored_size"])
+
+
+def test_already_compressed_data_is_stored_as_is(stack: Stack) -> None:
+    data = gzip.compress(TEXT)
+    reply = put(stack, "archive.txt.gz", data)
+    assert reply.status == 201, reply.body
+    assert reply.body["compression_algorithm"] == "none"
+    assert reply.body["compressed"] is False
+    assert reply.body["content_type"] == "application/gzip"
+    assert reply.body["stored_checksum"] == reply.body["checksum"]
+    assert_stored(stack, reply.body, data)
+
+
+def test_compress_true_forces_zstd_on_compressed_data(stack: Stack) -> None:
+    data = gzip.compress(TEXT)
+    reply = put(stack, "archive.txt.gz", data, "compress=true")
+    assert reply.status == 201, reply.body
+    assert reply.body["compression_algorithm"] == "zstd"
+    assert assert_stored(stack, reply.body, data).startswith(MAGIC["zstd"])
+
+
+@pytest.mark.parametrize(("mode", "policy"), [("edit", "temporary"), ("rw", "permanent")])
+def test_storage_mode_is_an_alias_of_retention_policy(stack: Stack, mode: str, policy: str) -> None:
+    raw = put(stack, "aliased.txt", TEXT[:1000], f"storage_mode={mode}")
+    form = post_form(stack, [("storage_mode", None, mode.encode()), ("file", "a.txt", b"abc")])
+    for reply, data in ((raw, TEXT[:1000]), (form, b"abc")):
+        assert reply.status == 201, reply.body
+        assert reply.body["retention_policy"] == policy
+        assert_stored(stack, reply.body, data)
+        assert se_metadata(stack, reply.body["file_id"])["retention_policy"] == policy
+
+
+# -- refusals that must leave nothing behind -------------------------------------------
+
+
+def test_control_field_after_file_part_is_refused_promptly_and_nothing_stored(
+    stack: Stack,
+) -> None:
+    before = stack.stored_ids()
+    started = time.monotonic()
+    reply = post_form(
+        stack, [("file", "late.txt", TEXT[:50_000]), ("description", None, b"too late")]
+    )
+    # The whole body was read: the answer does not wait for more that will never come.
+    assert time.monotonic() - started < PROMPT_SECONDS
+    assert reply.status == 400
+    error = reply.body["error"]
+    assert error["code"] == "field_after_file"
+    assert "'description'" in error["message"]
+    assert "before 'file'" in error["message"]
+    assert stack.stored_ids() == before
+    assert eventually(lambda: stack.partials() == [])  # the aborted SE request's partial
+
+
+def test_content_type_is_judged_from_bytes_not_the_header(stack: Stack) -> None:
+    reply = put(stack, "picture.txt", PNG, headers={"Content-Type": "text/plain"})
+    assert reply.status == 201, reply.body
+    assert reply.body["content_type"] == "image/png"
+    assert reply.body["compression_algorithm"] == "none"  # PNG is already compressed
+    assert_stored(stack, reply.body, PNG)
+    assert se_metadata(stack, reply.body["file_id"])["fields"]["content_type"] == "image/png"
+
+
+def test_random_bytes_claiming_png_are_recorded_as_octet_stream(stack: Stack) -> None:
+    data = os.urandom(5000)
+    reply = put(stack, "fake.png", data, headers={"Content-Type": "image/png"})
+    assert reply.status == 201, reply.body
+    assert reply.body["content_type"] == "application/octet-stream"
+    assert_stored(stack, reply.body, data)
+
+
+@pytest.fixture(scope="module")
+def text_only_stack(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[Stack]:
+    yield from start_stack(
+        tmp_path_factory.mktemp("text-only"),
+        keys,
+        env={"INGESTER_ALLOWED_CONTENT_TYPES": "text/*"},
+    )
+
+
+def test_allow_list_refuses_other_types_with_415_and_stores_nothing(
+    text_only_stack: Stack,
+) -> None:
+    refused_raw = put(text_only_stack, "p.txt", PNG, headers={"Content-Type": "text/plain"})
+    started = time.monotonic()
+    refused_form = post_form(text_only_stack, [("file", "p.png", PNG)])
+    assert time.monotonic() - started < PROMPT_SECONDS
+    for reply in (refused_raw, refused_form):
+        assert reply.status == 415, reply.body
+        assert "image/png" in reply.body["error"]["message"]
+    assert text_only_stack.stored_ids() == []
+    assert eventually(lambda: text_only_stack.partials() == [])
+    accepted = put(text_only_stack, "t.txt", TEXT[:5000])
+    assert accepted.status == 201, accepted.body
+    assert text_only_stack.stored_ids() == [accepted.body["file_id"]]
+
+
+# -- names and ids ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "se_name"),
+    [("Résumé naïve été.txt", "Resume_naive_ete.txt"), ("../../etc/passwd", "passwd")],
+)
+def test_original_name_is_kept_and_the_se_gets_a_safe_ascii_basename(
+    stack: Stack, name: str, se_name: str
+) -> None:
+    raw = put(stack, name, TEXT[:2000], "compress=false")
+    form = post_form(stack, [("compress", None, b"false"), ("file", name, TEXT[:2000])])
+    for reply in (raw, form):
+        assert reply.status == 201, reply.body
+        assert reply.body["original_filename"] == name
+        assert reply.body["storage_filename"] == se_name
+        assert_stored(stack, reply.body, TEXT[:2000])
+        assert se_metadata(stack, reply.body["file_id"])["original_filename"] == se_name
+
+
+def test_request_id_is_echoed_and_upload_id_matches_the_body(stack: Stack) -> None:
+    request_id = f"req-{uuid.uuid4().hex}"
+    reply = put(stack, "ids.txt", b"ids", headers={"X-Request-ID": request_id})
+    assert reply.status == 201, reply.body
+    assert reply.headers["X-Request-ID"] == request_id
+    assert reply.headers["X-Upload-Id"] == reply.body["upload_id"]
+    assert len(reply.body["upload_id"]) >= 8
+
+    refused = put(
+        stack, "ids.txt", b"ids", headers={"X-Request-ID": request_id, "Authorization": ""}
+    )
+    assert refused.status == 401
+    assert refused.headers["X-Request-ID"] == request_id
+    assert refused.body["error"]["request_id"] == request_id
+
+
+# -- progress --------------------------------------------------------------------------
+
+
+def progress_url(stack: Stack, upload_id: str) -> str:
+    return f"{stack.gw.url}/api/v1/uploads/{upload_id}"
+
+
+def test_progress_is_visible_while_uploading_and_after(stack: Stack) -> None:
+    upload_id = f"progress-{uuid.uuid4().hex}"
+    piece = 2**20
+    data = os.urandom(6 * piece)
+
+    async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        async with aiohttp.ClientSession() as session:
+
+            async def upload() -> dict[str, Any]:
+                async with session.put(
+                    files_url(stack, "slow.bin", "compress=false"),
+                    data=pieces_of(data, cycle(piece), pause=0.3),
+                    headers={**stack.keys.auth(), "X-Upload-Id": upload_id},
+                ) as resp:
+                    assert resp.status == 201
+                    assert resp.headers["X-Upload-Id"] == upload_id
+                    return dict(await resp.json())
+
+            task = asyncio.create_task(upload())
+            seen: list[dict[str, Any]] = []
+            while not task.done():
+                async with session.get(
+                    progress_url(stack, upload_id), headers=stack.keys.auth()
+                ) as resp:
+                    if resp.status == 200:
+                        seen.append(await resp.json())
+                    else:
+                        assert resp.status == 404  # not opened yet
+                await asyncio.sleep(0.1)
+            return await task, seen
+
+    body, seen = asyncio.run(scenario())
+    assert body["upload_id"] == upload_id
+    running = [p for p in seen if p["state"] in ("receiving", "storing")]
+    received = [p["bytes_received"] for p in running]
+    assert len(set(received)) >= 3, seen  # it moved while the upload ran
+    assert received == sorted(received)
+    assert all(p["upload_id"] == upload_id and p["filename"] == "slow.bin" for p in running)
+
+    done = call("GET", progress_url(stack, upload_id), headers=stack.keys.auth())
+    assert done.status == 200
+    assert done.body["state"] == "stored"
+    assert done.body["file_id"] == body["file_id"]
+    assert done.body["storage_element_id"] == stack.se.name
+    assert done.body["bytes_received"] == len(data)
+    assert done.body["bytes_sent"] == body["stored_size"]
+    assert done.body["error"] is None
+    assert done.body["finished_at"]
+    assert_stored(stack, body, data)
+
+
+def test_progress_is_hidden_from_other_users_and_needs_a_token(stack: Stack) -> None:
+    upload_id = f"owned-{uuid.uuid4().hex}"
+    reply = put(stack, "owned.txt", b"mine", headers={"X-Upload-Id": upload_id})
+    assert reply.status == 201
+    assert reply.body["upload_id"] == upload_id
+    url = progress_url(stack, upload_id)
+    assert call("GET", url, headers=stack.keys.auth()).status == 200
+    other = call("GET", url, headers=stack.keys.auth(sub="bob"))
+    assert other.status == 404
+    assert other.body["error"]["code"] == "not_found"
+    anonymous = call("GET", url)
+    assert anonymous.status == 401
+    assert "error" in anonymous.body
+    assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_failed_upload_shows_failed_with_its_error(stack: Stack) -> None:
+    upload_id = f"failing-{uuid.uuid4().hex}"
+    before = stack.stored_ids()
+    reply = put(
+        stack,
+        "wrong-digest.txt",
+        TEXT[:10_000],
+        headers={"X-Upload-Id": upload_id, "X-Checksum-SHA256": sha256_hex(b"other bytes")},
+    )
+    assert reply.status == 422, reply.body
+    progress = call("GET", progress_url(stack, upload_id), headers=stack.keys.auth())
+    assert progress.status == 200
+    assert progress.body["state"] == "failed"
+    assert "sha256" in progress.body["error"]
+    assert progress.body["finished_at"]
+    assert stack.stored_ids() == before
