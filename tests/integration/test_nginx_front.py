@@ -1,0 +1,110 @@
+"""nginx in front of the gateway (`proxy_request_buffering off`), as in production."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Stack
+from tests.integration.roundtrip import stream_stored_digests
+from tests.servers import ServerProcess, nginx
+
+SIZE = 20 * 2**20
+
+
+@pytest.fixture(scope="module")
+def proxy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with nginx(tmp_path_factory.mktemp("nginx"), f"127.0.0.1:{stack.gw.port}") as server:
+        yield server
+
+
+def curl(*args: str, stdin: Any = None) -> tuple[int, dict[str, str], dict[str, Any], str]:
+    """curl's status, response headers (lower-case names), JSON body and verbose trace."""
+    proc = subprocess.run(
+        ["curl", "-sS", "-v", "-D", "-", *args],
+        stdin=stdin,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    head, _, body = proc.stdout.partition(b"\r\n\r\n")
+    if head.startswith(b"HTTP/1.1 100"):  # an interim 100 Continue precedes the answer
+        head, _, body = body.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, json.loads(body), proc.stderr.decode("latin-1")
+
+
+def test_chunked_20_mib_upload_through_nginx_round_trips(
+    stack: Stack, proxy: ServerProcess, tmp_path: Path
+) -> None:
+    # Half random, half text: the zstd stream mixes stored and compressed blocks.
+    text = b"".join(b"%08d artStore through nginx\n" % i for i in range(SIZE // 2 // 32 + 1))
+    data = os.urandom(SIZE // 2) + text[: SIZE - SIZE // 2]
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    request_id = f"nginx-{uuid.uuid4().hex}"
+    with source.open("rb") as stdin:
+        status, headers, body, trace = curl(
+            "-T",
+            "-",
+            "-H",
+            f"Authorization: Bearer {stack.keys.token()}",
+            "-H",
+            f"X-Request-ID: {request_id}",
+            f"{proxy.url}/api/v1/files/big.bin",
+            stdin=stdin,
+        )
+    assert "Transfer-Encoding: chunked" in trace
+    assert status == 201, body
+    assert headers["x-request-id"] == request_id
+    assert headers["x-upload-id"] == body["upload_id"]
+    assert body["file_size"] == SIZE
+    assert body["compression_algorithm"] == "zstd"
+    assert body["stored_size"] < SIZE
+    stored_hex, decoded_hex, stored_size, decoded_size = stream_stored_digests(
+        stack, body["file_id"], body["compression_algorithm"]
+    )
+    original_hex = hashlib.sha256(data).hexdigest()
+    assert (decoded_hex, decoded_size) == (original_hex, SIZE)
+    assert body["checksum"] == original_hex
+    assert (stored_hex, stored_size) == (body["stored_checksum"], body["stored_size"])
+
+
+def test_unauthorized_through_nginx_is_still_the_json_envelope(
+    stack: Stack, proxy: ServerProcess, tmp_path: Path
+) -> None:
+    before = stack.stored_ids()
+    source = tmp_path / "refused.bin"
+    source.write_bytes(os.urandom(2 * 2**20))
+    with source.open("rb") as stdin:
+        status, headers, body, _ = curl(
+            "-T",
+            "-",
+            "-H",
+            "X-Request-ID: nginx-401",
+            f"{proxy.url}/api/v1/files/x.bin",
+            stdin=stdin,
+        )
+    assert status == 401
+    assert headers["content-type"] == "application/json"
+    assert headers["www-authenticate"].startswith("Bearer")
+    assert body["error"]["request_id"] == "nginx-401"
+    assert body["error"]["code"]
+    assert body["error"]["message"]
+    assert stack.stored_ids() == before
+
+    status, headers, body, _ = curl(
+        "-H", "Authorization: Bearer not.a.token", f"{proxy.url}/api/v1/uploads/whatever-id"
+    )
+    assert status == 401
+    assert headers["content-type"] == "application/json"
+    assert set(body["error"]) == {"code", "message", "request_id"}
