@@ -39,6 +39,7 @@ from ingester_gateway.pipeline.sniff import (
     sniff,
 )
 from ingester_gateway.registry import NodeRecord
+from ingester_gateway.registry.selection import eligible_nodes
 from ingester_gateway.upstream import MultipartFraming, UpstreamError
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ class UploadSaga:
 
         node = gw.select_node(req.options.retention_policy, req.expected_size or 0)
         if node is None:
-            raise unavailable("no writable storage element is available")
+            raise self._no_node_error()
         attempt = _Attempt(node=node, file_id=str(uuid.uuid4()), progress=self.progress)
         self.progress.storage_element_id = node.id
         self.progress.file_id = attempt.file_id
@@ -155,6 +156,21 @@ class UploadSaga:
             return await self._stream(attempt, codec.name, content_type, first, blocks, after_data)
         finally:
             gw.release(node.id, reservation)
+
+    def _no_node_error(self) -> ApiError:
+        """507 when writable nodes are up but none could hold the upload even with
+        nothing else in flight (waiting will not help); else 503, retry later."""
+        nodes = self.gw.registry.nodes()
+        policy, size = self.req.options.retention_policy, self.req.expected_size or 0
+        if (
+            size
+            and eligible_nodes(nodes, policy, 0, {})
+            and not eligible_nodes(nodes, policy, size, {})
+        ):
+            return ApiError(
+                507, "insufficient_storage", f"no storage element has room for {size} bytes"
+            )
+        return unavailable("no writable storage element is available")
 
     async def _stream(
         self,
