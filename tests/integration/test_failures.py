@@ -1,0 +1,584 @@
+"""Failure paths of an upload, end to end: real gateway and SE processes, real sockets.
+
+After every failure the SE holds no new file and no partial, and the client got the
+JSON error envelope (never a 500). Raw sockets play the clients that misbehave at
+the HTTP level; a proxy in front of a real SE plays the SE that misbehaves.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    Answer,
+    DevKeys,
+    Stack,
+    assert_error_envelope,
+    http_call,
+    multipart_form,
+    start_stack,
+)
+from tests.servers import (
+    ServerProcess,
+    StorageElementProxy,
+    gateway,
+    running,
+    storage_element,
+)
+
+MiB = 2**20
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def assert_nothing_left(stack: Stack, stored_before: list[str]) -> None:
+    """No new file on the SE, no partial (given a moment to go), no last-resort 500."""
+    assert stack.settled_partials() == [], "the SE still holds a partial file"
+    assert stack.stored_ids() == stored_before, "the SE stored a file"
+    assert "unhandled_error" not in stack.gw.log_path.read_text(errors="replace")
+
+
+def raw_headers(stack: Stack, path: str, headers: dict[str, str]) -> bytes:
+    """The head of an authorized PUT, for a raw socket client."""
+    fields = {"Host": "127.0.0.1", **stack.keys.auth(), **headers}
+    lines = [f"PUT {path} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def read_until_close(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while piece := sock.recv(65536):
+            received += piece
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def parse_response(raw: bytes) -> Answer:
+    """The first HTTP response in what a raw socket received."""
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    assert sep, f"no complete HTTP response in {raw[:300]!r}"
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    return Answer(int(status_line.split()[1]), headers, rest[:length])
+
+
+def connect(stack: Stack) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", stack.gw.port), timeout=10)
+
+
+def metric(gw: ServerProcess, name: str) -> float:
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match is not None, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def put(
+    stack: Stack, data: bytes | Iterable[bytes], headers: dict[str, str] | None = None
+) -> Answer:
+    path = "/api/v1/files/data.bin?compress=false"
+    return http_call(stack.gw.url, "PUT", path, data, {**stack.keys.auth(), **(headers or {})})
+
+
+def post_form(stack: Stack, body: bytes, content_type: str) -> Answer:
+    headers = {**stack.keys.auth(), "Content-Type": content_type}
+    return http_call(stack.gw.url, "POST", "/api/v1/files/upload", body, headers)
+
+
+def curl_put(url: str, path: Path, headers: list[str]) -> tuple[int, int]:
+    """curl -T: (status, body bytes uploaded). check=True: a reset is a curl error."""
+    argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}"]
+    argv += ["--expect100-timeout", "10"]
+    for header in headers:
+        argv += ["-H", header]
+    argv += ["-T", str(path), url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    code, uploaded = done.stdout.split()
+    return int(code), int(float(uploaded))
+
+
+def process_counts(pid: int) -> tuple[int, int]:
+    """(open file descriptors, threads) of a process."""
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^Threads:\s+(\d+)$", status, re.MULTILINE)
+    assert match is not None
+    return fds, int(match.group(1))
+
+
+# -- size limit, Content-Length mismatch, slow client: a gateway with tight limits --------
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[Stack]:
+    """1 MiB limit, 1 s body timeout, and 64 KiB blocks so the SE request is already
+    streaming (the SE holds a partial) well before the limit or the timeout trips."""
+    env = {
+        "INGESTER_MAX_UPLOAD_BYTES": "1MiB",
+        "INGESTER_CLIENT_BODY_TIMEOUT_SECONDS": "1",
+        "INGESTER_BLOCK_SIZE": "64KiB",
+    }
+    yield from start_stack(tmp_path_factory.mktemp("limited"), keys, env=env)
+
+
+def test_chunked_upload_growing_past_the_limit_is_413_and_the_partial_removed(
+    limited: Stack,
+) -> None:
+    stored = limited.stored_ids()
+    pieces = (os.urandom(64 * 1024) for _ in range(48))  # 3 MiB, chunked
+    answer = put(limited, pieces)
+    assert_error_envelope(answer, 413, "payload_too_large")
+    assert answer.headers.get("connection") == "close"
+    assert_nothing_left(limited, stored)
+
+
+def test_upload_of_exactly_the_limit_is_stored(limited: Stack) -> None:
+    """The control case for the limit: 1 MiB itself is allowed."""
+    data = os.urandom(MiB)
+    answer = put(limited, iter([data[: MiB // 2], data[MiB // 2 :]]))
+    assert answer.status == 201, answer.body
+    assert limited.download(answer.json()["file_id"]) == data
+
+
+@pytest.fixture(scope="module")
+def four_mib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sizes") / "four.bin"
+    path.write_bytes(os.urandom(4 * MiB))
+    return path
+
+
+def test_content_length_over_the_limit_with_expect_is_refused_before_any_body_byte(
+    limited: Stack, four_mib: Path
+) -> None:
+    stored = limited.stored_ids()
+    auth = [f"{k}: {v}" for k, v in limited.keys.auth().items()]
+    url = limited.gw.url + "/api/v1/files/four.bin"
+    assert curl_put(url, four_mib, [*auth, "Expect: 100-continue"]) == (413, 0)
+    assert_nothing_left(limited, stored)
+
+
+def test_content_length_over_the_limit_without_expect_still_gets_413_not_a_reset(
+    limited: Stack, four_mib: Path
+) -> None:
+    """Without `Expect` the client sends its body at once; the gateway refuses on the
+    header, reads (and drops) a bounded amount, then answers 413 and closes, so the
+    client reads the answer instead of an ECONNRESET (curl would exit non-zero)."""
+    stored = limited.stored_ids()
+    auth = [f"{k}: {v}" for k, v in limited.keys.auth().items()]
+    url = limited.gw.url + "/api/v1/files/four.bin"
+    code, _ = curl_put(url, four_mib, [*auth, "Expect:"])
+    assert code == 413
+    sock = connect(limited)
+    with sock:
+        sock.sendall(raw_headers(limited, "/api/v1/files/x", {"Content-Length": str(4 * MiB)}))
+        sock.sendall(four_mib.read_bytes())
+        answer = parse_response(read_until_close(sock, 10))
+    assert_error_envelope(answer, 413, "payload_too_large")
+    assert_nothing_left(limited, stored)
+
+
+def test_body_shorter_than_content_length_then_stalled_is_408_and_nothing_stored(
+    limited: Stack,
+) -> None:
+    """Observed: Content-Length 1000, 500 bytes sent, then silence. After the 1 s body
+    timeout the gateway gives up, drains for up to 2 s more (so the answer is not lost
+    to a reset), then answers 408 with `Connection: close` — about 3 s in all."""
+    stored = limited.stored_ids()
+    sock = connect(limited)
+    with sock:
+        sock.sendall(raw_headers(limited, "/api/v1/files/x", {"Content-Length": "1000"}))
+        sock.sendall(b"a" * 500)
+        started = time.monotonic()
+        answer = parse_response(read_until_close(sock, 10))
+        waited = time.monotonic() - started
+    assert_error_envelope(answer, 408, "request_timeout")
+    assert answer.headers.get("connection") == "close"
+    assert 0.9 < waited < 6
+    assert_nothing_left(limited, stored)
+
+
+def test_body_shorter_than_content_length_then_closed_stores_nothing(limited: Stack) -> None:
+    """Observed: Content-Length 1000, 500 bytes sent, socket closed. uvicorn reports a
+    disconnect, the gateway aborts (no response is possible) and the gateway stays up."""
+    stored = limited.stored_ids()
+    sock = connect(limited)
+    with sock:
+        sock.sendall(raw_headers(limited, "/api/v1/files/x", {"Content-Length": "1000"}))
+        sock.sendall(b"a" * 500)
+    assert wait_for(lambda: metric(limited.gw, "ingester_uploads_in_flight") == 0)
+    assert_nothing_left(limited, stored)
+    assert http_call(limited.gw.url, "GET", "/health/live").status == 200
+
+
+def test_body_longer_than_content_length_stores_exactly_content_length_bytes(
+    limited: Stack,
+) -> None:
+    """Observed: Content-Length 10 and 20 bytes in one write. HTTP framing ends the
+    request after 10 bytes, so those 10 are the upload and are stored. The other 10
+    (`0123456789`) are parsed as the next pipelined request: httptools rejects them,
+    and uvicorn writes its own plain-text `400 Invalid HTTP request received.` and
+    closes the connection at once — before the app has answered the first request, so
+    the client sees only that 400 and never the 201, although the file was stored.
+    (That 400 is uvicorn's, before any app code, hence not our JSON envelope.)"""
+    stored = limited.stored_ids()
+    sock = connect(limited)
+    with sock:
+        head = raw_headers(limited, "/api/v1/files/x?compress=false", {"Content-Length": "10"})
+        sock.sendall(head + b"ABCDEFGHIJ" + b"0123456789")
+        received = read_until_close(sock, 10)
+    assert b"HTTP/1.1 400 " in received, received[:300]
+    assert b"Invalid HTTP request" in received
+    assert wait_for(lambda: len(limited.stored_ids()) == len(stored) + 1)
+    (new_id,) = set(limited.stored_ids()) - set(stored)
+    assert limited.download(new_id) == b"ABCDEFGHIJ"
+    assert limited.settled_partials() == []
+
+
+def test_client_stalling_mid_body_is_408_and_the_se_partial_removed(limited: Stack) -> None:
+    stored = limited.stored_ids()
+    sock = connect(limited)
+    with sock:
+        sock.sendall(raw_headers(limited, "/api/v1/files/x", {"Transfer-Encoding": "chunked"}))
+        for _ in range(8):  # 512 KiB: eight blocks already streamed to the SE
+            sock.sendall(chunk(os.urandom(64 * 1024)))
+        assert wait_for(lambda: limited.partials() != [], 0.9), "the SE request never opened"
+        answer = parse_response(read_until_close(sock, 10))
+    assert_error_envelope(answer, 408, "request_timeout")
+    assert_nothing_left(limited, stored)
+
+
+# -- client disconnects, digests, malformed multipart: the default stack ------------------
+
+
+def abort_chunked_upload(stack: Stack, size: int) -> None:
+    """Send `size` bytes of a chunked upload, then close the socket without the end."""
+    sock = connect(stack)
+    with sock:
+        sock.sendall(raw_headers(stack, "/api/v1/files/x", {"Transfer-Encoding": "chunked"}))
+        block = os.urandom(256 * 1024)
+        for _ in range(size // len(block)):
+            sock.sendall(chunk(block))
+        assert wait_for(lambda: stack.partials() != []), "the SE request never opened"
+
+
+def test_client_disconnect_mid_upload_leaves_nothing_and_leaks_nothing(stack: Stack) -> None:
+    stored = stack.stored_ids()
+    pid = stack.gw.pid
+
+    def settled() -> bool:
+        return metric(stack.gw, "ingester_uploads_in_flight") == 0 and not stack.partials()
+
+    for _ in range(3):  # warm-up: connection pool, encoder threads
+        abort_chunked_upload(stack, 3 * MiB)
+    assert wait_for(settled)
+    fds_before, threads_before = process_counts(pid)
+    for _ in range(20):
+        abort_chunked_upload(stack, 3 * MiB)
+    assert wait_for(settled), "an aborted upload is still in flight or left a partial"
+    fds_after, threads_after = process_counts(pid)
+    assert stack.gw.log_path.read_text().count('"upload_aborted"') >= 23
+    assert fds_after <= fds_before + 4, (fds_before, fds_after)
+    assert threads_after <= threads_before + 2, (threads_before, threads_after)
+    assert metric(stack.gw, "ingester_uploads_in_flight") == 0
+    assert_nothing_left(stack, stored)
+
+
+def content_digest(data: bytes) -> str:
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
+
+
+@pytest.fixture(scope="module")
+def payload() -> bytes:
+    """Over two 1 MiB blocks: the SE is receiving before the digest can be judged."""
+    return os.urandom(2 * MiB + 12345)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["content-digest", "x-checksum-sha256"],
+)
+def test_wrong_client_digest_is_422_and_nothing_stored(
+    stack: Stack, payload: bytes, header: str
+) -> None:
+    stored = stack.stored_ids()
+    wrong = b"something else"
+    if header == "content-digest":
+        headers = {"Content-Digest": content_digest(wrong)}
+    else:
+        headers = {"X-Checksum-SHA256": hashlib.sha256(wrong).hexdigest()}
+    assert_error_envelope(put(stack, payload, headers), 422, "digest_mismatch")
+    assert_nothing_left(stack, stored)
+
+
+def test_wrong_client_digest_on_the_multipart_route_is_422_and_nothing_stored(
+    stack: Stack, payload: bytes
+) -> None:
+    stored = stack.stored_ids()
+    body, content_type = multipart_form({"compress": "false"}, payload)
+    headers = {
+        **stack.keys.auth(),
+        "Content-Type": content_type,
+        "X-Checksum-SHA256": "0" * 64,
+    }
+    answer = http_call(stack.gw.url, "POST", "/api/v1/files/upload", body, headers)
+    assert_error_envelope(answer, 422, "digest_mismatch")
+    assert_nothing_left(stack, stored)
+
+
+def test_right_client_digest_is_stored(stack: Stack, payload: bytes) -> None:
+    headers = {
+        "Content-Digest": content_digest(payload),
+        "X-Checksum-SHA256": hashlib.sha256(payload).hexdigest(),
+    }
+    answer = put(stack, payload, headers)
+    assert answer.status == 201, answer.body
+    assert stack.download(answer.json()["file_id"]) == payload
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Digest": "sha-256=:not base64!:"},
+        {"Content-Digest": "sha-256=:" + base64.b64encode(b"short").decode() + ":"},
+        {"Content-Digest": "sha-256 abc"},
+        {"X-Checksum-SHA256": "xyz"},
+        {"X-Checksum-SHA256": "ab" * 31},
+    ],
+    ids=["cd_not_base64", "cd_wrong_length", "cd_not_a_dictionary", "hex_garbage", "hex_short"],
+)
+def test_malformed_digest_header_is_400_and_nothing_stored(
+    stack: Stack, payload: bytes, headers: dict[str, str]
+) -> None:
+    stored = stack.stored_ids()
+    assert_error_envelope(put(stack, payload, headers), 400, "invalid_digest")
+    assert_nothing_left(stack, stored)
+
+
+def big_form_without_end(data: bytes) -> bytes:
+    body, _ = multipart_form({}, data)
+    return body[: -len(b"\r\n--b0undary--\r\n")]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        pytest.param(
+            os.urandom(300_000), "multipart/form-data; boundary=b0undary", 400, id="garbage"
+        ),
+        pytest.param(
+            big_form_without_end(os.urandom(3 * MiB)),
+            "multipart/form-data; boundary=b0undary",
+            400,
+            id="missing_closing_boundary",
+        ),
+        pytest.param(
+            b'--b0undary\r\nContent-Disposition: form-data; name="description"\r\n\r\nx\r\n'
+            b"--b0undary--\r\n",
+            "multipart/form-data; boundary=b0undary",
+            400,
+            id="no_file_part",
+        ),
+        pytest.param(
+            multipart_form({}, b"x" * 1000)[0]
+            .replace(b"--b0undary--\r\n", b"")
+            .__add__(
+                b'--b0undary\r\nContent-Disposition: form-data; name="description"\r\n\r\n'
+                b"late\r\n--b0undary--\r\n"
+            ),
+            "multipart/form-data; boundary=b0undary",
+            400,
+            id="field_after_file",
+        ),
+        pytest.param(
+            multipart_form({}, b"x" * 1000)[0], "multipart/form-data", 400, id="no_boundary"
+        ),
+        pytest.param(b'{"file": "x"}', "application/json", 415, id="json_content_type"),
+        pytest.param(b"abc", "text/plain", 415, id="text_content_type"),
+    ],
+)
+def test_malformed_multipart_is_a_4xx_and_the_gateway_stays_up(
+    stack: Stack, body: bytes, content_type: str, status: int
+) -> None:
+    stored = stack.stored_ids()
+    assert_error_envelope(post_form(stack, body, content_type), status)
+    assert_nothing_left(stack, stored)
+    good_body, good_type = multipart_form({"description": "after"}, b"still here")
+    assert post_form(stack, good_body, good_type).status == 201
+
+
+# -- a Storage Element that lies about the checksum ----------------------------------------
+
+
+@dataclass
+class ProxiedStack:
+    gw: ServerProcess
+    rw: Stack  # rw SE behind `rw_proxy`: retention_policy=permanent lands here
+    edit: Stack  # edit SE behind `edit_proxy`: retention_policy=temporary lands here
+    rw_proxy: StorageElementProxy
+    edit_proxy: StorageElementProxy
+
+
+def tamper_checksum(method: str, path: str, status: int, body: bytes) -> bytes:
+    """The SE's 201 claims a checksum of bytes it did not store."""
+    if method == "POST" and path == "/api/v1/files/upload" and status == 201:
+        reply = json.loads(body)
+        reply["checksum"] = hashlib.sha256(b"other bytes").hexdigest()
+        return json.dumps(reply).encode()
+    return body
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[ProxiedStack]:
+    workdir = tmp_path_factory.mktemp("tamper")
+    rw_data, edit_data = workdir / "rw-data", workdir / "edit-data"
+    rw_se = storage_element(workdir, keys.public_path, element_id="se-rw", data_dir=rw_data)
+    edit_se = storage_element(
+        workdir, keys.public_path, element_id="se-edit", mode="edit", data_dir=edit_data
+    )
+    with (
+        running(rw_se, edit_se),
+        StorageElementProxy(rw_se.url) as rw_proxy,
+        StorageElementProxy(edit_se.url) as edit_proxy,
+    ):
+        rw_proxy.rewrite = edit_proxy.rewrite = tamper_checksum
+        entries = [
+            {"id": "se-rw", "url": rw_proxy.url, "mode": "rw", "priority": 100},
+            {"id": "se-edit", "url": edit_proxy.url, "mode": "edit", "priority": 100},
+        ]
+        gw = gateway(workdir, keys.public_path, entries)
+        with running(gw):
+            yield ProxiedStack(
+                gw,
+                Stack(rw_se, gw, keys, rw_data),
+                Stack(edit_se, gw, keys, edit_data),
+                rw_proxy,
+                edit_proxy,
+            )
+
+
+def tampered_upload(
+    env: ProxiedStack, se: Stack, proxy: StorageElementProxy, policy: str, token: str
+) -> str:
+    """Upload through the lying proxy; returns the file id the SE assigned."""
+    stored = se.stored_ids()
+    uploads = len(proxy.uploads())
+    data = os.urandom(3 * MiB)
+    path = f"/api/v1/files/lie.bin?retention_policy={policy}"
+    headers = {"Authorization": f"Bearer {token}"}
+    answer = http_call(env.gw.url, "PUT", path, data, headers)
+    assert_error_envelope(answer, 502, "checksum_mismatch")
+    (upload,) = proxy.uploads()[uploads:]
+    assert upload.status == 201, "the SE did store the file before the gateway removed it"
+    assert se.stored_ids() == stored, "the mismatched file is still on the SE"
+    assert se.settled_partials() == []
+    return next(d.path.rsplit("/", 1)[1] for d in proxy.deletes()[::-1])
+
+
+def test_se_checksum_mismatch_is_502_and_gc_delete_removes_the_file(
+    proxied: ProxiedStack, keys: DevKeys
+) -> None:
+    """Compensation on an rw SE: the gc route, with a service-account token."""
+    deletes = len(proxied.rw_proxy.deletes())
+    token = keys.token("svc-uploader", token_type="service_account")
+    file_id = tampered_upload(proxied, proxied.rw, proxied.rw_proxy, "permanent", token)
+    attempts = [(d.path, d.status) for d in proxied.rw_proxy.deletes()[deletes:]]
+    assert attempts == [(f"/api/v1/gc/{file_id}", 200)]
+
+
+def test_se_checksum_mismatch_falls_back_to_the_edit_mode_delete(
+    proxied: ProxiedStack, keys: DevKeys
+) -> None:
+    """Compensation with a plain user token: gc is refused (not a service account),
+    the edit-mode `DELETE /api/v1/files/{id}` by the uploader removes the file."""
+    deletes = len(proxied.edit_proxy.deletes())
+    token = keys.token("bob")
+    file_id = tampered_upload(proxied, proxied.edit, proxied.edit_proxy, "temporary", token)
+    attempts = [(d.path, d.status) for d in proxied.edit_proxy.deletes()[deletes:]]
+    assert attempts == [(f"/api/v1/gc/{file_id}", 403), (f"/api/v1/files/{file_id}", 200)]
+
+
+# -- the SE is down, or full ---------------------------------------------------------------
+
+
+@pytest.fixture
+def lone_se_stack(tmp_path: Path, keys: DevKeys) -> Iterator[Stack]:
+    yield from start_stack(tmp_path, keys)
+
+
+def assert_fast_503(stack: Stack) -> None:
+    started = time.monotonic()
+    answer = put(stack, os.urandom(256 * 1024))
+    assert time.monotonic() - started < 5, "a dead SE must not make the client wait"
+    assert_error_envelope(answer, 503)
+    assert int(answer.headers["retry-after"]) > 0
+
+
+def test_only_se_down_is_a_fast_503_with_retry_after(lone_se_stack: Stack) -> None:
+    """Right after the kill (the registry still believes the SE healthy: connection
+    refused) and once the health check has noticed (no node is eligible)."""
+    stack = lone_se_stack
+    stack.se.kill()
+    assert_fast_503(stack)
+
+    def not_ready() -> bool:
+        return http_call(stack.gw.url, "GET", "/health/ready").status == 503
+
+    assert wait_for(not_ready), "the health check never noticed the SE is gone"
+    assert_fast_503(stack)
+    assert stack.partials() == []
+    assert stack.stored_ids() == []
+
+
+@pytest.fixture(scope="module")
+def small_se(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[Stack]:
+    yield from start_stack(tmp_path_factory.mktemp("small"), keys, capacity="1MiB")
+
+
+def test_full_se_is_507_for_a_chunked_upload_and_nothing_stored(small_se: Stack) -> None:
+    """The gateway cannot know the size: the SE refuses mid-stream with 507."""
+    pieces = (os.urandom(256 * 1024) for _ in range(12))  # 3 MiB
+    answer = put(small_se, pieces)
+    assert_error_envelope(answer, 507, "insufficient_storage")
+    assert_nothing_left(small_se, [])
+
+
+def test_full_se_is_507_for_a_content_length_upload_and_nothing_stored(small_se: Stack) -> None:
+    """The gateway knows the size and the SE's free space: no node can take it."""
+    answer = put(small_se, os.urandom(3 * MiB))
+    assert_error_envelope(answer, 507, "insufficient_storage")
+    assert_nothing_left(small_se, [])
