@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import msgspec
+from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwk, jwt
 from jose.backends.base import Key
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
@@ -81,6 +82,9 @@ def load_rsa_public_key(pem: bytes) -> Key:
         key = jwk.construct(pem, ALGORITHM)
     except JOSEError as exc:
         raise ValueError(f"not an RSA public key: {exc}") from None
+    # jose wraps any PEM public key (EC, Ed25519) in its RSA class without checking.
+    if not isinstance(getattr(key, "prepared_key", None), rsa.RSAPublicKey):
+        raise ValueError("not an RSA public key")
     return key
 
 
@@ -264,6 +268,9 @@ class TokenVerifier:
             "require_sub": True,
             "verify_aud": self._audience is not None,
             "verify_iss": self._issuer is not None,
+            # jose passes a token without `aud` even when an audience is configured.
+            "require_aud": self._audience is not None,
+            "require_iss": self._issuer is not None,
             "verify_at_hash": False,
         }
         try:

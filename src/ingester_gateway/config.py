@@ -20,6 +20,7 @@ Codec = Literal["zstd", "brotli", "gzip", "none"]
 NodeMode = Literal["edit", "rw", "ro", "ar"]
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
@@ -27,7 +28,7 @@ class StorageElementConfig(msgspec.Struct, forbid_unknown_fields=True):
     """One entry of the static registry (`INGESTER_STORAGE_ELEMENTS`)."""
 
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+    url: HttpUrl
     mode: NodeMode = "rw"
     priority: int = 100
 
@@ -38,7 +39,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
     auth_public_key_file: str | None = None
-    auth_jwks_url: str | None = None
+    auth_jwks_url: HttpUrl | None = None
     auth_issuer: str | None = None
     auth_audience: str | None = None
     auth_min_role: Role = "user"
@@ -134,7 +135,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except (ValueError, msgspec.DecodeError) as exc:
             raise ConfigError(f"{key}: {exc}") from None
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         message = str(exc)
         where = message.rsplit(" - at `", 1)
@@ -143,3 +144,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             detail = where[0][0].lower() + where[0][1:]
             raise ConfigError(f"{_env_name(path)}: {detail} (at {path})") from None
         raise ConfigError(message) from None
+    if settings.auth_public_key_file is not None:
+        _check_public_key_file(settings.auth_public_key_file)
+    return settings
+
+
+def _check_public_key_file(path: str) -> None:
+    """A key file that is missing or holds no RSA public key fails here, at start,
+    with one line, rather than as a traceback when the app is built."""
+    from ingester_gateway.auth import load_rsa_public_key  # auth is heavier than config
+
+    name = PREFIX + "AUTH_PUBLIC_KEY_FILE"
+    try:
+        with open(path, "rb") as fh:
+            load_rsa_public_key(fh.read())
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {path!r}: {exc}") from None

@@ -161,6 +161,7 @@ class UploadEndpoint:
             request, pieces, after_data = await source(ex, body, principal)
             saga = UploadSaga(gw, request)
             if not gw.progress.open(ex.upload_id, principal.sub, saga.progress):
+                saga = None  # the id is another upload's: its entry is not ours to close
                 raise ApiError(409, "upload_id_in_use", "X-Upload-Id is already in use")
             result = await saga.run(pieces, after_data)
             saga.progress.state = "stored"

@@ -89,7 +89,8 @@ class MultipartReader:
             return None
         if not isinstance(event, multipart.MultipartSegment):
             raise malformed(ValueError("unexpected data between parts"))
-        if event.disposition != "form-data" or event.name is None:
+        # Not `is None`: the non-strict parser reports a missing name as "".
+        if event.disposition != "form-data" or not event.name:
             raise bad_request("every multipart part needs Content-Disposition: form-data; name=")
         self._in_part = True
         return PartHeader(event.name, event.filename, event.content_type)

@@ -1,0 +1,114 @@
+"""ProgressBook: owner-only reads, finished entries expire, the book stays bounded."""
+
+from __future__ import annotations
+
+from ingester_gateway.models import UploadProgress
+from ingester_gateway.progress import ProgressBook
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def progress(upload_id: str) -> UploadProgress:
+    return UploadProgress(upload_id=upload_id, state="receiving", filename="f.bin")
+
+
+def test_only_the_owner_sees_an_entry() -> None:
+    book = ProgressBook()
+    entry = progress("u1")
+    assert book.open("u1", "alice", entry)
+    assert book.get("u1", "alice") is entry
+    assert book.get("u1", "bob") is None
+    assert book.get("u2", "alice") is None
+
+
+def test_an_id_in_use_cannot_be_opened_again() -> None:
+    book = ProgressBook()
+    first = progress("u1")
+    assert book.open("u1", "alice", first)
+    assert not book.open("u1", "bob", progress("u1"))
+    assert book.get("u1", "alice") is first
+    assert book.get("u1", "bob") is None
+
+
+def test_a_running_upload_is_kept_past_the_retention() -> None:
+    clock = Clock()
+    book = ProgressBook(retention=10.0, clock=clock)
+    book.open("u1", "alice", progress("u1"))
+    clock.now += 1000
+    book.open("u2", "alice", progress("u2"))
+    assert book.get("u1", "alice") is not None
+
+
+def test_a_finished_entry_is_kept_for_the_retention_then_expires() -> None:
+    clock = Clock()
+    book = ProgressBook(retention=10.0, clock=clock)
+    book.open("u1", "alice", progress("u1"))
+    book.close("u1")
+    clock.now += 9
+    assert book.get("u1", "alice") is not None
+    clock.now += 1
+    assert book.get("u1", "alice") is None
+    assert book.open("u1", "alice", progress("u1"))  # the id is free again
+
+
+def test_finished_entries_expire_behind_a_long_running_upload() -> None:
+    clock = Clock()
+    book = ProgressBook(retention=10.0, clock=clock)
+    book.open("long", "alice", progress("long"))
+    book.open("short", "alice", progress("short"))
+    book.close("short")
+    clock.now += 11
+    assert book.get("short", "alice") is None
+    assert book.get("long", "alice") is not None
+
+
+def test_the_book_is_bounded() -> None:
+    book = ProgressBook(max_entries=3)
+    for i in range(10):
+        assert book.open(f"u{i}", "alice", progress(f"u{i}"))
+        book.close(f"u{i}")
+    visible = [i for i in range(10) if book.get(f"u{i}", "alice") is not None]
+    assert visible == [7, 8, 9]
+
+
+def test_a_full_book_drops_finished_entries_before_running_ones() -> None:
+    book = ProgressBook(max_entries=3)
+    book.open("running", "alice", progress("running"))
+    book.open("done-1", "alice", progress("done-1"))
+    book.close("done-1")
+    book.open("done-2", "alice", progress("done-2"))
+    book.close("done-2")
+    book.open("new", "alice", progress("new"))
+    assert book.get("running", "alice") is not None
+    assert book.get("done-1", "alice") is None
+    assert book.get("done-2", "alice") is not None
+
+
+def test_closing_an_unknown_id_does_not_shorten_a_later_upload_with_that_id() -> None:
+    clock = Clock()
+    book = ProgressBook(retention=10.0, clock=clock)
+    book.close("u1")  # e.g. an upload refused before it was opened
+    book.open("u1", "alice", progress("u1"))
+    clock.now += 100
+    book.open("u2", "alice", progress("u2"))
+    assert book.get("u1", "alice") is not None  # still running: kept
+
+
+def test_an_entry_evicted_while_running_leaves_no_finish_time_behind() -> None:
+    clock = Clock()
+    book = ProgressBook(retention=10.0, max_entries=2, clock=clock)
+    for i in range(3):  # u0 is evicted while still running
+        book.open(f"u{i}", "alice", progress(f"u{i}"))
+    book.close("u0")  # it finishes later
+    book.close("u1")
+    book.close("u2")
+    assert book.open("u0", "bob", progress("u0"))  # the id is reused by a new upload
+    clock.now += 100
+    book.open("u3", "bob", progress("u3"))
+    assert book.get("u0", "bob") is not None  # the new upload runs: kept

@@ -1,0 +1,75 @@
+"""A refused duplicate X-Upload-Id must leave the other upload's progress entry alone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ingester_gateway.config import load_settings
+from ingester_gateway.gateway import Gateway
+from ingester_gateway.handlers import UploadEndpoint
+from ingester_gateway.models import UploadProgress
+from ingester_gateway.progress import ProgressBook
+from tests.conftest import DevKeys
+from tests.unit.support import run
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def gateway(keys: DevKeys) -> Iterator[Gateway]:
+    settings = load_settings(
+        {
+            "INGESTER_AUTH_PUBLIC_KEY_FILE": str(keys.public_path),
+            "INGESTER_STORAGE_ELEMENTS": json.dumps([{"id": "se-1", "url": "http://se:1"}]),
+        }
+    )
+    gw = Gateway(settings)
+    try:
+        yield gw
+    finally:
+        gw.executor.shutdown()
+
+
+def test_a_duplicate_upload_id_is_409_and_the_running_upload_keeps_its_entry(
+    gateway: Gateway, keys: DevKeys
+) -> None:
+    clock = Clock()
+    gateway.progress = ProgressBook(retention=10.0, clock=clock)
+    running = UploadProgress(upload_id="upload-0001", state="receiving", filename="a.bin")
+    assert gateway.progress.open("upload-0001", "alice", running)
+
+    scope = {
+        "type": "http",
+        "method": "PUT",
+        "path": "/api/v1/files/b.bin",
+        "query_string": b"",
+        "headers": [
+            (b"authorization", f"Bearer {keys.token(sub='bob')}".encode()),
+            (b"content-length", b"3"),
+            (b"x-upload-id", b"upload-0001"),
+        ],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"abc", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    run(UploadEndpoint(gateway).put_file(scope, receive, send))
+
+    assert sent[0]["status"] == 409
+    assert json.loads(sent[1]["body"])["error"]["code"] == "upload_id_in_use"
+    clock.now += 100  # long past the retention of a finished entry
+    assert gateway.progress.get("upload-0001", "alice") is running
+    assert running.state == "receiving"
