@@ -22,6 +22,8 @@ class NodeRecord(msgspec.Struct, frozen=True):
     capacity_used: int | None = None
     capacity_available: int | None = None
     last_seen: float | None = None  # unix time of the last heartbeat or health answer
+    expires_at: float | None = None  # unix time the record lapses without a new heartbeat
+    draining: bool = False  # takes no new uploads; in-flight ones finish
 
     @property
     def writable(self) -> bool:

@@ -1,0 +1,146 @@
+"""A node view kept in memory from Redis: a full load at start and every
+`refresh_interval`, plus an immediate reload when the source announces a change on
+its pub/sub channel. Redis going away never blocks a reader: the last view stays,
+marked stale, while the loops reconnect with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ingester_gateway.observability import get_logger
+from ingester_gateway.registry import NodeRecord
+
+Loader = Callable[[aioredis.Redis], Awaitable[list[NodeRecord]]]
+_log = get_logger("ingester_gateway.registry")
+
+
+def redis_client(url: str, timeout: float) -> aioredis.Redis:
+    """A client whose every command gives up after `timeout` seconds."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
+
+
+class RedisWatchedRegistry:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        load: Loader,
+        channel: str,
+        *,
+        refresh_interval: float = 2.0,
+        name: str = "redis",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = client
+        self._load = load
+        self._channel = channel
+        self._interval = refresh_interval
+        self._clock = clock
+        self.name = name
+        self._nodes: list[NodeRecord] = []
+        self._last_ok: float | None = None
+        self._failing = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.refresh()  # best effort: a Redis that is down at start is retried
+        self._tasks = [
+            asyncio.create_task(self._refresh_loop(), name=f"{self.name}-refresh"),
+            asyncio.create_task(self._listen_loop(), name=f"{self.name}-listen"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._redis.aclose()
+
+    def nodes(self) -> list[NodeRecord]:
+        if self.is_stale():
+            return self._nodes  # heartbeats cannot arrive while Redis is away: keep all
+        now = self._clock()
+        return [n for n in self._nodes if n.expires_at is None or n.expires_at >= now]
+
+    def is_stale(self) -> bool:
+        if self._failing or self._last_ok is None:
+            return True
+        return self._clock() - self._last_ok > 3 * self._interval
+
+    def last_refresh(self) -> float | None:
+        return self._last_ok
+
+    async def refresh(self) -> bool:
+        try:
+            self._nodes = await self._load(self._redis)
+        except (RedisError, OSError, TimeoutError, ValueError) as exc:
+            if not self._failing:
+                _log.warning("registry_unreachable", source=self.name, error=str(exc))
+            self._failing = True
+            return False
+        if self._failing:
+            _log.info("registry_reachable", source=self.name)
+        self._failing = False
+        self._last_ok = self._clock()
+        return True
+
+    async def _refresh_loop(self) -> None:
+        backoff = _Backoff()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff.current or self._interval)
+            self._wake.clear()
+            if await self.refresh():
+                backoff.reset()
+            else:
+                backoff.grow()
+
+    async def _listen_loop(self) -> None:
+        backoff = _Backoff()
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                backoff.reset()
+                self._wake.set()  # changes may have been missed while disconnected
+                while True:
+                    message = await pubsub.get_message(timeout=self._interval)
+                    if message is not None:
+                        self._wake.set()
+            except (RedisError, OSError, TimeoutError):
+                backoff.grow()
+                await asyncio.sleep(backoff.current)
+            finally:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+class _Backoff:
+    """Exponential backoff with full jitter between 0.1 s and 5 s."""
+
+    def __init__(self) -> None:
+        self._attempt = 0
+        self.current = 0.0
+
+    def grow(self) -> None:
+        self._attempt += 1
+        self.current = random.uniform(0.05, min(5.0, 0.1 * 2**self._attempt))
+
+    def reset(self) -> None:
+        self._attempt = 0
+        self.current = 0.0
