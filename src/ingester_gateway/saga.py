@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from ingester_gateway.auth import Principal
 from ingester_gateway.errors import ApiError, unavailable
 from ingester_gateway.models import (
@@ -195,6 +197,12 @@ class UploadSaga:
                 framing.field("content_type", content_type),
                 framing.field("compression_algorithm", codec.name),
                 framing.field("uploaded_by", req.principal.sub),
+                # The client's metadata travels with the file (an SE keeps unknown fields).
+                *(
+                    [framing.field("metadata", msgspec.json.encode(req.options.metadata).decode())]
+                    if req.options.metadata
+                    else []
+                ),
                 framing.file_header(
                     storage_name, codec.media_type if codec.name != "none" else content_type
                 ),

@@ -357,6 +357,17 @@ def test_storage_mode_is_an_alias_of_retention_policy(stack: Stack, mode: str, p
         assert se_metadata(stack, reply.body["file_id"])["retention_policy"] == policy
 
 
+def test_metadata_travels_with_the_file_to_the_se(stack: Stack) -> None:
+    metadata = {"project": "artStore", "tags": ["a", "b"], "n": 3}
+    encoded = json.dumps(metadata)
+    raw = put(stack, "meta.txt", b"meta", "metadata=" + urllib.parse.quote(encoded))
+    form = post_form(stack, [("metadata", None, encoded.encode()), ("file", "m.txt", b"meta")])
+    for reply in (raw, form):
+        assert reply.status == 201, reply.body
+        fields = se_metadata(stack, reply.body["file_id"])["fields"]
+        assert json.loads(fields["metadata"]) == metadata
+
+
 # -- refusals that must leave nothing behind -------------------------------------------
 
 
