@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import DevKeys, Stack, start_stack
 from tests.integration.roundtrip import assert_stored
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 TEXT = b"observability makes the invisible visible\n" * 5000
 
 
@@ -32,7 +34,7 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
             return exc.code, bytes(exc.read())
 
 
-def put(stack: Stack, name: str, data: bytes, headers: dict[str, str]) -> tuple[int, dict]:  # type: ignore[type-arg]
+def put(stack: Stack, name: str, data: bytes, headers: dict[str, str]) -> tuple[int, Any]:
     request = urllib.request.Request(
         f"{stack.gw.url}/api/v1/files/{name}", data=data, method="PUT", headers=headers
     )
@@ -44,7 +46,7 @@ def put(stack: Stack, name: str, data: bytes, headers: dict[str, str]) -> tuple[
             return exc.code, json.loads(exc.read())
 
 
-def samples(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def samples(stack: Stack) -> Samples:
     """Every sample of `/metrics`, keyed by name and sorted labels."""
     status, text = get(f"{stack.gw.url}/metrics")
     assert status == 200
@@ -55,7 +57,7 @@ def samples(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
     }
 
 
-def sample(values: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+def sample(values: Samples, name: str, **labels: str) -> float:
     return float(values.get((name, tuple(sorted(labels.items()))), 0.0))
 
 
