@@ -7,6 +7,7 @@ that sent `Expect: 100-continue` is refused before it uploads anything.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -221,18 +222,18 @@ class UploadEndpoint:
             # Answer, then close: the rest of the body is not wanted. Read a bounded
             # amount first so the client sees the answer instead of a TCP reset; a
             # client waiting on `100-continue` has sent nothing and is not invited to.
-            if body is not None or not ex.expects_continue:
+            if (body is not None and body.started) or not ex.expects_continue:
                 await drain_body(receive, DRAIN_SECONDS, DRAIN_BYTES)
             headers.append((b"connection", b"close"))
-        if exc.status >= 500:
-            self.gw.log.warning(
-                "upload_failed",
-                request_id=ex.request_id,
-                upload_id=ex.upload_id,
-                status=exc.status,
-                code=exc.code,
-                error=exc.message,
-            )
+        self.gw.log.log(
+            logging.WARNING if exc.status >= 500 else logging.INFO,
+            "upload_failed" if exc.status >= 500 else "upload_rejected",
+            request_id=ex.request_id,
+            upload_id=ex.upload_id,
+            status=exc.status,
+            code=exc.code,
+            error=exc.message,
+        )
         await send_json(send, exc.status, error_body(exc, ex.request_id), headers)
 
     async def _raw_source(

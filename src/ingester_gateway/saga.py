@@ -94,9 +94,17 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def safe_filename(name: str) -> str:
     """An ASCII basename the SE can store and serve back (the original stays ours)."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
-    base = _UNSAFE.sub("_", base).strip("._")[:200]
-    return base or "file"
+    stem, _, extension = base.rpartition(".")
+    if not stem.strip("."):  # ".hidden", "..": no extension to keep apart
+        stem, extension = base, ""
+    stem = _ascii_word(stem)[:180] or "file"
+    extension = _ascii_word(extension)[:16]
+    return f"{stem}.{extension}" if extension else stem
+
+
+def _ascii_word(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return _UNSAFE.sub("_", text).strip("._")
 
 
 def validate_filename(name: str) -> str:

@@ -41,6 +41,7 @@ class RequestBody:
         self._limit = limit
         self._idle_timeout = idle_timeout
         self.bytes_received = 0
+        self.started = False  # receive() was called: a 100-continue went out
         self.complete = False
         # The last message came in: a further `receive()` would wait for the response.
         self.fully_received = False
@@ -56,6 +57,7 @@ class RequestBody:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         watchdog = _IdleWatchdog(self, loop, task)
+        self.started = True
         try:
             more = True
             while more:
