@@ -52,15 +52,36 @@ def assert_nothing_left(stack: Stack, stored_before: list[str]) -> None:
     assert "unhandled_error" not in stack.gw.log_path.read_text(errors="replace")
 
 
-def raw_headers(stack: Stack, path: str, headers: dict[str, str]) -> bytes:
-    """The head of an authorized PUT, for a raw socket client."""
+def raw_headers(stack: Stack, path: str, headers: dict[str, str], method: str = "PUT") -> bytes:
+    """The head of an authorized request, for a raw socket client."""
     fields = {"Host": "127.0.0.1", **stack.keys.auth(), **headers}
-    lines = [f"PUT {path} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items())]
+    lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def chunk(data: bytes) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+ROUTES = ("put", "multipart")
+FILE_PART_HEAD = (
+    b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="x.bin"\r\n'
+    b"Content-Type: application/octet-stream\r\n\r\n"
+)
+
+
+def start_chunked_upload(stack: Stack, route: str) -> socket.socket:
+    """A raw socket that has sent the head of a chunked upload (and, on the multipart
+    route, the opening of the `file` part); the caller sends the data chunks."""
+    sock = connect(stack)
+    chunked = {"Transfer-Encoding": "chunked"}
+    if route == "put":
+        sock.sendall(raw_headers(stack, "/api/v1/files/x.bin", chunked))
+    else:
+        form = {**chunked, "Content-Type": "multipart/form-data; boundary=b0undary"}
+        sock.sendall(raw_headers(stack, "/api/v1/files/upload", form, "POST"))
+        sock.sendall(chunk(FILE_PART_HEAD))
+    return sock
 
 
 def read_until_close(sock: socket.socket, timeout: float) -> bytes:
@@ -269,11 +290,12 @@ def test_body_longer_than_content_length_stores_exactly_content_length_bytes(
     assert limited.settled_partials() == []
 
 
-def test_client_stalling_mid_body_is_408_and_the_se_partial_removed(limited: Stack) -> None:
+@pytest.mark.parametrize("route", ROUTES)
+def test_client_stalling_mid_body_is_408_and_the_se_partial_removed(
+    limited: Stack, route: str
+) -> None:
     stored = limited.stored_ids()
-    sock = connect(limited)
-    with sock:
-        sock.sendall(raw_headers(limited, "/api/v1/files/x", {"Transfer-Encoding": "chunked"}))
+    with start_chunked_upload(limited, route) as sock:
         for _ in range(8):  # 512 KiB: eight blocks already streamed to the SE
             sock.sendall(chunk(os.urandom(64 * 1024)))
         assert wait_for(lambda: limited.partials() != [], 0.9), "the SE request never opened"
@@ -285,11 +307,9 @@ def test_client_stalling_mid_body_is_408_and_the_se_partial_removed(limited: Sta
 # -- client disconnects, digests, malformed multipart: the default stack ------------------
 
 
-def abort_chunked_upload(stack: Stack, size: int) -> None:
+def abort_chunked_upload(stack: Stack, size: int, route: str = "put") -> None:
     """Send `size` bytes of a chunked upload, then close the socket without the end."""
-    sock = connect(stack)
-    with sock:
-        sock.sendall(raw_headers(stack, "/api/v1/files/x", {"Transfer-Encoding": "chunked"}))
+    with start_chunked_upload(stack, route) as sock:
         block = os.urandom(256 * 1024)
         for _ in range(size // len(block)):
             sock.sendall(chunk(block))
@@ -316,6 +336,21 @@ def test_client_disconnect_mid_upload_leaves_nothing_and_leaks_nothing(stack: St
     assert threads_after <= threads_before + 2, (threads_before, threads_after)
     assert metric(stack.gw, "ingester_uploads_in_flight") == 0
     assert_nothing_left(stack, stored)
+
+
+def test_client_disconnect_mid_multipart_file_part_leaves_nothing(stack: Stack) -> None:
+    stored = stack.stored_ids()
+    abort_chunked_upload(stack, 3 * MiB, "multipart")
+    assert wait_for(lambda: metric(stack.gw, "ingester_uploads_in_flight") == 0)
+    assert_nothing_left(stack, stored)
+
+
+def test_put_without_content_length_or_chunking_is_411(stack: Stack) -> None:
+    """HTTP/1.1 framing: no Content-Length and no chunking means no body at all."""
+    with connect(stack) as sock:
+        sock.sendall(raw_headers(stack, "/api/v1/files/x.bin", {"Connection": "close"}))
+        answer = parse_response(read_until_close(sock, 10))
+    assert_error_envelope(answer, 411, "length_required")
 
 
 def content_digest(data: bytes) -> str:
