@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from jose import jwt
 
 from tests.conftest import (
     Answer,
@@ -97,6 +98,11 @@ def hs256_with_public_key(public_pem: bytes) -> str:
     return f"{header}.{payload}.{b64url(signature)}"
 
 
+def rs384_token(keys: DevKeys) -> str:
+    """Signed by the trusted key, but with an algorithm outside the pinned list."""
+    return str(jwt.encode(admin_claims("admin"), keys.private_pem.decode(), algorithm="RS384"))
+
+
 # name -> Authorization header value (None: no header), from (keys, other_keys)
 Credential = Callable[[DevKeys, DevKeys], str | None]
 UNAUTHORIZED: dict[str, Credential] = {
@@ -113,6 +119,8 @@ UNAUTHORIZED: dict[str, Credential] = {
         "Bearer " + hs256_with_public_key(k.public_path.read_bytes())
     ),
     "refresh_token": lambda k, o: "Bearer " + k.token(role="admin", token_type="refresh"),
+    "rs384_by_the_right_key": lambda k, o: "Bearer " + rs384_token(k),
+    "oversized": lambda k, o: "Bearer " + k.token(extra={"pad": "x" * 9000}),
 }
 FORBIDDEN: dict[str, Credential] = {
     "unknown_role": lambda k, o: "Bearer " + k.token(role="superuser"),
