@@ -299,12 +299,25 @@ class UploadSaga:
             out = await encoded
             self.progress.bytes_received = encoder.original_size
             if out:
-                await channel.put(out)
+                await self._hand_over(channel, out)
             block = following
         tail = encoder.finish()
         if tail:
-            await channel.put(tail)
-        await channel.put(None)
+            await self._hand_over(channel, tail)
+        await self._hand_over(channel, None)
+
+    async def _hand_over(self, channel: asyncio.Queue[bytes | None], item: bytes | None) -> None:
+        """Queue `item` for the SE writer. An SE that takes nothing for the response
+        timeout is stuck; waiting on, we would read nothing from the client, never see
+        it leave, and hold the upload open for as long as the SE stalls."""
+        timeout = self.gw.settings.upstream_response_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                await channel.put(item)
+        except TimeoutError:
+            raise ApiError(
+                502, "storage_timeout", f"the storage element took no data for {timeout:g} s"
+            ) from None
 
     def _check_claimed_digest(self, encoder: BlockEncoder) -> None:
         claimed = self.req.claimed_sha256
