@@ -298,6 +298,8 @@ class StorageElementProxy:
     bytes) and may rewrite the SE's replies, which makes a misbehaving SE out of a real one.
 
     `rewrite(method, path, status, body) -> body` may be swapped between tests.
+    `stall_upload(after_bytes, seconds)` makes the SE stop reading an upload body for a
+    while, as a stuck disk or a hung SE would; `stalled` is set once it has stopped.
     """
 
     def __init__(self, upstream: str, name: str = "se-proxy", port: int | None = None) -> None:
@@ -306,6 +308,8 @@ class StorageElementProxy:
         self.port = port or free_port()
         self.rewrite: ReplyRewrite | None = None
         self.requests: list[ProxiedRequest] = []
+        self.stalled = threading.Event()
+        self._stall: tuple[int, float] | None = None
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
@@ -320,6 +324,11 @@ class StorageElementProxy:
         """The upload requests that reached the SE through this proxy."""
         with self._lock:
             return [r for r in self.requests if r.path == "/api/v1/files/upload"]
+
+    def stall_upload(self, after_bytes: int, seconds: float) -> None:
+        """The next upload stops being read after `after_bytes` for `seconds`."""
+        self.stalled.clear()
+        self._stall = (after_bytes, seconds)
 
     def deletes(self) -> list[ProxiedRequest]:
         with self._lock:
@@ -368,6 +377,10 @@ class StorageElementProxy:
             async for chunk in request.content.iter_any():
                 record.body_bytes += len(chunk)
                 yield chunk
+                if self._stall is not None and record.body_bytes >= self._stall[0]:
+                    seconds, self._stall = self._stall[1], None
+                    self.stalled.set()
+                    await asyncio.sleep(seconds)  # read nothing: TCP backpressure
 
         skip = {"host", "content-length", "transfer-encoding", "connection"}
         headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}

@@ -8,6 +8,7 @@ the HTTP level; a proxy in front of a real SE plays the SE that misbehaves.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -45,9 +46,9 @@ MiB = 2**20
 # -- helpers ---------------------------------------------------------------------------
 
 
-def assert_nothing_left(stack: Stack, stored_before: list[str]) -> None:
-    """No new file on the SE, no partial (given a moment to go), no last-resort 500."""
-    assert stack.settled_partials() == [], "the SE still holds a partial file"
+def assert_nothing_left(stack: Stack, stored_before: list[str], wait: float = 5.0) -> None:
+    """No new file on the SE, no partial (given `wait` s to go), no last-resort 500."""
+    assert stack.settled_partials(wait) == [], "the SE still holds a partial file"
     assert stack.stored_ids() == stored_before, "the SE stored a file"
     assert "unhandled_error" not in stack.gw.log_path.read_text(errors="replace")
 
@@ -65,18 +66,20 @@ def chunk(data: bytes) -> bytes:
 
 ROUTES = ("put", "multipart")
 FILE_PART_HEAD = (
+    b'--b0undary\r\nContent-Disposition: form-data; name="compress"\r\n\r\nfalse\r\n'
     b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="x.bin"\r\n'
     b"Content-Type: application/octet-stream\r\n\r\n"
 )
 
 
 def start_chunked_upload(stack: Stack, route: str) -> socket.socket:
-    """A raw socket that has sent the head of a chunked upload (and, on the multipart
-    route, the opening of the `file` part); the caller sends the data chunks."""
+    """A raw socket that has sent the head of a chunked upload, uncompressed so the SE
+    gets every byte (and, on the multipart route, the opening of the `file` part); the
+    caller sends the data chunks."""
     sock = connect(stack)
     chunked = {"Transfer-Encoding": "chunked"}
     if route == "put":
-        sock.sendall(raw_headers(stack, "/api/v1/files/x.bin", chunked))
+        sock.sendall(raw_headers(stack, "/api/v1/files/x.bin?compress=false", chunked))
     else:
         form = {**chunked, "Content-Type": "multipart/form-data; boundary=b0undary"}
         sock.sendall(raw_headers(stack, "/api/v1/files/upload", form, "POST"))
@@ -617,3 +620,61 @@ def test_full_se_is_507_for_a_content_length_upload_and_nothing_stored(small_se:
     answer = put(small_se, os.urandom(3 * MiB))
     assert_error_envelope(answer, 507, "insufficient_storage")
     assert_nothing_left(small_se, [])
+
+
+# -- a Storage Element that stops reading mid-body ----------------------------------------
+
+STALL_SECONDS = 5.0
+
+
+@pytest.fixture(scope="module")
+def stalling(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[ProxiedStack]:
+    """A real SE behind a proxy that can stop reading; the gateway gives the SE 1 s."""
+    workdir = tmp_path_factory.mktemp("stalling")
+    data_dir = workdir / "se-1-data"
+    se = storage_element(workdir, keys.public_path, data_dir=data_dir)
+    with running(se), StorageElementProxy(se.url) as proxy:
+        entry = [{"id": "se-1", "url": proxy.url, "mode": "rw", "priority": 100}]
+        env = {"INGESTER_UPSTREAM_RESPONSE_TIMEOUT_SECONDS": "1"}
+        gw = gateway(workdir, keys.public_path, entry, env=env)
+        with running(gw):
+            se_stack = Stack(se, gw, keys, data_dir)
+            yield ProxiedStack(gw, se_stack, se_stack, proxy, proxy)
+
+
+def test_se_that_stops_reading_is_a_502_after_the_upstream_timeout(
+    stalling: ProxiedStack,
+) -> None:
+    """Backpressure is not a hang: an SE that takes no data for the upstream timeout
+    fails the upload (the client is answered, after a bounded drain of its body)."""
+    stack, proxy = stalling.rw, stalling.rw_proxy
+    stored = stack.stored_ids()
+    proxy.stall_upload(after_bytes=MiB, seconds=STALL_SECONDS)
+    started = time.monotonic()
+    answer = put(stack, (os.urandom(256 * 1024) for _ in range(64)))  # 16 MiB
+    assert proxy.stalled.is_set()
+    assert time.monotonic() - started < STALL_SECONDS, "the gateway waited out the stall"
+    assert_error_envelope(answer, 502)
+    assert_nothing_left(stack, stored, wait=STALL_SECONDS + 5)
+
+
+def test_client_gone_while_the_se_stalls_is_aborted_within_the_upstream_timeout(
+    stalling: ProxiedStack,
+) -> None:
+    """While the gateway is blocked handing a block to a stuck SE it reads nothing from
+    the client, so it cannot see the client leave: without a bound on the SE's silence
+    the upload (task, client socket, SE socket) would live as long as the SE stalls."""
+    stack, proxy = stalling.rw, stalling.rw_proxy
+    stored = stack.stored_ids()
+    proxy.stall_upload(after_bytes=MiB, seconds=STALL_SECONDS)
+    with start_chunked_upload(stack, "put") as sock:
+        sock.settimeout(0.5)
+        block = chunk(os.urandom(256 * 1024))
+        with contextlib.suppress(TimeoutError):
+            for _ in range(256):  # until the gateway stops taking data (64 MiB at most)
+                sock.sendall(block)
+        assert proxy.stalled.wait(5)
+    stall_began = time.monotonic()
+    assert wait_for(lambda: metric(stack.gw, "ingester_uploads_in_flight") == 0, 10)
+    assert time.monotonic() - stall_began < STALL_SECONDS - 1, "aborted only when the SE woke"
+    assert_nothing_left(stack, stored, wait=STALL_SECONDS + 5)
