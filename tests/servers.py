@@ -287,9 +287,10 @@ class ProxiedRequest:
     path: str
     status: int = 0  # 0 until the SE has answered
     body_bytes: int = 0
+    reply: bytes = b""  # what the SE answered, before any rewrite
 
 
-ReplyRewrite = Callable[[str, str, int, bytes], bytes]
+ReplyRewrite = Callable[[str, str, int, bytes], tuple[int, bytes]]
 
 
 class StorageElementProxy:
@@ -297,7 +298,7 @@ class StorageElementProxy:
     the test process: it records every request it forwards (method, path, status, body
     bytes) and may rewrite the SE's replies, which makes a misbehaving SE out of a real one.
 
-    `rewrite(method, path, status, body) -> body` may be swapped between tests.
+    `rewrite(method, path, status, body) -> (status, body)` may be swapped between tests.
     `stall_upload(after_bytes, seconds)` makes the SE stop reading an upload body for a
     while, as a stuck disk or a hung SE would; `stalled` is set once it has stopped.
     """
@@ -393,11 +394,9 @@ class StorageElementProxy:
             chunked=True if has_body else None,
             timeout=aiohttp.ClientTimeout(total=120),
         ) as upstream:
-            payload = await upstream.read()
-            record.status = upstream.status
+            record.reply = payload = await upstream.read()
+            record.status = status = upstream.status
             content_type = upstream.headers.get("Content-Type", "application/json")
         if self.rewrite is not None:
-            payload = self.rewrite(request.method, request.path, record.status, payload)
-        return web.Response(
-            status=record.status, body=payload, headers={"Content-Type": content_type}
-        )
+            status, payload = self.rewrite(request.method, request.path, status, payload)
+        return web.Response(status=status, body=payload, headers={"Content-Type": content_type})

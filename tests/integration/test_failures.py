@@ -33,6 +33,7 @@ from tests.conftest import (
     start_stack,
 )
 from tests.servers import (
+    ReplyRewrite,
     ServerProcess,
     StorageElementProxy,
     gateway,
@@ -491,13 +492,31 @@ class ProxiedStack:
     edit_proxy: StorageElementProxy
 
 
-def tamper_checksum(method: str, path: str, status: int, body: bytes) -> bytes:
-    """The SE's 201 claims a checksum of bytes it did not store."""
-    if method == "POST" and path == "/api/v1/files/upload" and status == 201:
-        reply = json.loads(body)
-        reply["checksum"] = hashlib.sha256(b"other bytes").hexdigest()
-        return json.dumps(reply).encode()
-    return body
+def se_upload_reply(rewrite: Callable[[int, bytes], tuple[int, bytes]]) -> ReplyRewrite:
+    """A proxy rewrite that changes only the SE's 201 to an upload."""
+
+    def rewrite_upload(method: str, path: str, status: int, body: bytes) -> tuple[int, bytes]:
+        if method == "POST" and path == "/api/v1/files/upload" and status == 201:
+            return rewrite(status, body)
+        return status, body
+
+    return rewrite_upload
+
+
+def wrong_checksum(status: int, body: bytes) -> tuple[int, bytes]:
+    """The SE claims a checksum of bytes it did not store."""
+    reply = json.loads(body)
+    reply["checksum"] = hashlib.sha256(b"other bytes").hexdigest()
+    return status, json.dumps(reply).encode()
+
+
+def server_error(status: int, body: bytes) -> tuple[int, bytes]:
+    """Stored, then a 500 (the artStore Python SE does this in some cases)."""
+    return 500, b'{"detail": "Internal Server Error"}'
+
+
+def unreadable(status: int, body: bytes) -> tuple[int, bytes]:
+    return status, b"<html>created</html>"
 
 
 @pytest.fixture(scope="module")
@@ -513,7 +532,6 @@ def proxied(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator
         StorageElementProxy(rw_se.url) as rw_proxy,
         StorageElementProxy(edit_se.url) as edit_proxy,
     ):
-        rw_proxy.rewrite = edit_proxy.rewrite = tamper_checksum
         entries = [
             {"id": "se-rw", "url": rw_proxy.url, "mode": "rw", "priority": 100},
             {"id": "se-edit", "url": edit_proxy.url, "mode": "edit", "priority": 100},
@@ -529,33 +547,42 @@ def proxied(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator
             )
 
 
-def tampered_upload(
-    env: ProxiedStack, se: Stack, proxy: StorageElementProxy, policy: str, token: str
-) -> str:
-    """Upload through the lying proxy; returns the file id the SE assigned."""
+def upload_through_a_lying_se(
+    env: ProxiedStack,
+    se: Stack,
+    proxy: StorageElementProxy,
+    token: str,
+    lie: Callable[[int, bytes], tuple[int, bytes]] = wrong_checksum,
+    code: str = "checksum_mismatch",
+) -> tuple[str, list[tuple[str, int]]]:
+    """Upload through a proxy that falsifies the SE's 201: the client gets 502 and the
+    file the SE did store is gone. Returns its id and the deletes the SE received."""
     stored = se.stored_ids()
-    uploads = len(proxy.uploads())
-    data = os.urandom(3 * MiB)
+    uploads, deletes = len(proxy.uploads()), len(proxy.deletes())
+    policy = "temporary" if se is env.edit else "permanent"
     path = f"/api/v1/files/lie.bin?retention_policy={policy}"
-    headers = {"Authorization": f"Bearer {token}"}
-    answer = http_call(env.gw.url, "PUT", path, data, headers)
-    assert_error_envelope(answer, 502, "checksum_mismatch")
+    proxy.rewrite = se_upload_reply(lie)
+    try:
+        answer = http_call(env.gw.url, "PUT", path, os.urandom(3 * MiB), {"Authorization": token})
+    finally:
+        proxy.rewrite = None
+    assert_error_envelope(answer, 502, code)
     (upload,) = proxy.uploads()[uploads:]
-    assert upload.status == 201, "the SE did store the file before the gateway removed it"
-    assert se.stored_ids() == stored, "the mismatched file is still on the SE"
+    assert upload.status == 201, "the SE did not store the file: nothing to compensate"
+    file_id = json.loads(upload.reply)["file_id"]
+    assert file_id not in se.stored_ids(), "the file the SE stored is still there"
+    assert se.stored_ids() == stored
     assert se.settled_partials() == []
-    return next(d.path.rsplit("/", 1)[1] for d in proxy.deletes()[::-1])
+    return file_id, [(d.path, d.status) for d in proxy.deletes()[deletes:]]
 
 
 def test_se_checksum_mismatch_is_502_and_gc_delete_removes_the_file(
     proxied: ProxiedStack, keys: DevKeys
 ) -> None:
     """Compensation on an rw SE: the gc route, with a service-account token."""
-    deletes = len(proxied.rw_proxy.deletes())
-    token = keys.token("svc-uploader", token_type="service_account")
-    file_id = tampered_upload(proxied, proxied.rw, proxied.rw_proxy, "permanent", token)
-    attempts = [(d.path, d.status) for d in proxied.rw_proxy.deletes()[deletes:]]
-    assert attempts == [(f"/api/v1/gc/{file_id}", 200)]
+    token = "Bearer " + keys.token("svc-uploader", token_type="service_account")
+    file_id, deletes = upload_through_a_lying_se(proxied, proxied.rw, proxied.rw_proxy, token)
+    assert deletes == [(f"/api/v1/gc/{file_id}", 200)]
 
 
 def test_se_checksum_mismatch_falls_back_to_the_edit_mode_delete(
@@ -563,11 +590,20 @@ def test_se_checksum_mismatch_falls_back_to_the_edit_mode_delete(
 ) -> None:
     """Compensation with a plain user token: gc is refused (not a service account),
     the edit-mode `DELETE /api/v1/files/{id}` by the uploader removes the file."""
-    deletes = len(proxied.edit_proxy.deletes())
-    token = keys.token("bob")
-    file_id = tampered_upload(proxied, proxied.edit, proxied.edit_proxy, "temporary", token)
-    attempts = [(d.path, d.status) for d in proxied.edit_proxy.deletes()[deletes:]]
-    assert attempts == [(f"/api/v1/gc/{file_id}", 403), (f"/api/v1/files/{file_id}", 200)]
+    token = "Bearer " + keys.token("bob")
+    file_id, deletes = upload_through_a_lying_se(proxied, proxied.edit, proxied.edit_proxy, token)
+    assert deletes == [(f"/api/v1/gc/{file_id}", 403), (f"/api/v1/files/{file_id}", 200)]
+
+
+@pytest.mark.parametrize("lie", [server_error, unreadable], ids=["500", "unreadable_201"])
+def test_se_failing_after_it_stored_the_file_is_502_and_the_file_removed(
+    proxied: ProxiedStack, keys: DevKeys, lie: Callable[[int, bytes], tuple[int, bytes]]
+) -> None:
+    token = "Bearer " + keys.token("svc-uploader", token_type="service_account")
+    file_id, deletes = upload_through_a_lying_se(
+        proxied, proxied.rw, proxied.rw_proxy, token, lie, "storage_failed"
+    )
+    assert deletes == [(f"/api/v1/gc/{file_id}", 200)]
 
 
 # -- the SE is down, or full ---------------------------------------------------------------
