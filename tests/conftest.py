@@ -16,7 +16,15 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from ingester_gateway.tokens import generate_keypair, mint_token
-from tests.servers import ServerProcess, gateway, running, se_entry, storage_element
+from tests.servers import (
+    ServerProcess,
+    gateway,
+    running,
+    se_entry,
+    service_account_env,
+    storage_element,
+    token_service,
+)
 
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -86,11 +94,17 @@ def start_stack(
     mode: str = "rw",
     env: dict[str, str] | None = None,
     capacity: str = "10GiB",
+    service_account: bool = True,
 ) -> Iterator[Stack]:
+    """An SE and a gateway; with `service_account`, also the reference token service, so
+    the gateway can compensate on an rw SE (gc needs a service-account token)."""
     data_dir = workdir / "se-1-data"
     se = storage_element(workdir, keys.public_path, mode=mode, capacity=capacity, data_dir=data_dir)
-    with running(se):
-        gw = gateway(workdir, keys.public_path, [se_entry(se, mode)], env=env)
+    tokens = token_service(workdir, keys.private_path)
+    services = (se, tokens) if service_account else (se,)
+    with running(*services):
+        gw_env = {**(service_account_env(tokens) if service_account else {}), **(env or {})}
+        gw = gateway(workdir, keys.public_path, [se_entry(se, mode)], env=gw_env)
         with running(gw):
             yield Stack(se, gw, keys, data_dir)
 

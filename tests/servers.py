@@ -190,6 +190,38 @@ def gateway(
     return ServerProcess(name, argv, port, workdir / f"{name}.log", env=full_env)
 
 
+SERVICE_CLIENT = ("ingester", "test-secret")
+
+
+def token_service(workdir: Path, private_key: Path, port: int | None = None) -> ServerProcess:
+    """The reference Admin token endpoint, with one service account (SERVICE_CLIENT)."""
+    port = port or free_port()
+    client_id, secret = SERVICE_CLIENT
+    argv = [
+        PYTHON,
+        "-m",
+        "ingester_gateway",
+        "token-service",
+        "--port",
+        str(port),
+        "--private-key",
+        str(private_key),
+        "--client",
+        f"{client_id}:{secret}",
+    ]
+    return ServerProcess(f"token-service-{port}", argv, port, workdir / f"token-service-{port}.log")
+
+
+def service_account_env(tokens: ServerProcess) -> dict[str, str]:
+    """Gateway settings that use `tokens` for a service account."""
+    client_id, secret = SERVICE_CLIENT
+    return {
+        "INGESTER_SERVICE_TOKEN_URL": f"{tokens.url}/api/v1/auth/token",
+        "INGESTER_SERVICE_CLIENT_ID": client_id,
+        "INGESTER_SERVICE_CLIENT_SECRET": secret,
+    }
+
+
 def se_entry(se: ServerProcess, mode: str = "rw", priority: int = 100) -> dict[str, object]:
     return {"id": se.name, "url": se.url, "mode": mode, "priority": priority}
 

@@ -69,6 +69,31 @@ def _storage_element(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_service(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ingester_gateway.token_service import ServiceClient, TokenServiceApp
+
+    app = TokenServiceApp(
+        Path(args.private_key).read_bytes(),
+        [ServiceClient.parse(spec) for spec in args.client],
+        ttl=args.ttl,
+        kid=args.kid,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+    )
+    return 0
+
+
 def _keys(args: argparse.Namespace) -> int:
     from ingester_gateway.tokens import generate_keypair
 
@@ -92,7 +117,7 @@ def _token(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from ingester_gateway.devrun import run_dev
 
-    return run_dev(Path(args.data_dir), args.port, args.se_port)
+    return run_dev(Path(args.data_dir), args.port, args.se_port, args.se_port + 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     se.set_defaults(func=_storage_element)
 
+    ts = sub.add_parser(
+        "token-service", help="reference Admin Module token endpoint (client credentials, JWKS)"
+    )
+    ts.add_argument("--host", default="127.0.0.1")
+    ts.add_argument("--port", type=int, default=8030)
+    ts.add_argument("--private-key", required=True)
+    ts.add_argument("--client", action="append", required=True, help="ID:SECRET[:ROLE], repeatable")
+    ts.add_argument("--ttl", type=int, default=3600, help="token lifetime, seconds")
+    ts.add_argument("--kid", default="dev")
+    ts.set_defaults(func=_token_service)
+
     keys = sub.add_parser("keys", help="write a dev RSA key pair (private.pem, public.pem)")
     keys.add_argument("--out", required=True)
     keys.set_defaults(func=_keys)
@@ -132,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="dev keys + a local Storage Element + the gateway")
     dev.add_argument("--data-dir", default=".data")
     dev.add_argument("--port", type=int, default=int(os.environ.get("INGESTER_PORT", "8020")))
-    dev.add_argument("--se-port", type=int, default=8021)
+    dev.add_argument(
+        "--se-port", type=int, default=8021, help="the SE; the token service takes the next port"
+    )
     dev.set_defaults(func=_dev)
     return parser
 

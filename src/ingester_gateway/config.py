@@ -60,6 +60,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     gzip_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 6
     allowed_content_types: list[str] = msgspec.field(default_factory=list)
 
+    upstream_credentials: Literal["forward", "service_account"] = "forward"
+    service_token_url: HttpUrl | None = None
+    service_client_id: str | None = None
+    service_client_secret: str | None = None
+
     client_body_timeout_seconds: Seconds = 60.0
     upstream_connect_timeout_seconds: Seconds = 5.0
     upstream_response_timeout_seconds: Seconds = 120.0
@@ -75,6 +80,17 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError(
                 "INGESTER_STORAGE_ELEMENTS: at least one storage element is required"
                 " with the static registry"
+            )
+        service = (self.service_token_url, self.service_client_id, self.service_client_secret)
+        if any(service) and not all(service):
+            raise ValueError(
+                "INGESTER_SERVICE_TOKEN_URL, INGESTER_SERVICE_CLIENT_ID and"
+                " INGESTER_SERVICE_CLIENT_SECRET go together"
+            )
+        if self.upstream_credentials == "service_account" and not all(service):
+            raise ValueError(
+                "INGESTER_UPSTREAM_CREDENTIALS=service_account needs INGESTER_SERVICE_TOKEN_URL,"
+                " INGESTER_SERVICE_CLIENT_ID and INGESTER_SERVICE_CLIENT_SECRET"
             )
         ids = [se.id for se in self.storage_elements]
         if len(ids) != len(set(ids)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_dev(data_dir: Path, port: int, se_port: int) -> int:
+def run_dev(data_dir: Path, port: int, se_port: int, token_port: int) -> int:
     keys = data_dir / "keys"
     if not (keys / "private.pem").exists():
         generate_keypair(keys)
@@ -81,12 +82,33 @@ def run_dev(data_dir: Path, port: int, se_port: int) -> int:
         )
         processes.append(se)
         wait_ready("the storage element", f"http://127.0.0.1:{se_port}/health/ready", se)
+        # The Admin Module's stand-in: a service account for compensating deletes.
+        secret = secrets.token_urlsafe(16)
+        tokens = subprocess.Popen(
+            [
+                python,
+                "-m",
+                "ingester_gateway",
+                "token-service",
+                "--port",
+                str(token_port),
+                "--private-key",
+                str(keys / "private.pem"),
+                "--client",
+                f"ingester:{secret}",
+            ]
+        )
+        processes.append(tokens)
+        wait_ready("the token service", f"http://127.0.0.1:{token_port}/health/ready", tokens)
         env = {
             "INGESTER_HOST": "127.0.0.1",
             "INGESTER_LOG_FORMAT": "text",
             **os.environ,
             "INGESTER_PORT": str(port),
             "INGESTER_AUTH_PUBLIC_KEY_FILE": str(public),
+            "INGESTER_SERVICE_TOKEN_URL": f"http://127.0.0.1:{token_port}/api/v1/auth/token",
+            "INGESTER_SERVICE_CLIENT_ID": "ingester",
+            "INGESTER_SERVICE_CLIENT_SECRET": secret,
             "INGESTER_STORAGE_ELEMENTS": json.dumps(
                 [{"id": "se-1", "url": f"http://127.0.0.1:{se_port}", "mode": "rw"}]
             ),

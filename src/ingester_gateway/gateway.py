@@ -13,11 +13,11 @@ import aiohttp
 from ingester_gateway.auth import (
     JwksKeySource,
     KeySource,
-    Principal,
     StaticKeySource,
     TokenVerifier,
 )
 from ingester_gateway.config import Settings
+from ingester_gateway.credentials import ServiceAccount, UpstreamCredentials
 from ingester_gateway.models import CodecName, RetentionPolicy
 from ingester_gateway.observability import Metrics, get_logger
 from ingester_gateway.pipeline.codecs import CompressionCodec, build_codecs
@@ -62,6 +62,7 @@ class Gateway:
             cache_size=settings.auth_token_cache_size,
         )
         self.storage: StorageClient
+        self.credentials: UpstreamCredentials
         self.registry: NodeRegistry
 
     def session(self) -> aiohttp.ClientSession:
@@ -74,6 +75,12 @@ class Gateway:
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, raise_for_status=False
         )
+        service = None
+        if s.service_token_url and s.service_client_id and s.service_client_secret:
+            service = ServiceAccount(
+                s.service_token_url, s.service_client_id, s.service_client_secret, self.session
+            )
+        self.credentials = UpstreamCredentials(service, forward=s.upstream_credentials == "forward")
         self.storage = StorageClient(
             self._session, s.upstream_connect_timeout_seconds, s.upstream_response_timeout_seconds
         )
@@ -99,10 +106,6 @@ class Gateway:
 
     def release(self, node_id: str, size: int) -> None:
         self._reserved[node_id] -= size
-
-    def upstream_headers(self, principal: Principal) -> dict[str, str]:
-        """The credential the SE sees: the client's own bearer token, forwarded."""
-        return {"Authorization": f"Bearer {principal.token}"}
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready when a writable SE answered its health check recently."""

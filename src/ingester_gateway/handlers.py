@@ -165,6 +165,10 @@ class UploadEndpoint:
                 saga = None  # the id is another upload's: its entry is not ours to close
                 raise ApiError(409, "upload_id_in_use", "X-Upload-Id is already in use")
             result = await saga.run(pieces, after_data)
+            if body.client_gone:
+                # Nobody will see the 201: keep no file that no one knows was stored.
+                await saga.undo()
+                raise ClientDisconnected()
             saga.progress.state = "stored"
             saga.progress.finished_at = iso_utc(time.time())
             await send_json(send, 201, _encoder.encode(result), ex.response_headers)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ingester_gateway.auth import Principal
+from ingester_gateway.credentials import CredentialError
 from ingester_gateway.errors import ApiError, unavailable
 from ingester_gateway.models import (
     CodecName,
@@ -136,6 +137,7 @@ class UploadSaga:
             expected_bytes=request.expected_size,
             started_at=iso_utc(time.time()),
         )
+        self._stored: tuple[NodeRecord, str] | None = None
 
     async def run(
         self, pieces: AsyncIterator[bytes], after_data: Callable[[], Awaitable[None]]
@@ -230,7 +232,11 @@ class UploadSaga:
             attempt.committed = True
             yield tail
 
-        headers = {"X-Request-ID": req.request_id, **gw.upstream_headers(req.principal)}
+        try:
+            credential = await gw.credentials.for_upload(req.principal)
+        except CredentialError as exc:
+            raise ApiError(502, "storage_credentials", str(exc)) from None
+        headers = {"X-Request-ID": req.request_id, **credential}
         upstream = asyncio.create_task(
             gw.storage.upload(attempt.node, body(), framing.content_type, headers)
         )
@@ -265,7 +271,7 @@ class UploadSaga:
             reply = await upstream
         except UpstreamError as exc:
             if attempt.committed:  # the SE may have stored it before failing
-                await self._compensate_commit(attempt.node, attempt.file_id, headers)
+                await self._compensate_commit(attempt.node, attempt.file_id)
             raise _map_upstream(exc) from None
         except BaseException:
             attempt.producing = False
@@ -275,12 +281,13 @@ class UploadSaga:
         if reply.checksum.lower() != encoder.stored_hex or (
             reply.file_size is not None and reply.file_size != encoder.stored_size
         ):
-            await self._compensate_commit(attempt.node, reply.file_id, headers)
+            await self._compensate_commit(attempt.node, reply.file_id)
             raise ApiError(
                 502,
                 "checksum_mismatch",
                 "the storage element stored different bytes than were sent; the copy was removed",
             )
+        self._stored = (attempt.node, reply.file_id)
         return self._result(attempt, reply.file_id, encoder, codec_name, content_type, storage_name)
 
     async def _produce(
@@ -333,12 +340,16 @@ class UploadSaga:
         upstream.cancel()
         await asyncio.gather(upstream, return_exceptions=True)
         if attempt.committed:
-            headers = self.gw.upstream_headers(self.req.principal)
-            await self._compensate_commit(attempt.node, attempt.file_id, headers)
+            await self._compensate_commit(attempt.node, attempt.file_id)
 
-    async def _compensate_commit(
-        self, node: NodeRecord, file_id: str, headers: dict[str, str]
-    ) -> None:
+    async def undo(self) -> None:
+        """Remove the stored upload: its success can no longer be reported."""
+        assert self._stored is not None
+        node, file_id = self._stored
+        await self._compensate_commit(node, file_id)
+
+    async def _compensate_commit(self, node: NodeRecord, file_id: str) -> None:
+        headers = await self.gw.credentials.for_delete(self.req.principal)
         if not await self.gw.storage.delete(node, file_id, headers):
             self.gw.metrics.compensation_failures.labels(node.id).inc()
             self.gw.log.error(

@@ -38,7 +38,9 @@ from tests.servers import (
     StorageElementProxy,
     gateway,
     running,
+    service_account_env,
     storage_element,
+    token_service,
 )
 
 MiB = 2**20
@@ -270,16 +272,13 @@ def test_body_shorter_than_content_length_then_closed_stores_nothing(limited: St
     assert http_call(limited.gw.url, "GET", "/health/live").status == 200
 
 
-def test_body_longer_than_content_length_stores_exactly_content_length_bytes(
-    limited: Stack,
-) -> None:
+def test_body_longer_than_content_length_is_400_and_leaves_nothing(limited: Stack) -> None:
     """Observed: Content-Length 10 and 20 bytes in one write. HTTP framing ends the
-    request after 10 bytes, so those 10 are the upload and are stored. The other 10
-    (`0123456789`) are parsed as the next pipelined request: httptools rejects them,
-    and uvicorn writes its own plain-text `400 Invalid HTTP request received.` and
-    closes the connection at once — before the app has answered the first request, so
-    the client sees only that 400 and never the 201, although the file was stored.
-    (That 400 is uvicorn's, before any app code, hence not our JSON envelope.)"""
+    request after 10 bytes; the other 10 (`0123456789`) are parsed as the next
+    pipelined request, which httptools rejects: uvicorn writes its own plain-text
+    `400 Invalid HTTP request received.` and closes the connection before the app has
+    answered. The client never sees a 201, so the gateway must not keep the 10 bytes
+    it stored: it notices the client is gone and deletes them."""
     stored = limited.stored_ids()
     sock = connect(limited)
     with sock:
@@ -288,10 +287,24 @@ def test_body_longer_than_content_length_stores_exactly_content_length_bytes(
         received = read_until_close(sock, 10)
     assert b"HTTP/1.1 400 " in received, received[:300]
     assert b"Invalid HTTP request" in received
-    assert wait_for(lambda: len(limited.stored_ids()) == len(stored) + 1)
-    (new_id,) = set(limited.stored_ids()) - set(stored)
-    assert limited.download(new_id) == b"ABCDEFGHIJ"
-    assert limited.settled_partials() == []
+    assert wait_for(lambda: metric(limited.gw, "ingester_uploads_in_flight") == 0)
+    assert_nothing_left(limited, stored)
+
+
+def test_client_leaving_after_a_complete_body_leaves_nothing(limited: Stack) -> None:
+    """The whole body arrives, then the client closes before the answer: the upload
+    may have reached the SE, but nobody will ever learn its file_id, so it goes."""
+    stored = limited.stored_ids()
+    for _ in range(5):
+        sock = connect(limited)
+        body = os.urandom(300 * 1024)
+        head = raw_headers(
+            limited, "/api/v1/files/x?compress=false", {"Content-Length": str(len(body))}
+        )
+        sock.sendall(head + body)
+        sock.close()
+    assert wait_for(lambda: metric(limited.gw, "ingester_uploads_in_flight") == 0)
+    assert_nothing_left(limited, stored)
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -593,6 +606,27 @@ def test_se_checksum_mismatch_falls_back_to_the_edit_mode_delete(
     token = "Bearer " + keys.token("bob")
     file_id, deletes = upload_through_a_lying_se(proxied, proxied.edit, proxied.edit_proxy, token)
     assert deletes == [(f"/api/v1/gc/{file_id}", 403), (f"/api/v1/files/{file_id}", 200)]
+
+
+def test_se_checksum_mismatch_with_a_user_token_on_rw_is_compensated_by_the_service_account(
+    tmp_path: Path, keys: DevKeys
+) -> None:
+    """A plain user on an rw SE: only gc deletes there, and gc wants a service account.
+    The gateway's own service account (client credentials from the token service) does it."""
+    rw_data = tmp_path / "rw-data"
+    rw_se = storage_element(tmp_path, keys.public_path, element_id="se-rw", data_dir=rw_data)
+    tokens = token_service(tmp_path, keys.private_path)
+    with running(rw_se, tokens), StorageElementProxy(rw_se.url) as proxy:
+        entry = [{"id": "se-rw", "url": proxy.url, "mode": "rw"}]
+        gw = gateway(tmp_path, keys.public_path, entry, env=service_account_env(tokens))
+        with running(gw):
+            env = ProxiedStack(
+                gw, Stack(rw_se, gw, keys, rw_data), Stack(rw_se, gw, keys, rw_data), proxy, proxy
+            )
+            file_id, deletes = upload_through_a_lying_se(
+                env, env.rw, proxy, "Bearer " + keys.token("carol")
+            )
+    assert deletes == [(f"/api/v1/gc/{file_id}", 200)]
 
 
 @pytest.mark.parametrize("lie", [server_error, unreadable], ids=["500", "unreadable_201"])

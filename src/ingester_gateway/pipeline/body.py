@@ -47,6 +47,7 @@ class RequestBody:
         self.fully_received = False
         self.timed_out = False
         self._waiting_since: float | None = None
+        self._after_body: asyncio.Future[Any] | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._pieces()
@@ -69,6 +70,8 @@ class RequestBody:
                 piece: bytes = message.get("body", b"")
                 more = message.get("more_body", False)
                 self.fully_received = not more
+                if not more:
+                    self._watch_after_body()
                 if piece:
                     self.bytes_received += len(piece)
                     if self.bytes_received > self._limit:
@@ -92,6 +95,23 @@ class RequestBody:
             raise
         finally:
             watchdog.stop()
+
+    def _watch_after_body(self) -> None:
+        # Once the body is in, the next receive() returns only when the response is
+        # out or the client has gone: which of the two comes first tells if anyone
+        # is still there to hear the answer.
+        self._after_body = asyncio.ensure_future(self._receive())
+
+    @property
+    def client_gone(self) -> bool:
+        """The client left after its body was complete, before any answer."""
+        watch = self._after_body
+        return (
+            watch is not None
+            and watch.done()
+            and not watch.cancelled()
+            and watch.result().get("type") == "http.disconnect"
+        )
 
     def idle_for(self, now: float) -> float:
         since = self._waiting_since

@@ -1,0 +1,153 @@
+"""A reference of the Admin Module's token endpoint, for dev runs and tests: OAuth2
+client credentials for service accounts, and the signing key as a JWKS document.
+
+    POST /api/v1/auth/token   {"grant_type": "client_credentials", "client_id", "client_secret"}
+                              -> 200 {"access_token", "token_type": "bearer", "expires_in"}
+    GET  /.well-known/jwks.json
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from starlette.types import Receive, Scope, Send
+
+from ingester_gateway.tokens import mint_token
+
+MAX_BODY = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceClient:
+    client_id: str
+    secret: str
+    role: str = "admin"
+
+    @classmethod
+    def parse(cls, spec: str) -> ServiceClient:
+        """`id:secret` or `id:secret:role`."""
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(f"client must be ID:SECRET[:ROLE], got {spec!r}")
+        return cls(*parts)
+
+
+class TokenRequest(msgspec.Struct):
+    grant_type: str
+    client_id: str
+    client_secret: str
+
+
+_request = msgspec.json.Decoder(TokenRequest)
+_encoder = msgspec.json.Encoder()
+
+
+def _b64url(number: int) -> str:
+    raw = number.to_bytes((number.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class TokenServiceApp:
+    def __init__(
+        self, private_pem: bytes, clients: list[ServiceClient], ttl: int = 3600, kid: str = "dev"
+    ) -> None:
+        self._pem = private_pem
+        self._clients = {c.client_id: c for c in clients}
+        self._ttl = ttl
+        self._kid = kid
+        key = load_pem_private_key(private_pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("the signing key must be an RSA private key")
+        numbers = key.public_key().public_numbers()
+        self._jwks = _encoder.encode(
+            {
+                "keys": [
+                    {
+                        "kty": "RSA",
+                        "use": "sig",
+                        "alg": "RS256",
+                        "kid": kid,
+                        "n": _b64url(numbers.n),
+                        "e": _b64url(numbers.e),
+                    }
+                ]
+            }
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path, method = scope["path"], scope["method"]
+        if path in ("/health/live", "/health/ready"):
+            await _reply(send, 200, _encoder.encode({"status": "ok"}))
+        elif path == "/.well-known/jwks.json" and method == "GET":
+            await _reply(send, 200, self._jwks)
+        elif path == "/api/v1/auth/token" and method == "POST":
+            status, payload = self._issue(await _read_body(receive))
+            await _reply(send, status, _encoder.encode(payload))
+        else:
+            await _reply(send, 404, _encoder.encode({"detail": "Not Found"}))
+
+    def _issue(self, body: bytes | None) -> tuple[int, dict[str, Any]]:
+        if body is None:
+            return 413, {"detail": "request too large"}
+        try:
+            request = _request.decode(body)
+        except msgspec.DecodeError:
+            return 400, {"error": "invalid_request"}
+        if request.grant_type != "client_credentials":
+            return 400, {"error": "unsupported_grant_type"}
+        client = self._clients.get(request.client_id)
+        if client is None or not hmac.compare_digest(
+            client.secret.encode(), request.client_secret.encode()
+        ):
+            return 401, {"error": "invalid_client"}
+        token = mint_token(
+            self._pem,
+            sub=client.client_id,
+            role=client.role,
+            ttl=self._ttl,
+            token_type="service_account",
+            kid=self._kid,
+            extra={"client_id": client.client_id},
+        )
+        return 200, {"access_token": token, "token_type": "bearer", "expires_in": self._ttl}
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _reply(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
