@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -136,6 +137,7 @@ class StorageElementApp:
         reader = MultipartReader(body, boundary_from(content_type))
         fields: dict[str, str] = {}
         partial: PartialFile | None = None
+        first_byte: list[float] = []  # time.time() of the file part's first byte
         filename = "file"
         file_type = "application/octet-stream"
         loop = asyncio.get_running_loop()
@@ -154,7 +156,7 @@ class StorageElementApp:
                 filename = part.filename or filename
                 file_type = part.content_type or file_type
                 partial = self.store.begin(file_id)
-                async for block in coalesce(reader.iter_data(), BLOCK):
+                async for block in coalesce(_stamp_first(reader.iter_data(), first_byte), BLOCK):
                     await loop.run_in_executor(self.executor, partial.write, block)
             if partial is None:
                 raise SeError(400, "no file part")
@@ -170,6 +172,7 @@ class StorageElementApp:
                 description=fields.pop("description", None),
                 version=fields.pop("version", None),
                 fields={k: v for k, v in fields.items() if k != "file_id"},
+                first_byte_at=first_byte[0] if first_byte else None,
             )
             await loop.run_in_executor(self.executor, partial.commit, attrs)
         except StoreFull:
@@ -281,6 +284,14 @@ class StorageElementApp:
             },
             "health": "healthy",
         }
+
+
+async def _stamp_first(chunks: AsyncIterator[bytes], stamp: list[float]) -> AsyncIterator[bytes]:
+    """`chunks` unchanged; appends time.time() to `stamp` when the first byte arrives."""
+    async for chunk in chunks:
+        if chunk and not stamp:
+            stamp.append(time.time())
+        yield chunk
 
 
 def _new_id() -> str:

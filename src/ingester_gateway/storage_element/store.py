@@ -29,6 +29,8 @@ class FileAttributes(msgspec.Struct):
     description: str | None = None
     version: str | None = None
     fields: dict[str, str] = msgspec.field(default_factory=dict)  # other form fields, kept
+    # time.time() when the first byte of the file part arrived (benchmarks: streaming delay)
+    first_byte_at: float | None = None
 
 
 class StoreFull(Exception):
