@@ -54,8 +54,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
 
     max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 100 * 2**30
     block_size: Annotated[int, msgspec.Meta(ge=2**12, le=2**26)] = 2**20
+    # Blocks in flight across all uploads; blocks shrink (to 64 KiB) to stay within it.
+    buffer_budget_bytes: Annotated[int, msgspec.Meta(ge=2**20)] = 128 * 2**20
     default_compression: Codec = "zstd"
     zstd_level: Annotated[int, msgspec.Meta(ge=-7, le=22)] = 3
+    zstd_threads: Annotated[int, msgspec.Meta(ge=-1, le=64)] = -1  # -1: auto
     brotli_quality: Annotated[int, msgspec.Meta(ge=0, le=11)] = 4
     gzip_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 6
     allowed_content_types: list[str] = msgspec.field(default_factory=list)
@@ -103,7 +106,7 @@ class ConfigError(Exception):
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-_SIZE_FIELDS = {"max_upload_bytes", "block_size"}
+_SIZE_FIELDS = {"max_upload_bytes", "block_size", "buffer_budget_bytes"}
 _JSON_FIELDS = {"storage_elements"}
 _LIST_FIELDS = {"allowed_content_types"}
 

@@ -34,13 +34,15 @@ class Gateway:
         self.metrics = metrics or Metrics()
         self.log = get_logger("ingester_gateway")
         self.codecs: dict[CodecName, CompressionCodec] = build_codecs(
-            settings.zstd_level, settings.brotli_quality, settings.gzip_level
+            settings.zstd_level, settings.brotli_quality, settings.gzip_level, settings.zstd_threads
         )
         # Hashing and compression release the GIL: a few threads use the second core.
         self.executor = ThreadPoolExecutor(
             max_workers=max(2, (os.cpu_count() or 2) * 2), thread_name_prefix="encode"
         )
         self.progress = ProgressBook()
+        self.active_uploads = 0
+        self._cores = os.cpu_count() or 1
         self.rng = random.Random()
         self._reserved: dict[str, int] = defaultdict(int)
         self._session: aiohttp.ClientSession | None = None
@@ -100,6 +102,22 @@ class Gateway:
         return select_node(
             self.registry.nodes(), policy, expected_size, self.rng, reserved=self._reserved
         )
+
+    # About four blocks of an upload are alive at once: filling, encoding, queued, sending.
+    BLOCKS_PER_UPLOAD = 4
+    MIN_BLOCK = 64 * 1024
+
+    def block_size(self) -> int:
+        """The configured block size, shrunk so that the uploads in flight together
+        hold about `INGESTER_BUFFER_BUDGET_BYTES` of blocks."""
+        share = self.settings.buffer_budget_bytes // (
+            self.BLOCKS_PER_UPLOAD * max(1, self.active_uploads)
+        )
+        return max(self.MIN_BLOCK, min(self.settings.block_size, share))
+
+    def cores_idle(self) -> bool:
+        """Fewer uploads than cores: one may spread its compression over the others."""
+        return self.active_uploads < self._cores
 
     def reserve(self, node_id: str, size: int) -> None:
         self._reserved[node_id] += size

@@ -143,6 +143,7 @@ class UploadEndpoint:
         status = 201
         outcome: Outcome = "stored"
         gw.metrics.in_flight.inc()
+        gw.active_uploads += 1
         try:
             principal = await gw.verifier.verify_header(ex.headers.get(b"authorization"))
             length = ex.content_length()
@@ -199,6 +200,7 @@ class UploadEndpoint:
             gw.log.info("upload_aborted", request_id=ex.request_id, upload_id=ex.upload_id)
         finally:
             gw.metrics.in_flight.dec()
+            gw.active_uploads -= 1
             if saga is not None:
                 gw.progress.close(ex.upload_id)
                 node = saga.progress.storage_element_id
@@ -253,6 +255,7 @@ class UploadEndpoint:
             declared_content_type=ex.text(b"content-type"),
             options=parse_upload_options(ex.query()),
             expected_size=body.content_length,
+            exact_size=body.content_length,
             claimed_sha256=claimed_sha256(
                 ex.text(b"content-digest"), ex.text(b"x-checksum-sha256")
             ),

@@ -33,7 +33,7 @@ from ingester_gateway.models import (
     UploadResult,
     iso_utc,
 )
-from ingester_gateway.pipeline.blocks import coalesce
+from ingester_gateway.pipeline.blocks import BlockReader
 from ingester_gateway.pipeline.encode import BlockEncoder
 from ingester_gateway.pipeline.sniff import (
     Sniffed,
@@ -49,6 +49,11 @@ if TYPE_CHECKING:
     from ingester_gateway.gateway import Gateway
 
 SNIFF_BYTES = 8192
+# The first block is cut early: enough to classify the data, and the SE request (and
+# the SE's first byte) need not wait for a whole block from a slow client.
+FIRST_BLOCK_BYTES = 64 * 1024
+# Smaller than this, a zstd stream is not worth spreading over several cores.
+PARALLEL_MIN_BYTES = 8 * 2**20
 
 
 @dataclass(slots=True)
@@ -59,7 +64,8 @@ class UploadRequest:
     filename: str
     declared_content_type: str | None
     options: UploadOptions
-    expected_size: int | None = None
+    expected_size: int | None = None  # an upper bound: what is reserved on the node
+    exact_size: int | None = None  # the file's size, when the request says it exactly
     claimed_sha256: bytes | None = None
 
 
@@ -145,8 +151,8 @@ class UploadSaga:
         """Store the upload. `pieces` is the file data; `after_data` checks what follows
         it in the request (nothing, for a raw body) before anything is committed."""
         gw, req = self.gw, self.req
-        blocks = coalesce(pieces, gw.settings.block_size).__aiter__()
-        first = await anext(blocks, None)
+        blocks = BlockReader(pieces, gw.block_size, FIRST_BLOCK_BYTES)
+        first = await blocks.read()
         head = (first or b"")[:SNIFF_BYTES]
         sniffed = sniff(head)
         content_type = resolve_content_type(sniffed, req.declared_content_type)
@@ -164,6 +170,8 @@ class UploadSaga:
         self.progress.file_id = attempt.file_id
         reservation = req.expected_size or 0
         gw.reserve(node.id, reservation)
+        if req.exact_size is None and blocks.ended:
+            req.exact_size = len(first or b"")  # the whole file came in the first block
         try:
             return await self._stream(attempt, codec.name, content_type, first, blocks, after_data)
         finally:
@@ -190,12 +198,34 @@ class UploadSaga:
         codec_name: CodecName,
         content_type: str,
         first: bytes | None,
-        blocks: AsyncIterator[bytes],
+        blocks: BlockReader,
         after_data: Callable[[], Awaitable[None]],
     ) -> UploadResult:
         gw, req = self.gw, self.req
         codec = gw.codecs[codec_name]
-        encoder = BlockEncoder(codec, gw.executor)
+        big = req.exact_size is None or req.exact_size >= PARALLEL_MIN_BYTES
+        encoder = BlockEncoder(
+            codec, gw.executor, size_hint=req.exact_size, parallel=big and gw.cores_idle()
+        )
+        try:
+            return await self._stream_with(
+                attempt, encoder, codec_name, content_type, first, blocks, after_data
+            )
+        finally:
+            encoder.close()
+
+    async def _stream_with(
+        self,
+        attempt: _Attempt,
+        encoder: BlockEncoder,
+        codec_name: CodecName,
+        content_type: str,
+        first: bytes | None,
+        blocks: BlockReader,
+        after_data: Callable[[], Awaitable[None]],
+    ) -> UploadResult:
+        gw, req = self.gw, self.req
+        codec = encoder.codec
         framing = MultipartFraming()
         storage_name = safe_filename(req.filename) + codec.extension
         preamble = b"".join(
@@ -294,7 +324,7 @@ class UploadSaga:
         self,
         encoder: BlockEncoder,
         first: bytes | None,
-        blocks: AsyncIterator[bytes],
+        blocks: BlockReader,
         channel: asyncio.Queue[bytes | None],
     ) -> None:
         """Encode block N in a worker thread while block N+1 is read from the client
@@ -302,7 +332,7 @@ class UploadSaga:
         block = first
         while block is not None:
             encoded = encoder.submit(block)
-            following = await anext(blocks, None)
+            following = await blocks.read()
             out = await encoded
             self.progress.bytes_received = encoder.original_size
             if out:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingester_gateway.pipeline.blocks import coalesce
+from ingester_gateway.pipeline.blocks import BlockReader, coalesce
 from tests.unit.support import collect, pieces_of, run
 
 
@@ -44,3 +44,26 @@ def test_no_pieces_give_no_blocks() -> None:
 def test_small_pieces_are_joined_into_one_block() -> None:
     blocks = run(collect(coalesce(pieces_of([b"ab", b"c", b"def", b"g"]), 4)))
     assert blocks == [b"abcdef", b"g"]
+
+
+def test_the_reader_knows_when_the_block_it_gave_was_the_last() -> None:
+    async def go() -> list[tuple[bytes | None, bool]]:
+        reader = BlockReader(pieces_of([b"abc", b"def", b"g"]), 4)
+        seen = []
+        for _ in range(3):
+            block = await reader.read()
+            seen.append((block, reader.ended))
+        return seen
+
+    assert run(go()) == [(b"abcdef", False), (b"g", True), (None, True)]
+
+
+def test_a_short_first_block_is_cut_early_then_the_block_size_applies() -> None:
+    reader = BlockReader(pieces_of([b"a"] * 10), 4, first_block_size=2)
+    assert run(collect(reader)) == [b"aa", b"aaaa", b"aaaa"]
+
+
+def test_the_block_size_is_read_afresh_for_each_block() -> None:
+    sizes = iter([2, 5, 1, 1])
+    reader = BlockReader(pieces_of([b"x"] * 8), lambda: next(sizes))
+    assert run(collect(reader)) == [b"xx", b"xxxxx", b"x"]

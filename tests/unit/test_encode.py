@@ -9,10 +9,11 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingester_gateway.pipeline.codecs import CompressionCodec, build_codecs
+from ingester_gateway.pipeline.codecs import CompressionCodec, ZstdCodec, build_codecs
 from ingester_gateway.pipeline.encode import THREAD_MIN_BYTES, BlockEncoder
 from tests.unit.test_codecs import decompress
 
@@ -58,13 +59,41 @@ def test_digests_of_original_and_stored_bytes_are_right(name: str, blocks: list[
 
 @pytest.mark.parametrize("name", sorted(CODECS))
 def test_large_blocks_are_encoded_in_the_executor(name: str) -> None:
+    """One job per large block for pass-through (the hash); two when compressing: the
+    original's hash and the compression run side by side."""
     executor = CountingExecutor()
     try:
         big = bytes(range(256)) * (THREAD_MIN_BYTES // 256 + 1)
         check(CODECS[name], [big, b"small tail", big], executor)
-        assert executor.submitted == 2
+        assert executor.submitted == (2 if name == "none" else 4)
     finally:
         executor.shutdown()
+
+
+def test_zstd_contexts_are_reused_after_a_stream_is_closed() -> None:
+    codec = ZstdCodec(3)
+    first = codec.compressor()
+    first.compress(b"x" * 1000)
+    first.flush()
+    first.close()
+    assert len(codec._pools[0]) == 1
+    second = codec.compressor(size_hint=5)
+    assert codec._pools[0] == []
+    out = second.compress(b"hello") + second.flush()
+    second.close()
+    assert zstandard.ZstdDecompressor().decompress(out) == b"hello"
+    assert zstandard.frame_content_size(out) == 5  # the known size is in the frame header
+
+
+def test_auto_zstd_threads_spread_only_when_allowed() -> None:
+    codec = ZstdCodec(3, threads=-1)
+    assert codec.workers(parallel=False) == 0
+    assert codec.workers(parallel=True) >= 1
+    assert ZstdCodec(3, threads=3).workers(parallel=False) == 3
+    stream = codec.compressor(parallel=True)
+    out = stream.compress(b"y" * 100_000) + stream.flush()
+    stream.close()
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(out) == b"y" * 100_000
 
 
 def test_small_blocks_stay_on_the_loop_even_with_an_executor() -> None:

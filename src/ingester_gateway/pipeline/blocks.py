@@ -2,23 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 
-async def coalesce(pieces: AsyncIterable[bytes], block_size: int) -> AsyncIterator[bytes]:
-    """Yield blocks of at least `block_size` bytes (the last may be shorter).
+class BlockReader:
+    """Blocks of at least the block size (the last may be shorter), each one
+    `b"".join` of whole pieces: one copy per byte, no splitting; a piece that fills a
+    block alone is passed on as is.
 
-    A block is one `b"".join` of whole pieces: one copy per byte, no splitting. A
-    piece that alone fills a block is passed on as is, without a copy.
+    `block_size` may be a callable, read at the start of each block, so the size can
+    follow the load. `first_block_size` lets the first block be cut early: it is enough
+    to classify the data and to open the upstream request sooner.
     """
-    held: list[bytes] = []
-    size = 0
-    async for piece in pieces:
-        held.append(piece)
-        size += len(piece)
-        if size >= block_size:
-            yield held[0] if len(held) == 1 else b"".join(held)
-            held = []
-            size = 0
-    if held:
-        yield held[0] if len(held) == 1 else b"".join(held)
+
+    def __init__(
+        self,
+        pieces: AsyncIterable[bytes],
+        block_size: int | Callable[[], int],
+        first_block_size: int | None = None,
+    ) -> None:
+        self._pieces = pieces.__aiter__()
+        self._size = block_size if callable(block_size) else (lambda: block_size)
+        self._next_size = first_block_size
+        self.ended = False  # the source is exhausted: the last block read was the final one
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        block = await self.read()
+        if block is None:
+            raise StopAsyncIteration
+        return block
+
+    async def read(self) -> bytes | None:
+        """The next block, or None after the last."""
+        if self.ended:
+            return None
+        target = self._next_size or self._size()
+        self._next_size = None
+        held: list[bytes] = []
+        size = 0
+        async for piece in self._pieces:
+            held.append(piece)
+            size += len(piece)
+            if size >= target:
+                return held[0] if len(held) == 1 else b"".join(held)
+        self.ended = True
+        if not held:
+            return None
+        return held[0] if len(held) == 1 else b"".join(held)
+
+
+def coalesce(pieces: AsyncIterable[bytes], block_size: int) -> BlockReader:
+    """Blocks of `block_size` from `pieces` (see BlockReader)."""
+    return BlockReader(pieces, block_size)

@@ -6,6 +6,7 @@ a worker thread while the event loop keeps moving bytes.
 
 from __future__ import annotations
 
+import os
 import zlib
 from typing import Protocol
 
@@ -20,6 +21,7 @@ Buffer = bytes | bytearray | memoryview
 class Compressor(Protocol):
     def compress(self, data: Buffer) -> bytes: ...
     def flush(self) -> bytes: ...
+    def close(self) -> None: ...
 
 
 class CompressionCodec(Protocol):
@@ -27,12 +29,20 @@ class CompressionCodec(Protocol):
     media_type: str
     extension: str
 
-    def compressor(self) -> Compressor: ...
+    def compressor(self, size_hint: int | None = None, parallel: bool = False) -> Compressor:
+        """A compressor for one stream; `size_hint` is the exact input size if known;
+        `parallel` allows spreading the work over several cores."""
+        ...
 
 
 class _ZstdCompressor:
-    def __init__(self, cctx: zstandard.ZstdCompressor) -> None:
-        self._obj = cctx.compressobj()
+    def __init__(
+        self, codec: ZstdCodec, cctx: zstandard.ZstdCompressor, workers: int, size: int
+    ) -> None:
+        self._codec = codec
+        self._cctx: zstandard.ZstdCompressor | None = cctx
+        self._workers = workers
+        self._obj = cctx.compressobj(size=size)
 
     def compress(self, data: Buffer) -> bytes:
         return self._obj.compress(data)
@@ -40,19 +50,45 @@ class _ZstdCompressor:
     def flush(self) -> bytes:
         return self._obj.flush()
 
+    def close(self) -> None:
+        if self._cctx is not None:
+            self._codec.release(self._cctx, self._workers)
+            self._cctx = None
+
 
 class ZstdCodec:
+    """`threads`: 0 compresses in the caller's thread; N > 0 hands blocks to N zstd
+    workers; -1 (auto) uses one worker per core when the caller allows `parallel`.
+
+    A few contexts are pooled (a used one holds 3-7 MiB of tables); a context serves
+    one stream at a time."""
+
     name: CodecName = "zstd"
     media_type = "application/zstd"
     extension = ".zst"
+    POOL_SIZE = 4
 
     def __init__(self, level: int = 3, threads: int = 0) -> None:
         self.level = level
         self.threads = threads
+        self._pools: dict[int, list[zstandard.ZstdCompressor]] = {}
 
-    def compressor(self) -> Compressor:
-        # A fresh context per upload: ZstdCompressor is not safe to share across threads.
-        return _ZstdCompressor(zstandard.ZstdCompressor(level=self.level, threads=self.threads))
+    def workers(self, parallel: bool) -> int:
+        if self.threads >= 0:
+            return self.threads
+        return (os.cpu_count() or 1) if parallel else 0
+
+    def compressor(self, size_hint: int | None = None, parallel: bool = False) -> Compressor:
+        workers = self.workers(parallel)
+        pool = self._pools.setdefault(workers, [])
+        cctx = pool.pop() if pool else zstandard.ZstdCompressor(level=self.level, threads=workers)
+        # A known size goes into the frame header and lets zstd size its tables to it.
+        return _ZstdCompressor(self, cctx, workers, -1 if size_hint is None else size_hint)
+
+    def release(self, cctx: zstandard.ZstdCompressor, workers: int) -> None:
+        pool = self._pools.setdefault(workers, [])
+        if len(pool) < self.POOL_SIZE:
+            pool.append(cctx)
 
 
 class _BrotliCompressor:
@@ -65,6 +101,9 @@ class _BrotliCompressor:
     def flush(self) -> bytes:
         return self._obj.finish()  # type: ignore[no-any-return]
 
+    def close(self) -> None:
+        return None
+
 
 class BrotliCodec:
     name: CodecName = "brotli"
@@ -74,8 +113,22 @@ class BrotliCodec:
     def __init__(self, quality: int = 4) -> None:
         self.quality = quality
 
-    def compressor(self) -> Compressor:
+    def compressor(self, size_hint: int | None = None, parallel: bool = False) -> Compressor:
         return _BrotliCompressor(self.quality)
+
+
+class _GzipCompressor:
+    def __init__(self, level: int) -> None:
+        self._obj = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: the gzip container
+
+    def compress(self, data: Buffer) -> bytes:
+        return self._obj.compress(data)
+
+    def flush(self) -> bytes:
+        return self._obj.flush()
+
+    def close(self) -> None:
+        return None
 
 
 class GzipCodec:
@@ -86,8 +139,8 @@ class GzipCodec:
     def __init__(self, level: int = 6) -> None:
         self.level = level
 
-    def compressor(self) -> Compressor:
-        return zlib.compressobj(self.level, zlib.DEFLATED, 31)  # 31: gzip container
+    def compressor(self, size_hint: int | None = None, parallel: bool = False) -> Compressor:
+        return _GzipCompressor(self.level)
 
 
 class _Identity:
@@ -97,13 +150,16 @@ class _Identity:
     def flush(self) -> bytes:
         return b""
 
+    def close(self) -> None:
+        return None
+
 
 class IdentityCodec:
     name: CodecName = "none"
     media_type = "application/octet-stream"
     extension = ""
 
-    def compressor(self) -> Compressor:
+    def compressor(self, size_hint: int | None = None, parallel: bool = False) -> Compressor:
         return _Identity()
 
 

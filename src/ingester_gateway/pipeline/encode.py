@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 
 from ingester_gateway.pipeline.codecs import CompressionCodec
@@ -15,9 +16,15 @@ THREAD_MIN_BYTES = 128 * 1024
 class BlockEncoder:
     """Encodes one upload's blocks strictly in order. Not shared between uploads."""
 
-    def __init__(self, codec: CompressionCodec, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        codec: CompressionCodec,
+        executor: Executor | None = None,
+        size_hint: int | None = None,
+        parallel: bool = False,
+    ) -> None:
         self.codec = codec
-        self._compressor = codec.compressor()
+        self._compressor = codec.compressor(size_hint, parallel)
         self._original = hashlib.sha256()
         # Pass-through: the stored bytes are the original bytes, hash them once.
         self._stored = self._original if codec.name == "none" else hashlib.sha256()
@@ -27,22 +34,33 @@ class BlockEncoder:
 
     def encode(self, block: bytes) -> bytes:
         self._original.update(block)
-        out = self._compressor.compress(block)
-        if self._stored is not self._original and out:
-            self._stored.update(out)
         self.original_size += len(block)
+        if self._stored is self._original:
+            self.stored_size += len(block)
+            return block
+        return self._compress(block)
+
+    def _compress(self, block: bytes) -> bytes:
+        out = self._compressor.compress(block)
+        if out:
+            self._stored.update(out)
         self.stored_size += len(out)
         return out
 
-    def submit(self, block: bytes) -> asyncio.Future[bytes]:
-        """Start encoding `block` now (in a worker thread when it is large enough to
-        be worth the hop); await the result later."""
-        loop = asyncio.get_running_loop()
+    def submit(self, block: bytes) -> Awaitable[bytes]:
+        """Start encoding `block` now and await the result later. Large blocks go to
+        worker threads (hashlib and the codecs release the GIL); when compressing,
+        the original's sha256 and the compression run side by side on two threads."""
         if self._executor is None or len(block) < THREAD_MIN_BYTES:
-            done: asyncio.Future[bytes] = loop.create_future()
-            done.set_result(self.encode(block))
-            return done
-        return loop.run_in_executor(self._executor, self.encode, block)
+            return _ready(self.encode(block))
+        loop = asyncio.get_running_loop()
+        self.original_size += len(block)
+        hashed = loop.run_in_executor(self._executor, self._original.update, block)
+        if self._stored is self._original:  # pass-through: the hash is all the work
+            self.stored_size += len(block)
+            return _after(hashed, block)
+        compressed = loop.run_in_executor(self._executor, self._compress, block)
+        return _after(hashed, compressed)
 
     def finish(self) -> bytes:
         tail = self._compressor.flush()
@@ -50,6 +68,10 @@ class BlockEncoder:
             self._stored.update(tail)
             self.stored_size += len(tail)
         return tail
+
+    def close(self) -> None:
+        """Give pooled codec state back (after `finish`, or when the upload failed)."""
+        self._compressor.close()
 
     @property
     def original_digest(self) -> bytes:
@@ -62,3 +84,12 @@ class BlockEncoder:
     @property
     def stored_hex(self) -> str:
         return self._stored.hexdigest()
+
+
+async def _ready(value: bytes) -> bytes:
+    return value
+
+
+async def _after(first: Awaitable[object], result: Awaitable[bytes] | bytes) -> bytes:
+    await first
+    return result if isinstance(result, bytes) else await result
