@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import time
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -38,8 +38,9 @@ _metadata_decoder = msgspec.json.Decoder(dict[str, Any])
 
 def iso_utc(timestamp: float) -> str:
     """`2026-11-22T10:00:00.123Z` for a unix time."""
-    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + (
+        f".{int(timestamp * 1000) % 1000:03d}Z"
+    )
 
 
 def parse_upload_options(fields: Mapping[str, str]) -> UploadOptions:

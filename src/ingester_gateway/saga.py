@@ -18,7 +18,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -28,13 +28,16 @@ from ingester_gateway.credentials import CredentialError
 from ingester_gateway.errors import ApiError, unavailable
 from ingester_gateway.models import (
     CodecName,
+    StorageUploadReply,
     UploadOptions,
     UploadProgress,
     UploadResult,
     iso_utc,
 )
 from ingester_gateway.pipeline.blocks import BlockReader
+from ingester_gateway.pipeline.codecs import CompressionCodec
 from ingester_gateway.pipeline.encode import BlockEncoder
+from ingester_gateway.pipeline.relay import Relay
 from ingester_gateway.pipeline.sniff import (
     Sniffed,
     content_type_allowed,
@@ -78,8 +81,6 @@ class _Attempt:
     committed: bool = False  # the closing boundary went out: the SE may hold the file
     producing: bool = True
     upstream_failed: bool = False
-    bytes_sent: int = 0
-    progress: UploadProgress | None = field(default=None, repr=False)
 
 
 def choose_codec(options: UploadOptions, sniffed: Sniffed, default: CodecName) -> CodecName:
@@ -165,7 +166,7 @@ class UploadSaga:
         node = gw.select_node(req.options.retention_policy, req.expected_size or 0)
         if node is None:
             raise self._no_node_error()
-        attempt = _Attempt(node=node, file_id=str(uuid.uuid4()), progress=self.progress)
+        attempt = _Attempt(node=node, file_id=str(uuid.uuid4()))
         self.progress.storage_element_id = node.id
         self.progress.file_id = attempt.file_id
         reservation = req.expected_size or 0
@@ -207,28 +208,42 @@ class UploadSaga:
         encoder = BlockEncoder(
             codec, gw.executor, size_hint=req.exact_size, parallel=big and gw.cores_idle()
         )
-        try:
-            return await self._stream_with(
-                attempt, encoder, codec_name, content_type, first, blocks, after_data
-            )
-        finally:
-            encoder.close()
-
-    async def _stream_with(
-        self,
-        attempt: _Attempt,
-        encoder: BlockEncoder,
-        codec_name: CodecName,
-        content_type: str,
-        first: bytes | None,
-        blocks: BlockReader,
-        after_data: Callable[[], Awaitable[None]],
-    ) -> UploadResult:
-        gw, req = self.gw, self.req
-        codec = encoder.codec
         framing = MultipartFraming()
         storage_name = safe_filename(req.filename) + codec.extension
-        preamble = b"".join(
+        preamble = self._preamble(framing, attempt, codec, content_type, storage_name)
+        try:
+            if blocks.ended:
+                reply = await self._send_whole(
+                    attempt, encoder, first, after_data, framing, preamble
+                )
+            else:
+                reply = await self._send_streaming(
+                    attempt, encoder, first, blocks, after_data, framing, preamble
+                )
+        finally:
+            encoder.close()
+        if reply.checksum.lower() != encoder.stored_hex or (
+            reply.file_size is not None and reply.file_size != encoder.stored_size
+        ):
+            await self._compensate_commit(attempt.node, reply.file_id)
+            raise ApiError(
+                502,
+                "checksum_mismatch",
+                "the storage element stored different bytes than were sent; the copy was removed",
+            )
+        self._stored = (attempt.node, reply.file_id)
+        return self._result(attempt, reply.file_id, encoder, codec_name, content_type, storage_name)
+
+    def _preamble(
+        self,
+        framing: MultipartFraming,
+        attempt: _Attempt,
+        codec: CompressionCodec,
+        content_type: str,
+        storage_name: str,
+    ) -> bytes:
+        req = self.req
+        return b"".join(
             [
                 framing.field("file_id", attempt.file_id),
                 framing.field("description", req.options.description),
@@ -248,28 +263,67 @@ class UploadSaga:
                 ),
             ]
         )
-        channel: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
-        loop = asyncio.get_running_loop()
-        closing: asyncio.Future[bytes] = loop.create_future()
+
+    async def _seal(
+        self,
+        encoder: BlockEncoder,
+        after_data: Callable[[], Awaitable[None]],
+        framing: MultipartFraming,
+    ) -> bytes:
+        """The body is all in: check the rest of the request and the client's digest,
+        and return the bytes that close the upstream body (and commit it on the SE)."""
+        await after_data()
+        self._check_claimed_digest(encoder)
+        self.progress.state = "storing"
+        return (
+            framing.file_end()
+            + framing.field("original_size", str(encoder.original_size))
+            + framing.field("original_checksum", encoder.original_hex)
+            + framing.closing()
+        )
+
+    async def _send_whole(
+        self,
+        attempt: _Attempt,
+        encoder: BlockEncoder,
+        first: bytes | None,
+        after_data: Callable[[], Awaitable[None]],
+        framing: MultipartFraming,
+        preamble: bytes,
+    ) -> StorageUploadReply:
+        """The file came whole in its first block: check everything first, then one
+        request with a Content-Length body (no streaming machinery at all)."""
+        parts = [preamble]
+        if first:
+            parts.append(await encoder.submit(first))
+        parts.append(encoder.finish())
+        parts.append(await self._seal(encoder, after_data, framing))
+        self.progress.bytes_sent = encoder.stored_size
+        return await self._upload(attempt, b"".join(parts), framing, committed_once_sent=True)
+
+    async def _send_streaming(
+        self,
+        attempt: _Attempt,
+        encoder: BlockEncoder,
+        first: bytes | None,
+        blocks: BlockReader,
+        after_data: Callable[[], Awaitable[None]],
+        framing: MultipartFraming,
+        preamble: bytes,
+    ) -> StorageUploadReply:
+        """Produce (client -> codec -> relay) in this task while an upload task sends
+        the relay to the SE; the closing boundary goes out only after `_seal`."""
+        relay = Relay()
 
         async def body() -> AsyncIterator[bytes]:
             yield preamble
-            while (chunk := await channel.get()) is not None:
-                attempt.bytes_sent += len(chunk)
-                self.progress.bytes_sent = attempt.bytes_sent
+            async for chunk in relay.chunks():
+                self.progress.bytes_sent = relay.bytes_taken
                 yield chunk
-            tail = await closing
             attempt.committed = True
-            yield tail
+            yield relay.trailer
 
-        try:
-            credential = await gw.credentials.for_upload(req.principal)
-        except CredentialError as exc:
-            raise ApiError(502, "storage_credentials", str(exc)) from None
-        headers = {"X-Request-ID": req.request_id, **credential}
-        upstream = asyncio.create_task(
-            gw.storage.upload(attempt.node, body(), framing.content_type, headers)
-        )
+        upstream = asyncio.create_task(self._upload(attempt, body(), framing))
         producer = asyncio.current_task()
         assert producer is not None
 
@@ -282,52 +336,51 @@ class UploadSaga:
         upstream.add_done_callback(upstream_done)
         try:
             try:
-                await self._produce(encoder, first, blocks, channel)
-                await after_data()
-                self._check_claimed_digest(encoder)
-                self.progress.state = "storing"
+                await self._produce(encoder, first, blocks, relay)
                 attempt.producing = False
-                closing.set_result(
-                    framing.file_end()
-                    + framing.field("original_size", str(encoder.original_size))
-                    + framing.field("original_checksum", encoder.original_hex)
-                    + framing.closing()
-                )
+                relay.finish(await self._seal(encoder, after_data, framing))
             except asyncio.CancelledError:
                 if not attempt.upstream_failed:
                     raise
                 producer.uncancel()
             attempt.producing = False
-            reply = await upstream
+            return await upstream
+        except BaseException:
+            attempt.producing = False
+            if not upstream.done():  # a finished upload task has compensated by itself
+                await self._abort(upstream, attempt)
+            raise
+
+    async def _upload(
+        self,
+        attempt: _Attempt,
+        body: bytes | AsyncIterator[bytes],
+        framing: MultipartFraming,
+        committed_once_sent: bool = False,
+    ) -> StorageUploadReply:
+        gw, req = self.gw, self.req
+        try:
+            credential = await gw.credentials.for_upload(req.principal)
+        except CredentialError as exc:
+            raise ApiError(502, "storage_credentials", str(exc)) from None
+        headers = {"X-Request-ID": req.request_id, **credential}
+        try:
+            return await gw.storage.upload(attempt.node, body, framing.content_type, headers)
         except UpstreamError as exc:
+            if committed_once_sent and exc.kind != "connect":
+                attempt.committed = True  # the whole body may have reached the SE
             if attempt.committed:  # the SE may have stored it before failing
                 await self._compensate_commit(attempt.node, attempt.file_id)
             raise _map_upstream(exc) from None
-        except BaseException:
-            attempt.producing = False
-            await self._abort(upstream, attempt)
-            raise
-
-        if reply.checksum.lower() != encoder.stored_hex or (
-            reply.file_size is not None and reply.file_size != encoder.stored_size
-        ):
-            await self._compensate_commit(attempt.node, reply.file_id)
-            raise ApiError(
-                502,
-                "checksum_mismatch",
-                "the storage element stored different bytes than were sent; the copy was removed",
-            )
-        self._stored = (attempt.node, reply.file_id)
-        return self._result(attempt, reply.file_id, encoder, codec_name, content_type, storage_name)
 
     async def _produce(
         self,
         encoder: BlockEncoder,
         first: bytes | None,
         blocks: BlockReader,
-        channel: asyncio.Queue[bytes | None],
+        relay: Relay,
     ) -> None:
-        """Encode block N in a worker thread while block N+1 is read from the client
+        """Encode block N in worker threads while block N+1 is read from the client
         and block N-1 is written to the SE by aiohttp's writer task."""
         block = first
         while block is not None:
@@ -336,21 +389,20 @@ class UploadSaga:
             out = await encoded
             self.progress.bytes_received = encoder.original_size
             if out:
-                await self._hand_over(channel, out)
+                await self._hand_over(relay, out)
             block = following
         tail = encoder.finish()
         if tail:
-            await self._hand_over(channel, tail)
-        await self._hand_over(channel, None)
+            await self._hand_over(relay, tail)
 
-    async def _hand_over(self, channel: asyncio.Queue[bytes | None], item: bytes | None) -> None:
-        """Queue `item` for the SE writer. An SE that takes nothing for the response
+    async def _hand_over(self, relay: Relay, chunk: bytes) -> None:
+        """Pass `chunk` on to the SE. An SE that takes nothing for the response
         timeout is stuck; waiting on, we would read nothing from the client, never see
         it leave, and hold the upload open for as long as the SE stalls."""
         timeout = self.gw.settings.upstream_response_timeout_seconds
         try:
             async with asyncio.timeout(timeout):
-                await channel.put(item)
+                await relay.put(chunk)
         except TimeoutError:
             raise ApiError(
                 502, "storage_timeout", f"the storage element took no data for {timeout:g} s"

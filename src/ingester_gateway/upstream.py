@@ -143,7 +143,7 @@ class StorageClient:
     async def upload(
         self,
         node: NodeRecord,
-        body: AsyncIterable[bytes],
+        body: bytes | AsyncIterable[bytes],
         content_type: str,
         headers: dict[str, str],
     ) -> StorageUploadReply:
@@ -155,8 +155,7 @@ class StorageClient:
                 data=body,
                 headers=send_headers,
                 timeout=self._upload_timeout,
-                compress=False,
-                chunked=True,
+                compress=False,  # bytes: Content-Length; a stream: chunked
             ) as resp:
                 raw = await resp.read()
                 if resp.status not in (200, 201):

@@ -8,6 +8,7 @@ and a cheap idle watchdog instead of a `wait_for` (which would cost a task per p
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,7 +58,8 @@ class RequestBody:
             return
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
-        watchdog = _IdleWatchdog(self, loop, task)
+        watchdog = _IdleSweeper.for_loop(loop)
+        watchdog.add(self, task)
         self.started = True
         try:
             more = True
@@ -94,7 +96,7 @@ class RequestBody:
                 ) from None
             raise
         finally:
-            watchdog.stop()
+            watchdog.discard(self)
 
     def _watch_after_body(self) -> None:
         # Once the body is in, the next receive() returns only when the response is
@@ -118,28 +120,51 @@ class RequestBody:
         return 0.0 if since is None else now - since
 
 
-class _IdleWatchdog:
-    """Cancels the reading task when it has waited on the client for too long."""
+class _IdleSweeper:
+    """One timer per event loop, not one per upload: every few hundred milliseconds it
+    cancels the reading task of each body that has waited on its client too long."""
 
-    def __init__(
-        self, body: RequestBody, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None
-    ) -> None:
-        self._body = body
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IdleSweeper] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._task = task
-        self._interval = max(body._idle_timeout / 4, 0.05)
-        self._handle = loop.call_later(self._interval, self._check)
+        self._bodies: dict[RequestBody, asyncio.Task[Any] | None] = {}
+        self._interval = 0.25
+        self._handle: asyncio.TimerHandle | None = None
 
-    def _check(self) -> None:
-        body = self._body
-        if body.idle_for(self._loop.time()) >= body._idle_timeout and self._task is not None:
-            body.timed_out = True
-            self._task.cancel()
-            return
-        self._handle = self._loop.call_later(self._interval, self._check)
+    @classmethod
+    def for_loop(cls, loop: asyncio.AbstractEventLoop) -> _IdleSweeper:
+        sweeper = cls._by_loop.get(loop)
+        if sweeper is None:
+            sweeper = cls._by_loop[loop] = cls(loop)
+        return sweeper
 
-    def stop(self) -> None:
-        self._handle.cancel()
+    def add(self, body: RequestBody, task: asyncio.Task[Any] | None) -> None:
+        self._bodies[body] = task
+        interval = max(min(body._idle_timeout / 4, 0.25), 0.02)
+        if interval < self._interval or self._handle is None:
+            self._interval = min(self._interval, interval)
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_later(self._interval, self._sweep)
+
+    def discard(self, body: RequestBody) -> None:
+        self._bodies.pop(body, None)
+
+    def _sweep(self) -> None:
+        now = self._loop.time()
+        for body, task in list(self._bodies.items()):
+            if task is not None and body.idle_for(now) >= body._idle_timeout:
+                body.timed_out = True
+                del self._bodies[body]
+                task.cancel()
+        if self._bodies:
+            self._handle = self._loop.call_later(self._interval, self._sweep)
+        else:
+            self._handle = None
+            self._interval = 0.25
 
 
 async def drain_body(receive: Receive, max_seconds: float, max_bytes: int) -> None:
