@@ -147,28 +147,38 @@ class Datasets:
             )
         return self._made["text"]
 
-    def multipart(self, payload: Dataset, filename: str = "x") -> MultipartBody:
-        """`payload` as the `file` part of a form, as `curl -F file=@...;filename=x` sends it."""
-        if payload.name not in self._multipart:
+    def multipart(
+        self, payload: Dataset, filename: str = "x", fields: dict[str, str] | None = None
+    ) -> MultipartBody:
+        """`payload` as the `file` part of a form, as `curl -F file=@...;filename=x` sends it,
+        after the text `fields` (control fields come before the file)."""
+        fields = fields or {}
+        cache_key = payload.name + "".join(f"&{k}={v}" for k, v in fields.items())
+        if cache_key not in self._multipart:
             boundary = "------------------------benchBoundary" + os.urandom(8).hex()
-            head = (
+            head = "".join(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+                for name, value in fields.items()
+            )
+            head += (
                 f"--{boundary}\r\n"
                 f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
                 f"Content-Type: {payload.content_type}\r\n\r\n"
-            ).encode()
+            )
             tail = f"\r\n--{boundary}--\r\n".encode()
-            path = self.directory / f"{payload.path.name}.multipart"
+            suffix = f".{len(self._multipart)}" if fields else ""
+            path = self.directory / f"{payload.path.name}{suffix}.multipart"
             with open(path, "wb") as out, open(payload.path, "rb") as src:
-                out.write(head)
+                out.write(head.encode())
                 shutil.copyfileobj(src, out, BLOCK)
                 out.write(tail)
-            self._multipart[payload.name] = MultipartBody(
+            self._multipart[cache_key] = MultipartBody(
                 payload,
                 path,
                 f"multipart/form-data; boundary={boundary}",
-                len(head) + payload.size + len(tail),
+                len(head.encode()) + payload.size + len(tail),
             )
-        return self._multipart[payload.name]
+        return self._multipart[cache_key]
 
     def made(self) -> list[Dataset]:
         return list(self._made.values())

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,22 +20,28 @@ from pathlib import Path
 from types import FrameType
 
 from benchmarks.datasets import Datasets
+from benchmarks.issue3 import ALL as SCENARIOS
+from benchmarks.issue3 import zstd_threads_supported
 from benchmarks.report import (
     ROLES,
     GiB,
     Machine,
     Summary,
-    bar_verdict,
     build_figures,
     figures_table,
     human_size,
+    issue2_passed,
     now_iso,
+    onthefly_table,
+    references_table,
     report_git,
     scenarios_table,
+    small_table,
+    targets_line,
     write_results,
 )
-from benchmarks.scenarios import SCENARIOS, Bench, Measurement
-from benchmarks.stack import BenchStack
+from benchmarks.scenarios import Bench, Measurement, Options
+from benchmarks.stack import GATEWAY_VARIANTS, BenchStack
 from ingester_gateway.config import parse_size
 
 HERE = Path(__file__).resolve().parent
@@ -47,18 +55,58 @@ PAUSE_S = 0.5
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="benchmarks/run.py",
-        description="Gateway vs direct upload vs nginx, in one run (see benchmarks/README.md).",
+        description="The gateway beside every reference, in one run (see benchmarks/README.md).",
     )
     parser.add_argument(
-        "--size", default="1GiB", help="payload per upload: bytes or 256MiB, 1GiB ... (1GiB)"
+        "--size",
+        default=None,
+        help="payload of the 1 GiB uploads and references: bytes or 256MiB, 1GiB ... (1GiB)",
     )
     parser.add_argument(
-        "--repeat", type=int, default=5, help="runs per scenario, the median is kept (5)"
+        "--repeat",
+        type=int,
+        default=None,
+        help="rounds of the repeated scenarios, the median is kept (5)",
     )
     parser.add_argument(
         "--only",
         default=",".join(SCENARIOS),
         help=f"scenarios to run, comma-separated, of {','.join(SCENARIOS)} (all)",
+    )
+    parser.add_argument("--skip", default="", help="scenarios to leave out, comma-separated")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: every size shrunk (64MiB, 1 round, 2000 small files, 512MiB big"
+        " upload, 100 x 8MiB, 20MiB paced); explicit options still win",
+    )
+    o = Options()
+    parser.add_argument(
+        "--small-count", type=int, default=None, help=f"4 KiB uploads per server ({o.small_count})"
+    )
+    parser.add_argument(
+        "--small-connections",
+        type=int,
+        default=o.small_connections,
+        help=f"concurrent wrk connections, one JWT each ({o.small_connections})",
+    )
+    parser.add_argument(
+        "--small-threads",
+        type=int,
+        default=o.small_threads,
+        help=f"wrk threads ({o.small_threads})",
+    )
+    parser.add_argument("--big-size", default=None, help="the one big upload (10GiB)")
+    parser.add_argument(
+        "--concurrent", type=int, default=None, help=f"concurrent uploads ({o.concurrent})"
+    )
+    parser.add_argument("--concurrent-size", default=None, help="each concurrent upload (100MiB)")
+    parser.add_argument("--stream-size", default=None, help="the paced upload (200MiB)")
+    parser.add_argument(
+        "--stream-rate", type=float, default=o.stream_rate, help="paced client, bytes/s (20e6)"
+    )
+    parser.add_argument(
+        "--jwt-count", type=int, default=None, help=f"token verifications ({o.jwt_count})"
     )
     parser.add_argument(
         "--gateway-env",
@@ -79,20 +127,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --profile: sample native frames too (uvloop, httptools, hashlib, zstd)",
     )
     parser.add_argument(
+        "--src",
+        default=None,
+        metavar="REV",
+        help="run every server from `git archive REV src` (exported to tmpfs) instead of the"
+        " working tree: benchmark committed code while src/ is being edited",
+    )
+    parser.add_argument(
         "--out", type=Path, default=HERE / "results", help="where latest.md/.json go"
     )
     parser.add_argument(
         "--no-write", action="store_true", help="print only, leave results/latest.* alone"
     )
     args = parser.parse_args(argv)
-    args.size_bytes = parse_size(args.size)
+    quick = args.quick
+
+    def pick(value: str | int | None, full: str | int, small: str | int) -> str | int:
+        return value if value is not None else (small if quick else full)
+
+    try:
+        args.size_bytes = parse_size(str(pick(args.size, "1GiB", "64MiB")))
+        args.opts = Options(
+            small_count=int(pick(args.small_count, o.small_count, 2000)),
+            small_connections=args.small_connections,
+            small_threads=args.small_threads,
+            big_size=parse_size(str(pick(args.big_size, "10GiB", "512MiB"))),
+            concurrent=int(pick(args.concurrent, o.concurrent, 100)),
+            concurrent_size=parse_size(str(pick(args.concurrent_size, "100MiB", "8MiB"))),
+            stream_size=parse_size(str(pick(args.stream_size, "200MiB", "20MiB"))),
+            stream_rate=args.stream_rate,
+            jwt_count=int(pick(args.jwt_count, o.jwt_count, 500)),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.repeat = int(pick(args.repeat, 5, 1))
     if args.size_bytes < 1024:
         parser.error("--size must be at least 1KiB")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    args.keys = [k.strip() for k in args.only.split(",") if k.strip()]
+    if args.opts.small_count < 1 or args.opts.small_connections < 1:
+        parser.error("--small-count and --small-connections must be at least 1")
+    skip = {k.strip() for k in args.skip.split(",") if k.strip()}
+    args.keys = [k.strip() for k in args.only.split(",") if k.strip() and k.strip() not in skip]
     args.profile_keys = [k.strip() for k in args.profile.split(",") if k.strip()]
-    unknown = [k for k in [*args.keys, *args.profile_keys] if k not in SCENARIOS]
+    unknown = [k for k in [*args.keys, *args.profile_keys, *skip] if k not in SCENARIOS]
     if unknown or not args.keys:
         parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
     env: dict[str, str] = {}
@@ -110,6 +188,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def export_src(rev: str, into: Path) -> str:
+    """`git archive REV src` into `into`; every process started from now on imports
+    `ingester_gateway` from there (PYTHONPATH comes before the editable install)."""
+    sha = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    into.mkdir(parents=True)
+    archive = subprocess.Popen(
+        ["git", "-C", str(ROOT), "archive", sha, "src"], stdout=subprocess.PIPE
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise RuntimeError(f"git archive {rev} failed")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(into / "src") + (os.pathsep + old if old else "")
+    return f"src of {rev} ({sha}), exported"
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -119,6 +218,32 @@ def say(text: str) -> None:
 
 
 def progress_line(m: Measurement) -> str:
+    x = m.extra
+    if "requests_per_s" in x:
+        return (
+            f"{m.key}: {x['requests_per_s']:.0f} req/s, p50 {x['p50_ms']:.1f} ms,"
+            f" p99 {x['p99_ms']:.1f} ms, non-201 {x['non_201']}, stored {x['stored']},"
+            f" CPU-s per 1000: {x['server']} {x['server_cpu_per_1000_s']:.2f},"
+            f" SE {x['cpu_per_1000_s'].get('se', 0):.2f}, wrk {x['cpu_per_1000_s']['client']:.2f}"
+        )
+    if "uncached" in x:
+        return (
+            f"{m.key}: verify_header {x['uncached']['us_per_request']:.1f} µs without the cache,"
+            f" {x['cached']['us_per_request']:.2f} µs with it"
+        )
+    if "ref" in m.cpu_s:
+        ratio = x.get("compression_ratio")
+        comp = f", {ratio:.2f}x" if ratio else ""
+        return f"{m.key}: {m.mb_s:7.1f} MB/s, {m.cpu_per_gib('ref'):.2f} CPU-s/GiB{comp}"
+    if "client" in m.cpu_s:
+        delay = x.get("first_byte_delay_ms")
+        return (
+            f"{m.key}: {x['ok']} x {human_size(x['size_each'])} ok, {m.mb_s:.0f} MB/s"
+            f" ({m.wall_s:.1f} s), gateway peak RSS {(m.gateway_peak_rss or 0) / 2**20:.0f} MiB,"
+            f" CPU-s/GiB client {m.cpu_per_gib('client'):.2f}"
+            f" gateway {m.cpu_per_gib('gateway'):.2f} SE {m.cpu_per_gib('se'):.2f}"
+            + ("" if delay is None else f", first byte at the SE after {delay:.1f} ms")
+        )
     cells = []
     for role in ROLES:
         cell = f"{role} {m.cpu_per_gib(role):.2f}"
@@ -149,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"warning: {TMPFS} is missing; payloads and SE data go to {workdir}")
     stack: BenchStack | None = None
     try:
+        if args.src:
+            args.src_label = export_src(args.src, workdir / "src-export")
+            say(f"servers run from {args.src_label}")
         stack = BenchStack(workdir, logdir, args.env)
         return run(args, machine, stack, workdir, logdir)
     except KeyboardInterrupt:
@@ -165,74 +293,63 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _roles(keys: list[str]) -> list[str]:
+    return [role for key in keys for role in SCENARIOS[key].servers]
+
+
 def run(
     args: argparse.Namespace, machine: Machine, stack: BenchStack, workdir: Path, logdir: Path
 ) -> int:
+    started = time.monotonic()
     size = args.size_bytes
+    opts: Options = args.opts
+    keys: list[str] = args.keys
     say(f"machine: {machine.lines()[0][2:]}")
     say(f"servers: SE data on {workdir}, logs in {logdir}")
-    stack.start_all()
-    say(f"  SE {stack.se().url}, nginx {stack.nginx().url}, gateway {stack.gateway().url}")
+    stack.start(["se", *_roles([*keys, *args.profile_keys])])
+    say("  " + ", ".join(f"{role} {server.url}" for role, server in stack.servers().items()))
+    if "gateway-zt2" in _roles(keys) and not zstd_threads_supported():
+        say("note: this tree's Settings has no zstd_threads: d2 runs single-threaded")
 
     data = Datasets(workdir / "payload", size)
     data.directory.mkdir()
-    for key in dict.fromkeys([*args.keys, *args.profile_keys]):
+    for key in dict.fromkeys([*keys, *args.profile_keys]):
         SCENARIOS[key].prepare(data)
     for ds in data.made():
         say(f"payload {ds.name} {human_size(ds.size)}: made in {ds.seconds_to_make:.1f} s")
     made = data.made()
     sha_per_gib = sum(d.sha256_cpu_s for d in made) * GiB / max(1, sum(d.size for d in made))
 
-    warm = Datasets(workdir / "warmup", min(WARMUP_BYTES, size))
-    warm.directory.mkdir()
     scratch = workdir / "scratch"
     scratch.mkdir()
-    for key in args.keys:  # connections, imports, caches: not part of any figure
-        SCENARIOS[key].run(Bench(stack, warm, scratch))
+    warm = Datasets(workdir / "warmup", min(WARMUP_BYTES, size))
+    warm.directory.mkdir()
+    for key in keys:
+        SCENARIOS[key].prepare(warm)
+    say("warming up every path (not measured)")
+    for key in keys:  # connections, imports, caches: not part of any figure
+        SCENARIOS[key].run(Bench(stack, warm, scratch, opts, warm=True))
     warm.remove()
     time.sleep(SETTLE_S)  # the payloads were just written: let the kernel catch its breath
 
-    bench = Bench(stack, data, scratch)
-    runs: dict[str, list[Measurement]] = {k: [] for k in args.keys}
-    for rep in range(args.repeat):
+    bench = Bench(stack, data, scratch, opts)
+    runs: dict[str, list[Measurement]] = {k: [] for k in keys}
+    repeated = [k for k in keys if SCENARIOS[k].rounds == "repeat"]
+    for rep in range(args.repeat if repeated else 0):
         # Rotate the order each round so no scenario always runs first or after the same one.
-        shift = rep % len(args.keys)
-        for key in args.keys[shift:] + args.keys[:shift]:
+        shift = rep % len(repeated)
+        for key in repeated[shift:] + repeated[:shift]:
             time.sleep(PAUSE_S)  # let the previous run's tail (frees, logs) settle
             m = SCENARIOS[key].run(bench)
             runs[key].append(m)
             say(f"[{rep + 1}/{args.repeat}] {progress_line(m)}")
 
-    summaries = {k: Summary(k, SCENARIOS[k].title, v) for k, v in runs.items()}
-    figures = build_figures(summaries)
-    machine.load_after = os.getloadavg()
-    settings = {
-        "command": " ".join(["benchmarks/run.py", *(shlex.quote(a) for a in sys.argv[1:])]),
-        "started_at": now_iso(),
-        "git": report_git(ROOT),
-        "size": size,
-        "repeat": args.repeat,
-        "scenarios": args.keys,
-        "gateway_env": stack.gateway_env,
-        "payload": "tmpfs file read by curl on stdin (-T -), chunked",
-        "sha256_cpu_s_per_gib": sha_per_gib,
-    }
-
-    say("\n" + scenarios_table(summaries) + "\n")
-    say(figures_table(figures) + "\n")
-    c, a, b = summaries.get("c"), summaries.get("a"), summaries.get("b")
-    if c and b:
-        say(f"c/b = {c.mb_s / b.mb_s:.2f}   (gateway / nginx, wall MB/s)")
-    if c and a:
-        say(f"c/a = {c.mb_s / a.mb_s:.2f}   (gateway / direct, wall MB/s)")
-    verdict = bar_verdict(figures, "issue 2")
-    say(
-        "bar of issue 2 (c/b >= 0.4, gateway peak RSS <= 100 MiB): "
-        + {None: "not measured (needs b and c)", True: "MET", False: "NOT MET"}[verdict]
-    )
-    if not args.no_write:
-        md, js = write_results(args.out, summaries, figures, machine, settings)
-        say(f"wrote {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md} and {js.name}")
+    once = [k for k in keys if SCENARIOS[k].rounds == "once"]
+    for key in [k for k in once if SCENARIOS[k].uses_payload]:
+        time.sleep(PAUSE_S)
+        m = SCENARIOS[key].run(bench)
+        runs[key].append(m)
+        say(f"[once] {progress_line(m)}")
 
     for key in args.profile_keys:
         from benchmarks.profile import Profiler, summarize
@@ -245,4 +362,53 @@ def run(
             summary = summarize(raw)
             (logdir / f"profile-{key}.summary.txt").write_text(summary + "\n")
             say(summary)
+
+    data.remove()  # the rest makes its bytes on the fly; free tmpfs for what the SE stores
+    for key in [k for k in once if not SCENARIOS[k].uses_payload]:
+        time.sleep(PAUSE_S)
+        m = SCENARIOS[key].run(bench)
+        runs[key].append(m)
+        say(f"[once] {progress_line(m)}")
+
+    summaries = {
+        k: Summary(k, SCENARIOS[k].title, v, SCENARIOS[k].table) for k, v in runs.items() if v
+    }
+    figures = build_figures(summaries)
+    machine.load_after = os.getloadavg()
+    settings = {
+        "command": " ".join(["benchmarks/run.py", *(shlex.quote(a) for a in sys.argv[1:])]),
+        "started_at": now_iso(),
+        "git": getattr(args, "src_label", None) or report_git(ROOT),
+        "size": size,
+        "repeat": args.repeat,
+        "scenarios": keys,
+        "options": dataclasses.asdict(opts),
+        "gateway_env": stack.gateway_env,
+        "gateway_variants": {k: v for k, v in GATEWAY_VARIANTS.items() if v},
+        "zstd_threads_supported": zstd_threads_supported(),
+        "payload": "tmpfs file read by curl on stdin (-T -), chunked",
+        "sha256_cpu_s_per_gib": sha_per_gib,
+        "run_minutes": (time.monotonic() - started) / 60,
+    }
+
+    for table in (
+        scenarios_table(summaries),
+        references_table(summaries),
+        small_table(summaries),
+        onthefly_table(summaries),
+    ):
+        if table:
+            say("\n" + table)
+    say("\n" + figures_table(figures) + "\n")
+    say(f"issue 3: {targets_line(figures)}")
+    verdict = issue2_passed(summaries)
+    say(
+        "bar of issue 2 (c/b >= 0.4, gateway peak RSS <= 100 MiB): "
+        + {None: "not measured (needs b and c)", True: "MET", False: "NOT MET"}[verdict]
+    )
+    say(f"run took {settings['run_minutes']:.1f} min")
+    if not args.no_write:
+        md, js, png = write_results(args.out, summaries, figures, machine, settings)
+        shown = md.relative_to(ROOT) if md.is_relative_to(ROOT) else md
+        say(f"wrote {shown}, {js.name}" + (f" and {png.name}" if png else " (nothing to chart)"))
     return 0

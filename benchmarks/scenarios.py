@@ -1,10 +1,9 @@
-"""Scenarios: one kind of measured work each, run `--repeat` times.
+"""Scenarios: one kind of measured work each, run `--repeat` times (or once).
 
 A scenario is a key (`a`, `b`, ...), a title, the figures it yields per run
-(`Measurement`) and a `run(bench, data)` function. Issue 2's four uploads are here;
-issue 3's scenarios (codec alone, multipart vs raw, small files, 10 GiB, concurrency,
-first-byte latency, JWT cost) are added to `SCENARIOS` the same way, and their table
-rows in `report.FIGURES`.
+(`Measurement`) and a `run(bench)` function. Issue 2's four uploads and the shared
+machinery are here; issue 3's scenarios are in `issue3.py`, which also builds the
+full registry (`issue3.ALL`), and their table rows in `report.FIGURES`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from benchmarks.datasets import Dataset, Datasets
 from benchmarks.procstat import (
@@ -53,16 +52,37 @@ class Measurement:
         return self.payload_bytes / 1e6 / self.wall_s
 
     def cpu_per_gib(self, role: str) -> float:
+        if not self.payload_bytes:
+            return 0.0
         return self.cpu_s.get(role, 0.0) * 2**30 / self.payload_bytes
 
 
 @dataclass
+class Options:
+    """Sizes of issue 3's scenarios (the command-line options; `--quick` shrinks them)."""
+
+    small_count: int = 20_000  # 4 KiB uploads per server
+    small_size: int = 4096
+    small_connections: int = 64  # concurrent clients, one JWT each (rotated)
+    small_threads: int = 2  # wrk threads
+    big_size: int = 10 * 2**30  # the one big upload of the memory figure
+    concurrent: int = 100  # concurrent uploads of the memory figure
+    concurrent_size: int = 100 * 2**20
+    stream_size: int = 200 * 2**20  # the paced upload of the first-byte figure
+    stream_rate: float = 20e6  # bytes/s
+    jwt_count: int = 5000
+
+
+@dataclass
 class Bench:
-    """What a scenario may use: the servers, the payloads, a scratch directory."""
+    """What a scenario may use: the servers, the payloads, a scratch directory, the
+    sizes; `warm` is set for the warm-up pass (scenarios shrink what they do)."""
 
     stack: BenchStack
     data: Datasets
     scratch: Path
+    opts: Options = field(default_factory=Options)
+    warm: bool = False
 
 
 def _nothing(data: Datasets) -> None:
@@ -76,6 +96,15 @@ class Scenario:
     run: Callable[[Bench], Measurement]
     # makes the payloads `run` will use, before any measurement (not timed)
     prepare: Callable[[Datasets], None] = _nothing
+    # the servers it needs (started before any measurement)
+    servers: tuple[str, ...] = ("se", "nginx", "gateway")
+    # "repeat": `--repeat` rounds, the median kept; "once": one run after the rounds
+    rounds: Literal["repeat", "once"] = "repeat"
+    # whether it reads the payloads of `prepare` (the others run after they are removed)
+    uses_payload: bool = True
+    # which table of latest.md lists it: "upload" (MB/s, CPU-s/GiB per process tree),
+    # "ref" (a library alone), "small" (requests/s, latency, CPU per 1000), "none"
+    table: Literal["upload", "ref", "small", "none"] = "upload"
 
 
 # -- one curl upload, measured --------------------------------------------------------
@@ -90,14 +119,17 @@ def curl_upload(
     body: Path,
     content_type: str,
     payload: Dataset,
+    gateway_role: str = "gateway",
 ) -> tuple[Measurement, dict[str, Any]]:
     """Upload `body` with curl, chunked, read from a tmpfs file on stdin (`-T -`).
 
     Measures the wall time of the curl process, the CPU of curl (its rusage) and of
     every server's process tree (from /proc, before and after), and the gateway's
-    peak RSS (sampled every 50 ms, and VmHWM reset at the start)."""
+    peak RSS (sampled every 50 ms, and VmHWM reset at the start). `gateway_role` is
+    the gateway instance on the path (see `stack.GATEWAY_VARIANTS`): its figures are
+    reported as `gateway`, the other instances' (idle) CPU as `other`."""
     stack = bench.stack
-    roots = stack.roots()
+    roots = roles_for(stack.roots(), gateway_role)
     out = bench.scratch / f"reply-{key}.json"
     argv = [
         "curl",
@@ -161,12 +193,15 @@ def curl_upload(
     if http_code not in ("200", "201"):
         raise RuntimeError(f"{key}: HTTP {http_code}: {reply_text[:500]}")
     reply: dict[str, Any] = json.loads(reply_text)
-    cpu = {role: after[role] - before[role] for role in roots}
+    by_server = {role: after[role] - before[role] for role in roots}
+    cpu = merge_others(by_server)
     cpu["curl"] = usage.ru_utime + usage.ru_stime
     extra: dict[str, Any] = {
         "curl_size_upload": int(uploaded or 0),
+        "gateway_role": gateway_role,
+        "cpu_by_server_s": by_server,
         # the kernel-mode part of cpu_s (socket and tmpfs copies, page faults, futexes)
-        "cpu_sys_s": {role: sys_after[role] - sys_before[role] for role in roots}
+        "cpu_sys_s": merge_others({role: sys_after[role] - sys_before[role] for role in roots})
         | {"curl": usage.ru_stime},
     }
     if gateway_root is not None and sampler is not None:
@@ -185,6 +220,30 @@ def curl_upload(
         extra=extra,
     )
     return measurement, reply
+
+
+MAIN_ROLES = ("se", "nginx", "gateway")
+
+
+def roles_for(roots: dict[str, int], gateway_role: str) -> dict[str, int]:
+    """Server roots with `gateway_role` renamed `gateway` (the gateway on the path) and
+    the main gateway renamed `gateway-main` when it is not that one."""
+    out: dict[str, int] = {}
+    for role, pid in roots.items():
+        if role == gateway_role:
+            out["gateway"] = pid
+        elif role == "gateway":
+            out["gateway-main"] = pid
+        else:
+            out[role] = pid
+    return out
+
+
+def merge_others(values: dict[str, float]) -> dict[str, float]:
+    """se, nginx, gateway as they are; every other server summed as `other`."""
+    out = {role: values.get(role, 0.0) for role in MAIN_ROLES}
+    out["other"] = sum(v for role, v in values.items() if role not in MAIN_ROLES)
+    return out
 
 
 def _check(key: str, what: str, got: object, want: object) -> None:
@@ -212,8 +271,10 @@ def _se_upload(bench: Bench, key: str, url: str) -> Measurement:
     return m
 
 
-def _gateway_upload(bench: Bench, key: str, payload: Dataset, codec: str) -> Measurement:
-    base = bench.stack.gateway().url
+def _gateway_upload(
+    bench: Bench, key: str, payload: Dataset, codec: str, gateway_role: str = "gateway"
+) -> Measurement:
+    base = bench.stack.gateway(gateway_role).url
     url = f"{base}/api/v1/files/{payload.path.name}?compression_algorithm={codec}"
     m, reply = curl_upload(
         bench,
@@ -223,6 +284,7 @@ def _gateway_upload(bench: Bench, key: str, payload: Dataset, codec: str) -> Mea
         body=payload.path,
         content_type=payload.content_type,
         payload=payload,
+        gateway_role=gateway_role,
     )
     try:
         _check(key, "file_size", reply.get("file_size"), payload.size)

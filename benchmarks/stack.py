@@ -1,19 +1,35 @@
-"""The servers under test: one reference SE (data on tmpfs), an nginx and a gateway
-in front of that same SE. Each is started on first use and all are stopped by
+"""The servers under test: one reference SE (data on tmpfs), and in front of that
+same SE an nginx, the gateway (1 worker), further gateway instances (1 and 2
+workers for the small files; `INGESTER_ZSTD_THREADS=2`) and the FastAPI baseline of
+`baselines/`. Each is started on first use (`server(role)`) and all are stopped by
 `close()`, which the harness calls on every exit path."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import http.client
 import json
 import os
+import sys
 import urllib.request
 from pathlib import Path
 
 from ingester_gateway.tokens import generate_keypair, mint_token
-from tests.servers import ServerProcess, gateway, nginx, se_entry, storage_element
+from tests.servers import ServerProcess, free_port, gateway, nginx, se_entry, storage_element
 
 TOKEN_TTL = 6 * 3600
+BASELINES = Path(__file__).resolve().parent / "baselines"
+# Further gateway instances: role -> settings on top of the main gateway's.
+# The small-file runs get instances of their own (w1, w2), so that what 64 concurrent
+# uploads leave in the allocator does not show in the big uploads' memory figures.
+GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
+    "gateway": {},
+    "gateway-w1": {},
+    "gateway-w2": {"INGESTER_WORKERS": "2"},
+    "gateway-zt2": {"INGESTER_ZSTD_THREADS": "2"},
+}
+ROLES = ("se", "nginx", *GATEWAY_VARIANTS, "baseline")
 
 
 class BenchStack:
@@ -41,6 +57,15 @@ class BenchStack:
             fh.write(f"Authorization: Bearer {self.user_token}\n")
         self.se_data = workdir / "se-data"
         self._servers: dict[str, ServerProcess] = {}
+        self._pem = pem
+        self._tokens: list[str] = []
+
+    def user_tokens(self, count: int) -> list[str]:
+        """`count` distinct user tokens (own `sub` and `jti` each), minted once."""
+        while len(self._tokens) < count:
+            n = len(self._tokens)
+            self._tokens.append(mint_token(self._pem, sub=f"bench-{n:03d}", ttl=TOKEN_TTL))
+        return self._tokens[:count]
 
     # -- servers, started on first use -------------------------------------------
 
@@ -65,21 +90,57 @@ class BenchStack:
             self._start("nginx", nginx(self.logdir, f"127.0.0.1:{se.port}"))
         return self._servers["nginx"]
 
-    def gateway(self) -> ServerProcess:
-        if "gateway" not in self._servers:
+    def gateway(self, role: str = "gateway") -> ServerProcess:
+        """The gateway (`gateway`, `INGESTER_WORKERS=1`) or one of `GATEWAY_VARIANTS`."""
+        if role not in self._servers:
             se = self.se()
+            env = {**self.gateway_env, **GATEWAY_VARIANTS[role]}
             self._start(
-                "gateway",
-                gateway(self.logdir, self.public_key, [se_entry(se)], env=self.gateway_env),
+                role,
+                gateway(self.logdir, self.public_key, [se_entry(se)], env=env, name=role),
             )
-        return self._servers["gateway"]
+        return self._servers[role]
+
+    def baseline(self) -> ServerProcess:
+        """The FastAPI ingester of `baselines/fastapi_ingester.py` under uvicorn, 1 worker."""
+        if "baseline" not in self._servers:
+            se = self.se()
+            port = free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")} | {
+                "BASELINE_PUBLIC_KEY_FILE": str(self.public_key),
+                "BASELINE_SE_URL": se.url,
+            }
+            argv = [
+                *(sys.executable, "-m", "uvicorn", "fastapi_ingester:app"),
+                *("--app-dir", str(BASELINES), "--host", "127.0.0.1", "--port", str(port)),
+                *("--workers", "1", "--no-access-log", "--log-level", "warning"),
+            ]
+            self._start(
+                "baseline",
+                ServerProcess("baseline", argv, port, self.logdir / "baseline.log", env=env),
+            )
+        return self._servers["baseline"]
+
+    def server(self, role: str) -> ServerProcess:
+        if role == "se":
+            return self.se()
+        if role == "nginx":
+            return self.nginx()
+        if role == "baseline":
+            return self.baseline()
+        return self.gateway(role)
+
+    def start(self, roles: list[str]) -> None:
+        """These servers up before the first measurement, so all of them are measured
+        (idle ones show what idling costs) and none starts during a run."""
+        for role in sorted(set(roles), key=ROLES.index):
+            self.server(role)
 
     def start_all(self) -> None:
-        """Every server up before the first measurement, so all of them are measured
-        (idle ones show what idling costs) and none starts during a run."""
-        self.se()
-        self.nginx()
-        self.gateway()
+        self.start(["se", "nginx", "gateway"])
+
+    def servers(self) -> dict[str, ServerProcess]:
+        return dict(self._servers)
 
     def roots(self) -> dict[str, int]:
         """Role -> pid of the process tree to measure."""
@@ -98,6 +159,34 @@ class BenchStack:
             body = json.loads(resp.read())
         if body.get("status") not in ("deleted", "already_deleted"):
             raise RuntimeError(f"gc delete of {file_id} answered {body}")
+
+    def stored_ids(self) -> list[str]:
+        """Ids of the files the SE holds (its data directory is ours, on tmpfs)."""
+        files = self.se_data / "files"
+        return [p.name[: -len(".attr.json")] for p in files.glob("*.attr.json")]
+
+    def delete_all_stored(self, parallel: int = 8) -> int:
+        """gc every stored file through the SE (small-file runs leave thousands), over
+        `parallel` keep-alive connections; the count deleted."""
+        ids = self.stored_ids()
+        se = self.se()
+        headers = {"Authorization": f"Bearer {self.service_token}"}
+
+        def delete_slice(part: list[str]) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", se.port, timeout=30)
+            try:
+                for file_id in part:
+                    conn.request("DELETE", f"/api/v1/gc/{file_id}", headers=headers)
+                    resp = conn.getresponse()
+                    body = resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"gc delete of {file_id}: {resp.status} {body[:200]!r}")
+            finally:
+                conn.close()
+
+        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(delete_slice, [ids[i::parallel] for i in range(parallel)]))
+        return len(ids)
 
     def log_tails(self, lines: int = 20) -> str:
         return "\n".join(

@@ -1,0 +1,1 @@
+"""Reference implementations the gateway is measured against (not part of the product)."""
