@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -59,7 +59,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp:
 
     async def metrics(request: Request) -> Response:
         gw.update_node_metrics()
-        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_json(request: Request) -> Response:
         return Response(openapi, media_type="application/json")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from ingester_gateway.config import ConfigError, load_settings, parse_size
+from ingester_gateway.config import ConfigError, Settings, load_settings, parse_size
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -16,11 +20,40 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ingester-gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    import uvicorn
-
     from ingester_gateway.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    with _runtime_dir(settings.workers, settings.runtime_dir):
+        _run_uvicorn(settings)
+    return 0
+
+
+@contextlib.contextmanager
+def _runtime_dir(workers: int, configured: str | None) -> Iterator[None]:
+    """Several workers share a directory (on tmpfs when there is one) for their
+    metrics and upload progress; it is made fresh here and removed at the end."""
+    if workers == 1:
+        yield
+        return
+    made = configured is None
+    shm = "/dev/shm"  # noqa: S108 (mkdtemp below makes a private 0700 directory in it)
+    base = shm if os.path.isdir(shm) else None
+    path = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="ingester-", dir=base))
+    metrics_dir = path / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files of dead workers would count
+    metrics_dir.mkdir(parents=True)
+    os.environ["INGESTER_RUNTIME_DIR"] = str(path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    try:
+        yield
+    finally:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_uvicorn(settings: Settings) -> None:
+    import uvicorn
+
     uvicorn.run(
         "ingester_gateway.app:app_from_environment",
         factory=True,
@@ -35,7 +68,6 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=30,
     )
-    return 0
 
 
 def _storage_element(args: argparse.Namespace) -> int:

@@ -37,6 +37,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "0.0.0.0"
     port: Port = 8020
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # Shared by the workers (metrics, progress); `serve` makes one on tmpfs if unset.
+    runtime_dir: str | None = None
 
     auth_public_key_file: str | None = None
     auth_jwks_url: HttpUrl | None = None

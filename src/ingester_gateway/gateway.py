@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import aiohttp
 
@@ -40,7 +43,9 @@ class Gateway:
         self.executor = ThreadPoolExecutor(
             max_workers=max(2, (os.cpu_count() or 2) * 2), thread_name_prefix="encode"
         )
-        self.progress = ProgressBook()
+        shared = settings.runtime_dir if settings.workers > 1 else None
+        self.progress = ProgressBook(shared_dir=Path(shared) / "progress" if shared else None)
+        self._mirror: asyncio.Task[None] | None = None
         self.active_uploads = 0
         self._cores = os.cpu_count() or 1
         self.rng = random.Random()
@@ -91,8 +96,23 @@ class Gateway:
         )
         await self.registry.start()
         self.update_node_metrics()
+        if s.workers > 1:
+            self._mirror = asyncio.create_task(self._mirror_progress(), name="progress-mirror")
+
+    async def _mirror_progress(self) -> None:
+        rounds = 0
+        while True:
+            await asyncio.sleep(0.5)
+            self.progress.mirror_running()
+            rounds += 1
+            if rounds % 120 == 0:
+                self.progress.sweep_shared()
 
     async def stop(self) -> None:
+        if self._mirror is not None:
+            self._mirror.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._mirror
         await self.registry.stop()
         if self._session is not None:
             await self._session.close()

@@ -25,6 +25,7 @@ from ingester_gateway.observability import request_id_from
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drain_body
 from ingester_gateway.pipeline.digest import claimed_sha256
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
+from ingester_gateway.progress import valid_upload_id
 from ingester_gateway.saga import UploadRequest, UploadSaga, validate_filename
 
 Outcome = Literal["stored", "rejected", "failed", "aborted"]
@@ -33,7 +34,6 @@ FILES_PREFIX = "/api/v1/files/"
 DRAIN_SECONDS = 2.0
 DRAIN_BYTES = 64 * 2**20
 _encoder = msgspec.json.Encoder()
-_UPLOAD_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 _WANTED = frozenset(
     {
         b"authorization",
@@ -94,7 +94,7 @@ def _upload_id_from(header: bytes | None) -> str:
     """A client may name its upload (to poll progress while it is running)."""
     if header is not None:
         text = header.decode("latin-1")
-        if 8 <= len(text) <= 64 and set(text) <= _UPLOAD_ID_OK:
+        if valid_upload_id(text):
             return text
     return uuid.uuid4().hex
 

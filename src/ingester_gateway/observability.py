@@ -4,12 +4,20 @@ block, never per body piece, so they stay off the hot path."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import uuid
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -56,7 +64,10 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
         )
         self.in_flight = Gauge(
-            "ingester_uploads_in_flight", "Uploads being received or stored", registry=r
+            "ingester_uploads_in_flight",
+            "Uploads being received or stored",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.compression_ratio = Histogram(
             "ingester_compression_ratio",
@@ -70,6 +81,7 @@ class Metrics:
             "1 when the storage element answered its last check",
             ["node"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.compensation_failures = Counter(
             "ingester_compensation_failures_total",
@@ -77,6 +89,14 @@ class Metrics:
             ["node"],
             registry=r,
         )
+
+    def render(self) -> bytes:
+        """The exposition text; with several workers, all of theirs summed up."""
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
 
 
 def configure_logging(level: str = "info", fmt: str = "json", access_log: bool = False) -> None:

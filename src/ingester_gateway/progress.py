@@ -1,12 +1,37 @@
-"""Progress of uploads in flight and recently finished, readable by their uploader."""
+"""Progress of uploads in flight and recently finished, readable by their uploader.
+
+With several worker processes a poll may reach a worker that does not run the
+upload: then each worker mirrors its entries into a shared directory (tmpfs) — every
+half second for running uploads, at once when one finishes — and reads its siblings'.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
 
 from ingester_gateway.models import UploadProgress
+
+_UPLOAD_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def valid_upload_id(text: str) -> bool:
+    """8 to 64 of [A-Za-z0-9_-]: safe in a path, hard to collide by accident."""
+    return 8 <= len(text) <= 64 and set(text) <= _UPLOAD_ID_CHARS
+
+
+class _SharedEntry(msgspec.Struct):
+    owner: str
+    progress: UploadProgress
+
+
+_shared_decoder = msgspec.json.Decoder(_SharedEntry)
 
 
 class ProgressBook:
@@ -17,6 +42,7 @@ class ProgressBook:
         retention: float = 3600.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        shared_dir: Path | None = None,
     ) -> None:
         self._entries: OrderedDict[str, tuple[str, UploadProgress]] = OrderedDict()
         # Finish times in finishing order; always a subset of `_entries`.
@@ -24,6 +50,9 @@ class ProgressBook:
         self._retention = retention
         self._max = max_entries
         self._clock = clock
+        self._shared = shared_dir
+        if shared_dir is not None:
+            shared_dir.mkdir(parents=True, exist_ok=True)
 
     def open(self, upload_id: str, owner: str, progress: UploadProgress) -> bool:
         """Register a new upload; False if the id is already taken."""
@@ -44,14 +73,57 @@ class ProgressBook:
         if upload_id in self._entries:  # an entry evicted while running is not recorded
             self._finished_at[upload_id] = self._clock()
             self._finished_at.move_to_end(upload_id)
+            if self._shared is not None:
+                self._write_shared(upload_id, *self._entries[upload_id])
 
     def get(self, upload_id: str, owner: str) -> UploadProgress | None:
         """The entry if it exists and `owner` uploaded it (others see nothing)."""
         self._expire()
         entry = self._entries.get(upload_id)
+        if entry is None and self._shared is not None:
+            entry = self._read_shared(upload_id)
         if entry is None or entry[0] != owner:
             return None
         return entry[1]
+
+    # -- the shared directory (several workers) ----------------------------------
+
+    def mirror_running(self) -> None:
+        """Write the entries of running uploads for the sibling workers to read."""
+        if self._shared is None:
+            return
+        for upload_id, (owner, progress) in list(self._entries.items()):
+            if upload_id not in self._finished_at:
+                self._write_shared(upload_id, owner, progress)
+
+    def sweep_shared(self, max_age: float | None = None) -> None:
+        """Remove mirrored entries older than the retention (any worker's)."""
+        if self._shared is None:
+            return
+        horizon = time.time() - (self._retention if max_age is None else max_age)
+        for path in self._shared.glob("*.json"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < horizon:
+                    path.unlink()
+
+    def _path(self, upload_id: str) -> Path:
+        assert self._shared is not None
+        return self._shared / f"{upload_id}.json"
+
+    def _write_shared(self, upload_id: str, owner: str, progress: UploadProgress) -> None:
+        path = self._path(upload_id)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(msgspec.json.encode(_SharedEntry(owner, progress)))
+        os.replace(tmp, path)  # readers see the old or the new snapshot, never half of one
+
+    def _read_shared(self, upload_id: str) -> tuple[str, UploadProgress] | None:
+        if not valid_upload_id(upload_id):
+            return None
+        try:
+            entry = _shared_decoder.decode(self._path(upload_id).read_bytes())
+        except (FileNotFoundError, msgspec.DecodeError):
+            return None
+        return entry.owner, entry.progress
 
     def _expire(self) -> None:
         horizon = self._clock() - self._retention
