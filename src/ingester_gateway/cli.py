@@ -1,4 +1,4 @@
-"""`ingester-gateway serve | storage-element | keys | token | dev`."""
+"""`ingester-gateway serve | storage-element | nodes | token-service | keys | token | dev`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,8 +77,23 @@ def _storage_element(args: argparse.Namespace) -> int:
     from ingester_gateway.auth import StaticKeySource, TokenVerifier
     from ingester_gateway.observability import configure_logging
     from ingester_gateway.storage_element.app import StorageElementApp
+    from ingester_gateway.storage_element.heartbeat import Registration
     from ingester_gateway.storage_element.store import FileStore
 
+    registration = None
+    if args.redis_url is not None:
+        if args.public_url is None:
+            print("ingester-gateway: --redis-url needs --public-url", file=sys.stderr)
+            return 2
+        if args.heartbeat_ttl <= args.heartbeat_interval:
+            print(
+                "ingester-gateway: --heartbeat-ttl must exceed --heartbeat-interval",
+                file=sys.stderr,
+            )
+            return 2
+        registration = Registration(
+            args.redis_url, args.public_url, args.heartbeat_interval, args.heartbeat_ttl
+        )
     configure_logging("warning" if args.quiet else "info", "json")
     verifier = TokenVerifier(StaticKeySource.from_file(args.public_key_file))
     app = StorageElementApp(
@@ -86,6 +102,7 @@ def _storage_element(args: argparse.Namespace) -> int:
         element_id=args.element_id,
         mode=args.mode,
         priority=args.priority,
+        registration=registration,
     )
     uvicorn.run(
         app,
@@ -99,6 +116,40 @@ def _storage_element(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    if not args.redis_url:
+        print("ingester-gateway nodes: give --redis-url or set INGESTER_REDIS_URL", file=sys.stderr)
+        return 2
+    from ingester_gateway.nodes_cli import run_nodes
+
+    return run_nodes(args)
+
+
+def _http_url(text: str) -> str:
+    """An argparse type: an absolute http(s) URL with a host."""
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r}")
+    return text.rstrip("/")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
 
 
 def _token_service(args: argparse.Namespace) -> int:
@@ -169,7 +220,37 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--priority", type=int, default=100)
     se.add_argument("--public-key-file", required=True)
     se.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    se.add_argument("--redis-url", help="register in this Redis and keep the record alive")
+    se.add_argument(
+        "--public-url", type=_http_url, help="the URL gateways use to reach this SE (with Redis)"
+    )
+    se.add_argument("--heartbeat-interval", type=_seconds, default=1.0, help="seconds")
+    se.add_argument(
+        "--heartbeat-ttl", type=_seconds, default=5.0, help="seconds a heartbeat stays valid"
+    )
     se.set_defaults(func=_storage_element)
+
+    nodes = sub.add_parser("nodes", help="list, add, remove or drain nodes in the Redis registry")
+    nodes.add_argument(
+        "--redis-url",
+        default=os.environ.get("INGESTER_REDIS_URL"),
+        help="default: INGESTER_REDIS_URL",
+    )
+    nodes.set_defaults(func=_nodes)
+    actions = nodes.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the nodes, their capacity and heartbeat age")
+    listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    add = actions.add_parser("add", help="an operator-managed node (no heartbeat, no expiry)")
+    add.add_argument("--id", required=True)
+    add.add_argument("--url", required=True, type=_http_url)
+    add.add_argument("--mode", required=True, choices=["edit", "rw", "ro", "ar"])
+    add.add_argument("--priority", type=int, default=100, help="lower is preferred")
+    add.add_argument("--capacity-bytes", type=_size, help="bytes, or 500GiB, 2TiB, ...")
+    remove = actions.add_parser("remove", help="delete a node's record")
+    remove.add_argument("--id", required=True)
+    drain = actions.add_parser("drain", help="no new uploads to a node; in-flight ones finish")
+    drain.add_argument("--id", required=True)
+    drain.add_argument("--undo", action="store_true", help="take new uploads again")
 
     ts = sub.add_parser(
         "token-service", help="reference Admin Module token endpoint (client credentials, JWKS)"

@@ -23,6 +23,9 @@ from ingester_gateway.errors import ApiError
 from ingester_gateway.pipeline.blocks import coalesce
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
+from ingester_gateway.registry.redis import NodeAnnouncement, RedisNodeBook
+from ingester_gateway.registry.watch import redis_client
+from ingester_gateway.storage_element.heartbeat import REDIS_TIMEOUT, NodeHeartbeat, Registration
 from ingester_gateway.storage_element.store import (
     FileAttributes,
     FileExists,
@@ -54,6 +57,7 @@ class StorageElementApp:
         mode: str,
         priority: int = 100,
         max_upload_bytes: int = 1 << 40,
+        registration: Registration | None = None,
     ) -> None:
         self.store = store
         self.verifier = verifier
@@ -63,6 +67,8 @@ class StorageElementApp:
         self.max_upload_bytes = max_upload_bytes
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="se-io")
         self.started_at = time.time()
+        self.registration = registration
+        self._heartbeat: NodeHeartbeat | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -81,8 +87,16 @@ class StorageElementApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if (registration := self.registration) is not None:
+                    book = RedisNodeBook(redis_client(registration.redis_url, REDIS_TIMEOUT))
+                    self._heartbeat = NodeHeartbeat(
+                        book, lambda: self._announcement(registration), registration.interval
+                    )
+                    await self._heartbeat.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._heartbeat is not None:
+                    await self._heartbeat.stop()
                 self.executor.shutdown(wait=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -269,6 +283,21 @@ class StorageElementApp:
             "used_bytes": self.store.used,
             "file_count": self.store.file_count,
         }
+
+    def _announcement(self, registration: Registration) -> NodeAnnouncement:
+        """This SE's record in the gateways' Redis registry, with its capacity right now."""
+        return NodeAnnouncement(
+            id=self.element_id,
+            url=registration.public_url,
+            mode=self.mode,
+            status="ok",
+            priority=self.priority,
+            capacity_total=self.store.capacity,
+            capacity_used=self.store.used,
+            capacity_available=self.store.available,
+            heartbeat_at=time.time(),
+            ttl=registration.ttl,
+        )
 
     def _capacity(self) -> dict[str, Any]:
         total = self.store.capacity
