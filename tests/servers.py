@@ -183,6 +183,7 @@ def gateway(
         "INGESTER_AUTH_PUBLIC_KEY_FILE": str(public_key),
         "INGESTER_STORAGE_ELEMENTS": json.dumps(list(storage_elements)),
         "INGESTER_HEALTH_CHECK_INTERVAL_SECONDS": "1",
+        "INGESTER_STATE_DIR": str(workdir / f"{name}-state"),
         "INGESTER_LOG_LEVEL": "info",
         **(env or {}),
     }

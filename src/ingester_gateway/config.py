@@ -21,6 +21,7 @@ NodeMode = Literal["edit", "rw", "ro", "ar"]
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+RedisUrl = Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://\S+$")]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
@@ -50,9 +51,25 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     auth_jwks_refresh_seconds: Seconds = 300.0
     auth_token_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 4096
 
-    registry: Literal["static"] = "static"
+    registry: Literal["static", "redis", "artstore"] = "static"
     storage_elements: list[StorageElementConfig] = msgspec.field(default_factory=list)
     health_check_interval_seconds: Seconds = 5.0
+    redis_url: RedisUrl | None = None
+    redis_timeout_seconds: Seconds = 0.5  # no request waits on Redis longer than this
+    registry_refresh_seconds: Seconds = 2.0
+    events_stream: str = "file-events"
+    events_maxlen: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    # Where undeliverable events and compensations wait for Redis (a local journal).
+    state_dir: str = ".ingester-state"
+
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    breaker_failure_rate: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    breaker_min_calls: Annotated[int, msgspec.Meta(ge=1)] = 10
+    breaker_window_seconds: Seconds = 30.0
+    breaker_cooldown_seconds: Seconds = 10.0
+    retry_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 4
+    retry_deadline_seconds: Seconds = 15.0
+    replay_buffer_bytes: Annotated[int, msgspec.Meta(ge=0)] = 8 * 2**20
 
     max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 100 * 2**30
     block_size: Annotated[int, msgspec.Meta(ge=2**12, le=2**26)] = 2**20
@@ -81,6 +98,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.auth_public_key_file is None and self.auth_jwks_url is None:
             raise ValueError("INGESTER_AUTH_PUBLIC_KEY_FILE or INGESTER_AUTH_JWKS_URL must be set")
+        if self.registry != "static" and self.redis_url is None:
+            raise ValueError(f"INGESTER_REGISTRY={self.registry} needs INGESTER_REDIS_URL")
         if self.registry == "static" and not self.storage_elements:
             raise ValueError(
                 "INGESTER_STORAGE_ELEMENTS: at least one storage element is required"
@@ -108,7 +127,7 @@ class ConfigError(Exception):
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-_SIZE_FIELDS = {"max_upload_bytes", "block_size", "buffer_budget_bytes"}
+_SIZE_FIELDS = {"max_upload_bytes", "block_size", "buffer_budget_bytes", "replay_buffer_bytes"}
 _JSON_FIELDS = {"storage_elements"}
 _LIST_FIELDS = {"allowed_content_types"}
 

@@ -108,6 +108,13 @@ class UpstreamCredentials:
                 pass  # an edit-mode SE still lets the uploader delete with their own token
         return _bearer(principal.token)
 
+    async def for_backlog(self) -> dict[str, str]:
+        """Deletes long after the request: only the service account can do them (no
+        client token is ever kept)."""
+        if self._service is None:
+            return {}
+        return _bearer(await self._service.token())
+
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

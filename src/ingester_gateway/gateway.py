@@ -7,7 +7,6 @@ import contextlib
 import os
 import random
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,16 +18,26 @@ from ingester_gateway.auth import (
     StaticKeySource,
     TokenVerifier,
 )
+from ingester_gateway.backlog import CompensationBacklog
 from ingester_gateway.config import Settings
-from ingester_gateway.credentials import ServiceAccount, UpstreamCredentials
-from ingester_gateway.models import CodecName, RetentionPolicy
+from ingester_gateway.credentials import CredentialError, ServiceAccount, UpstreamCredentials
+from ingester_gateway.events import EventPublisher
+from ingester_gateway.journal import Journal
+from ingester_gateway.models import CodecName
 from ingester_gateway.observability import Metrics, get_logger
 from ingester_gateway.pipeline.codecs import CompressionCodec, build_codecs
 from ingester_gateway.progress import ProgressBook
-from ingester_gateway.registry import NodeRecord, NodeRegistry
-from ingester_gateway.registry.selection import select_node
+from ingester_gateway.redis_io import redis_client
+from ingester_gateway.registry import NodeRecord, NodeRegistry, artstore
+from ingester_gateway.registry import redis as redis_registry
+from ingester_gateway.registry.directory import NodeDirectory
+from ingester_gateway.registry.health import HealthProber
 from ingester_gateway.registry.static import StaticRegistry
+from ingester_gateway.registry.watch import RedisWatchedRegistry
+from ingester_gateway.resilience import BreakerPolicy, BreakerState, RetryPolicy
 from ingester_gateway.upstream import StorageClient
+
+CIRCUIT_LEVEL = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 class Gateway:
@@ -48,9 +57,14 @@ class Gateway:
         self._mirror: asyncio.Task[None] | None = None
         self.active_uploads = 0
         self._cores = os.cpu_count() or 1
-        self.rng = random.Random()
-        self._reserved: dict[str, int] = defaultdict(int)
         self._session: aiohttp.ClientSession | None = None
+        # One client for the registry, events and the backlog; every command is bounded
+        # by INGESTER_REDIS_TIMEOUT_SECONDS, so no upload waits long on Redis.
+        self.redis = (
+            redis_client(settings.redis_url, settings.redis_timeout_seconds)
+            if settings.redis_url
+            else None
+        )
         keys: KeySource
         if settings.auth_public_key_file:
             keys = StaticKeySource.from_file(settings.auth_public_key_file)
@@ -70,7 +84,18 @@ class Gateway:
         )
         self.storage: StorageClient
         self.credentials: UpstreamCredentials
-        self.registry: NodeRegistry
+        self.nodes: NodeDirectory
+        self.rng = random.Random()
+        self.retry_policy = RetryPolicy(
+            max_attempts=settings.retry_attempts, deadline_seconds=settings.retry_deadline_seconds
+        )
+        self.journal = Journal(settings.state_dir)
+        self.events = EventPublisher(
+            self.redis, self.journal, settings.events_stream, settings.events_maxlen
+        )
+        self.backlog = CompensationBacklog(
+            self.redis, self.journal, self._backlog_delete, self.events, self.metrics
+        )
 
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "gateway not started"
@@ -91,13 +116,41 @@ class Gateway:
         self.storage = StorageClient(
             self._session, s.upstream_connect_timeout_seconds, s.upstream_response_timeout_seconds
         )
-        self.registry = StaticRegistry(
-            s.storage_elements, self.storage.capacity, s.health_check_interval_seconds
+        self.nodes = NodeDirectory(
+            self._build_registry(),
+            HealthProber(self.storage.capacity, s.health_check_interval_seconds),
+            BreakerPolicy(
+                failure_threshold=s.breaker_failures,
+                failure_rate=s.breaker_failure_rate,
+                min_calls=s.breaker_min_calls,
+                window_seconds=s.breaker_window_seconds,
+                cooldown_seconds=s.breaker_cooldown_seconds,
+            ),
         )
-        await self.registry.start()
+        await self.nodes.start()
         self.update_node_metrics()
+        self.journal.open()
+        await self.backlog.start()
+        if self.redis is not None and service is None:
+            self.log.warning(
+                "no_service_account",
+                hint="compensating deletes on rw nodes need INGESTER_SERVICE_TOKEN_URL and friends",
+            )
         if s.workers > 1:
             self._mirror = asyncio.create_task(self._mirror_progress(), name="progress-mirror")
+
+    def _build_registry(self) -> NodeRegistry:
+        s = self.settings
+        if s.registry == "static":
+            return StaticRegistry(s.storage_elements)
+        assert self.redis is not None
+        if s.registry == "redis":
+            load, channel = redis_registry.load_nodes, redis_registry.CHANNEL
+        else:
+            load, channel = artstore.load_nodes, artstore.CHANNEL
+        return RedisWatchedRegistry(
+            self.redis, load, channel, refresh_interval=s.registry_refresh_seconds, name=s.registry
+        )
 
     async def _mirror_progress(self) -> None:
         rounds = 0
@@ -108,20 +161,26 @@ class Gateway:
             if rounds % 120 == 0:
                 self.progress.sweep_shared()
 
+    async def _backlog_delete(self, node: NodeRecord, file_id: str) -> bool:
+        try:
+            headers = await self.credentials.for_backlog()
+        except CredentialError:
+            return False
+        return await self.storage.delete(node, file_id, headers)
+
     async def stop(self) -> None:
+        await self.backlog.stop()
+        self.journal.close()
         if self._mirror is not None:
             self._mirror.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._mirror
-        await self.registry.stop()
+        await self.nodes.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
         if self._session is not None:
             await self._session.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-    def select_node(self, policy: RetentionPolicy, expected_size: int) -> NodeRecord | None:
-        return select_node(
-            self.registry.nodes(), policy, expected_size, self.rng, reserved=self._reserved
-        )
 
     # About four blocks of an upload are alive at once: filling, encoding, queued, sending.
     BLOCKS_PER_UPLOAD = 4
@@ -139,31 +198,15 @@ class Gateway:
         """Fewer uploads than cores: one may spread its compression over the others."""
         return self.active_uploads < self._cores
 
-    def reserve(self, node_id: str, size: int) -> None:
-        self._reserved[node_id] += size
-
-    def release(self, node_id: str, size: int) -> None:
-        self._reserved[node_id] -= size
-
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """Ready when a writable SE answered its health check recently."""
-        horizon = time.time() - 3 * self.settings.health_check_interval_seconds
-        nodes = self.registry.nodes()
-        fresh = [
-            n
-            for n in nodes
-            if n.writable
-            and n.status == "ok"
-            and n.last_seen is not None
-            and n.last_seen >= horizon
-        ]
-        details: dict[str, object] = {
-            "writable_nodes_ok": len(fresh),
-            "registry_stale": self.registry.is_stale(),
-            "nodes": {n.id: {"mode": n.mode, "status": n.status} for n in nodes},
-        }
-        return bool(fresh), details
+        """Ready when a writable SE answered its health check (or heartbeat) recently."""
+        interval = max(self.settings.health_check_interval_seconds, 1.0)
+        return self.nodes.readiness(time.time() - 3 * interval)
 
     def update_node_metrics(self) -> None:
-        for node in self.registry.nodes():
+        states = self.nodes.breaker_states()
+        for node in self.nodes.view():
             self.metrics.node_healthy.labels(node.id).set(1 if node.status == "ok" else 0)
+            state = states.get(node.id, BreakerState.CLOSED)
+            self.metrics.circuit_state.labels(node.id).set(CIRCUIT_LEVEL[state])
+        self.metrics.registry_stale.set(1 if self.nodes.registry.is_stale() else 0)

@@ -83,6 +83,31 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.circuit_state = Gauge(
+            "ingester_node_circuit_state",
+            "Circuit breaker per node: 0 closed, 1 half-open, 2 open",
+            ["node"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.registry_stale = Gauge(
+            "ingester_registry_stale",
+            "1 while the node view could not be refreshed (uploads use the last view)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.compensation_backlog = Gauge(
+            "ingester_compensation_backlog",
+            "Deletes still owed to storage elements (durable backlog, retried until done)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.events_pending = Gauge(
+            "ingester_events_pending",
+            "file.uploaded events waiting in the local journal for Redis",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.compensation_failures = Counter(
             "ingester_compensation_failures_total",
             "Stored files that could not be removed after a failed upload",

@@ -2,12 +2,17 @@
 
     select a node and reserve room  -> release the reservation
     stream blocks to the node       -> abort the request (the SE drops the partial)
-    commit (closing boundary)       -> delete the stored file
-    verify the SE's checksum        -> (failure compensates the commit)
+    commit (closing boundary)       -> delete the stored file (now, or from the backlog)
+    verify the SE's checksum        -> (a mismatch compensates the commit)
+    announce `file.uploaded`        -> (a failure compensates the commit)
 
 The closing boundary of the upstream multipart body is held back until the whole
 client body has been read and checked (length, digest, form shape). Until then the
 SE cannot have stored anything, so most failures need only an abort.
+
+A node that fails is left for the next one (circuit breakers, backoff with jitter,
+one deadline): transparently while the stored bytes sent so far are still held for
+replay (INGESTER_REPLAY_BUFFER_BYTES), else with a 503 that says to retry.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import msgspec
 from ingester_gateway.auth import Principal
 from ingester_gateway.credentials import CredentialError
 from ingester_gateway.errors import ApiError, unavailable
+from ingester_gateway.events import EventsUnavailable
 from ingester_gateway.models import (
     CodecName,
     StorageUploadReply,
@@ -45,7 +51,6 @@ from ingester_gateway.pipeline.sniff import (
     sniff,
 )
 from ingester_gateway.registry import NodeRecord
-from ingester_gateway.registry.selection import eligible_nodes
 from ingester_gateway.upstream import MultipartFraming, UpstreamError
 
 if TYPE_CHECKING:
@@ -70,17 +75,6 @@ class UploadRequest:
     expected_size: int | None = None  # an upper bound: what is reserved on the node
     exact_size: int | None = None  # the file's size, when the request says it exactly
     claimed_sha256: bytes | None = None
-
-
-@dataclass(slots=True)
-class _Attempt:
-    """Mutable state shared between the producer and the upstream body."""
-
-    node: NodeRecord
-    file_id: str
-    committed: bool = False  # the closing boundary went out: the SE may hold the file
-    producing: bool = True
-    upstream_failed: bool = False
 
 
 def choose_codec(options: UploadOptions, sniffed: Sniffed, default: CodecName) -> CodecName:
@@ -123,14 +117,50 @@ def validate_filename(name: str) -> str:
     return name
 
 
-def _map_upstream(exc: UpstreamError) -> ApiError:
-    if exc.kind in ("connect", "refused"):
+def _final_error(exc: UpstreamError) -> ApiError:
+    if exc.kind in ("connect", "refused", "server", "timeout", "protocol"):
         return unavailable(f"no storage element could take the upload: {exc.message}")
     if exc.kind == "full":
         return ApiError(507, "insufficient_storage", exc.message)
     if exc.kind == "too_large":
         return ApiError(413, "payload_too_large", exc.message)
     return ApiError(502, "storage_failed", exc.message)
+
+
+# Failures that say something about the node's health (its breaker counts them), and
+# failures after which another node may well succeed.
+_UNHEALTHY = frozenset({"connect", "timeout", "server", "protocol"})
+_NEXT_NODE_HELPS = _UNHEALTHY | {"refused", "full"}
+
+
+def _not_replayable() -> ApiError:
+    return unavailable(
+        "a storage element failed mid-upload and the upload is too large to replay on"
+        " another node; retry it, or use resumable upload for large files",
+        code="storage_failed_mid_upload",
+    )
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One try of the upload on one node."""
+
+    node: NodeRecord
+    committed: bool = False  # the closing boundary went out: the SE may hold the file
+
+
+@dataclass(slots=True)
+class _Transfer:
+    """What all attempts of one upload share."""
+
+    file_id: str
+    framing: MultipartFraming
+    preamble: bytes
+    first_node: NodeRecord
+    reservation: int
+    producing: bool = True
+    sender_failed: bool = False
+    node: NodeRecord | None = None  # the node that has stored it
 
 
 class UploadSaga:
@@ -162,82 +192,82 @@ class UploadSaga:
                 415, "unsupported_media_type", f"content type {content_type} is not accepted"
             )
         codec = gw.codecs[choose_codec(req.options, sniffed, gw.settings.default_compression)]
-
-        node = gw.select_node(req.options.retention_policy, req.expected_size or 0)
-        if node is None:
-            raise self._no_node_error()
-        attempt = _Attempt(node=node, file_id=str(uuid.uuid4()))
-        self.progress.storage_element_id = node.id
-        self.progress.file_id = attempt.file_id
-        reservation = req.expected_size or 0
-        gw.reserve(node.id, reservation)
         if req.exact_size is None and blocks.ended:
             req.exact_size = len(first or b"")  # the whole file came in the first block
-        try:
-            return await self._stream(attempt, codec.name, content_type, first, blocks, after_data)
-        finally:
-            gw.release(node.id, reservation)
+        node = gw.nodes.select(req.options.retention_policy, req.expected_size or 0)
+        if node is None:
+            raise self._no_node_error()
+        return await self._store(node, codec, content_type, first, blocks, after_data)
 
     def _no_node_error(self) -> ApiError:
         """507 when writable nodes are up but none could hold the upload even with
         nothing else in flight (waiting will not help); else 503, retry later."""
-        nodes = self.gw.registry.nodes()
         policy, size = self.req.options.retention_policy, self.req.expected_size or 0
-        if (
-            size
-            and eligible_nodes(nodes, policy, 0, {})
-            and not eligible_nodes(nodes, policy, size, {})
-        ):
+        nodes = self.gw.nodes
+        if size and nodes.any_usable(policy) and not nodes.could_fit_anywhere(policy, size):
             return ApiError(
                 507, "insufficient_storage", f"no storage element has room for {size} bytes"
             )
         return unavailable("no writable storage element is available")
 
-    async def _stream(
+    async def _store(
         self,
-        attempt: _Attempt,
-        codec_name: CodecName,
+        node: NodeRecord,
+        codec: CompressionCodec,
         content_type: str,
         first: bytes | None,
         blocks: BlockReader,
         after_data: Callable[[], Awaitable[None]],
     ) -> UploadResult:
         gw, req = self.gw, self.req
-        codec = gw.codecs[codec_name]
         big = req.exact_size is None or req.exact_size >= PARALLEL_MIN_BYTES
         encoder = BlockEncoder(
             codec, gw.executor, size_hint=req.exact_size, parallel=big and gw.cores_idle()
         )
         framing = MultipartFraming()
         storage_name = safe_filename(req.filename) + codec.extension
-        preamble = self._preamble(framing, attempt, codec, content_type, storage_name)
+        file_id = str(uuid.uuid4())
+        transfer = _Transfer(
+            file_id=file_id,
+            framing=framing,
+            preamble=self._preamble(framing, file_id, codec, content_type, storage_name),
+            first_node=node,
+            reservation=req.expected_size or 0,
+        )
+        self.progress.file_id = file_id
         try:
             if blocks.ended:
-                reply = await self._send_whole(
-                    attempt, encoder, first, after_data, framing, preamble
-                )
+                reply = await self._send_whole(transfer, encoder, first, after_data)
             else:
-                reply = await self._send_streaming(
-                    attempt, encoder, first, blocks, after_data, framing, preamble
-                )
+                reply = await self._send_streaming(transfer, encoder, first, blocks, after_data)
         finally:
             encoder.close()
+        assert transfer.node is not None
+        stored_on = transfer.node
         if reply.checksum.lower() != encoder.stored_hex or (
             reply.file_size is not None and reply.file_size != encoder.stored_size
         ):
-            await self._compensate_commit(attempt.node, reply.file_id)
+            await self._compensate(stored_on, reply.file_id, "checksum_mismatch")
             raise ApiError(
                 502,
                 "checksum_mismatch",
                 "the storage element stored different bytes than were sent; the copy was removed",
             )
-        self._stored = (attempt.node, reply.file_id)
-        return self._result(attempt, reply.file_id, encoder, codec_name, content_type, storage_name)
+        self._stored = (stored_on, reply.file_id)
+        result = self._result(
+            stored_on, reply.file_id, encoder, codec.name, content_type, storage_name
+        )
+        try:
+            await gw.events.file_uploaded(result, req.principal.sub)
+        except EventsUnavailable as exc:
+            await self._compensate(stored_on, reply.file_id, "event_not_recorded")
+            raise unavailable(f"the upload could not be recorded: {exc}") from None
+        return result
 
     def _preamble(
         self,
         framing: MultipartFraming,
-        attempt: _Attempt,
+        file_id: str,
         codec: CompressionCodec,
         content_type: str,
         storage_name: str,
@@ -245,7 +275,7 @@ class UploadSaga:
         req = self.req
         return b"".join(
             [
-                framing.field("file_id", attempt.file_id),
+                framing.field("file_id", file_id),
                 framing.field("description", req.options.description),
                 framing.field("version", "1"),
                 framing.field("retention_policy", req.options.retention_policy),
@@ -282,81 +312,164 @@ class UploadSaga:
             + framing.closing()
         )
 
+    # -- sending: the whole body at once, or streamed ------------------------------
+
     async def _send_whole(
         self,
-        attempt: _Attempt,
+        transfer: _Transfer,
         encoder: BlockEncoder,
         first: bytes | None,
         after_data: Callable[[], Awaitable[None]],
-        framing: MultipartFraming,
-        preamble: bytes,
     ) -> StorageUploadReply:
         """The file came whole in its first block: check everything first, then one
-        request with a Content-Length body (no streaming machinery at all)."""
-        parts = [preamble]
+        request with a Content-Length body (no streaming machinery), as often as
+        failover needs."""
+        parts = [transfer.preamble]
         if first:
             parts.append(await encoder.submit(first))
         parts.append(encoder.finish())
-        parts.append(await self._seal(encoder, after_data, framing))
+        parts.append(await self._seal(encoder, after_data, transfer.framing))
+        body = b"".join(parts)
         self.progress.bytes_sent = encoder.stored_size
-        return await self._upload(attempt, b"".join(parts), framing, committed_once_sent=True)
+        return await self._deliver(transfer, lambda attempt: body, replayable=lambda: True)
 
     async def _send_streaming(
         self,
-        attempt: _Attempt,
+        transfer: _Transfer,
         encoder: BlockEncoder,
         first: bytes | None,
         blocks: BlockReader,
         after_data: Callable[[], Awaitable[None]],
-        framing: MultipartFraming,
-        preamble: bytes,
     ) -> StorageUploadReply:
-        """Produce (client -> codec -> relay) in this task while an upload task sends
-        the relay to the SE; the closing boundary goes out only after `_seal`."""
-        relay = Relay()
+        """Produce (client -> codec -> relay) in this task while a sender task delivers
+        the relay to an SE; the closing boundary goes out only after `_seal`."""
+        relay = Relay(replay_limit=self._replay_limit())
 
-        async def body() -> AsyncIterator[bytes]:
-            yield preamble
-            async for chunk in relay.chunks():
-                self.progress.bytes_sent = relay.bytes_taken
-                yield chunk
-            attempt.committed = True
-            yield relay.trailer
+        def body(attempt: _Attempt) -> AsyncIterator[bytes]:
+            async def chunks() -> AsyncIterator[bytes]:
+                yield transfer.preamble
+                async for chunk in relay.chunks():
+                    self.progress.bytes_sent = relay.bytes_taken
+                    yield chunk
+                attempt.committed = True
+                yield relay.trailer
 
-        upstream = asyncio.create_task(self._upload(attempt, body(), framing))
+            return chunks()
+
+        sender = asyncio.create_task(
+            self._deliver(transfer, body, replayable=lambda: relay.replayable)
+        )
         producer = asyncio.current_task()
         assert producer is not None
 
-        def upstream_done(task: asyncio.Task[object]) -> None:
-            # The SE failed or answered early while we still produce: stop producing.
-            if attempt.producing and not task.cancelled():
-                attempt.upstream_failed = True
+        def sender_done(task: asyncio.Task[StorageUploadReply]) -> None:
+            # No node could take it while we still produce: stop reading the client.
+            if transfer.producing and not task.cancelled() and task.exception() is not None:
+                transfer.sender_failed = True
                 producer.cancel()
 
-        upstream.add_done_callback(upstream_done)
+        sender.add_done_callback(sender_done)
         try:
             try:
                 await self._produce(encoder, first, blocks, relay)
-                attempt.producing = False
-                relay.finish(await self._seal(encoder, after_data, framing))
+                transfer.producing = False
+                relay.finish(await self._seal(encoder, after_data, transfer.framing))
             except asyncio.CancelledError:
-                if not attempt.upstream_failed:
+                if not transfer.sender_failed:
                     raise
                 producer.uncancel()
-            attempt.producing = False
-            return await upstream
+            transfer.producing = False
+            return await sender
         except BaseException:
-            attempt.producing = False
-            if not upstream.done():  # a finished upload task has compensated by itself
-                await self._abort(upstream, attempt)
+            transfer.producing = False
+            if not sender.done():  # a finished sender has compensated by itself
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
             raise
 
-    async def _upload(
+    def _replay_limit(self) -> int:
+        """Held for replay: up to INGESTER_REPLAY_BUFFER_BYTES, less when many uploads
+        share the buffer budget."""
+        share = self.gw.settings.buffer_budget_bytes // max(1, self.gw.active_uploads)
+        return min(self.gw.settings.replay_buffer_bytes, share)
+
+    # -- delivering to a node, and failing over ----------------------------------
+
+    async def _deliver(
         self,
+        transfer: _Transfer,
+        body: Callable[[_Attempt], bytes | AsyncIterator[bytes]],
+        replayable: Callable[[], bool],
+    ) -> StorageUploadReply:
+        """Try nodes until one stores the upload: the first choice, then others (or the
+        same again) with backoff and jitter, within the retry attempts and deadline."""
+        gw, req = self.gw, self.req
+        policy = gw.retry_policy
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        node: NodeRecord | None = transfer.first_node
+        tried: list[str] = []
+        last: UpstreamError | None = None
+        reserved_on: str | None = None
+        try:
+            for number in range(1, policy.max_attempts + 1):
+                if node is None:
+                    break
+                if reserved_on != node.id:
+                    if reserved_on is not None:
+                        gw.nodes.release(reserved_on, transfer.reservation)
+                    gw.nodes.reserve(node.id, transfer.reservation)
+                    reserved_on = node.id
+                self.progress.storage_element_id = node.id
+                attempt = _Attempt(node)
+                if gw.nodes.acquire(node.id):
+                    try:
+                        reply = await self._attempt(transfer, attempt, body(attempt))
+                    except UpstreamError as exc:
+                        last = exc
+                        if exc.kind in _UNHEALTHY:
+                            gw.nodes.failed(node.id)
+                        else:
+                            gw.nodes.breaker(node.id).release()
+                        gw.metrics.node_uploads.labels(node.id, "failed_over").inc()
+                        if exc.kind not in _NEXT_NODE_HELPS:
+                            raise _final_error(exc) from None
+                        if not replayable():
+                            raise _not_replayable() from None
+                        gw.log.warning(
+                            "upload_attempt_failed",
+                            upload_id=req.upload_id,
+                            node=node.id,
+                            kind=exc.kind,
+                            error=exc.message,
+                        )
+                    except BaseException:
+                        gw.nodes.breaker(node.id).release()
+                        raise
+                    else:
+                        gw.nodes.succeeded(node.id)
+                        transfer.node = node
+                        return reply
+                tried.append(node.id)
+                delay = policy.next_delay(number, loop.time() - started, gw.rng)
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+                node = gw.nodes.select(
+                    req.options.retention_policy, req.expected_size or 0, exclude=tried
+                ) or gw.nodes.select(req.options.retention_policy, req.expected_size or 0)
+        finally:
+            if reserved_on is not None:
+                gw.nodes.release(reserved_on, transfer.reservation)
+        if last is None:
+            raise unavailable("no storage element could take the upload (all circuits open)")
+        raise _final_error(last)
+
+    async def _attempt(
+        self,
+        transfer: _Transfer,
         attempt: _Attempt,
         body: bytes | AsyncIterator[bytes],
-        framing: MultipartFraming,
-        committed_once_sent: bool = False,
     ) -> StorageUploadReply:
         gw, req = self.gw, self.req
         try:
@@ -365,13 +478,21 @@ class UploadSaga:
             raise ApiError(502, "storage_credentials", str(exc)) from None
         headers = {"X-Request-ID": req.request_id, **credential}
         try:
-            return await gw.storage.upload(attempt.node, body, framing.content_type, headers)
+            return await gw.storage.upload(
+                attempt.node, body, transfer.framing.content_type, headers
+            )
         except UpstreamError as exc:
-            if committed_once_sent and exc.kind != "connect":
+            if isinstance(body, bytes) and exc.kind != "connect":
                 attempt.committed = True  # the whole body may have reached the SE
             if attempt.committed:  # the SE may have stored it before failing
-                await self._compensate_commit(attempt.node, attempt.file_id)
-            raise _map_upstream(exc) from None
+                await self._compensate(attempt.node, transfer.file_id, f"upstream_{exc.kind}")
+            raise
+        except BaseException:
+            if attempt.committed:  # cancelled after the closing boundary went out
+                await self._compensate(attempt.node, transfer.file_id, "aborted_after_commit")
+            raise
+
+    # -- producing ---------------------------------------------------------------
 
     async def _produce(
         self,
@@ -417,33 +538,33 @@ class UploadSaga:
                 f"the body's sha256 is {encoder.original_hex}, not what the client declared",
             )
 
-    async def _abort(self, upstream: asyncio.Task[object], attempt: _Attempt) -> None:
-        """Cancel the SE request (it drops the partial); a committed body is deleted."""
-        upstream.cancel()
-        await asyncio.gather(upstream, return_exceptions=True)
-        if attempt.committed:
-            await self._compensate_commit(attempt.node, attempt.file_id)
+    # -- compensation ---------------------------------------------------------------
 
     async def undo(self) -> None:
         """Remove the stored upload: its success can no longer be reported."""
         assert self._stored is not None
         node, file_id = self._stored
-        await self._compensate_commit(node, file_id)
+        await self._compensate(node, file_id, "client_gone")
 
-    async def _compensate_commit(self, node: NodeRecord, file_id: str) -> None:
+    async def _compensate(self, node: NodeRecord, file_id: str, reason: str) -> None:
+        """Delete a stored (or maybe stored) file now; if that fails, the durable
+        backlog keeps retrying until it succeeds."""
         headers = await self.gw.credentials.for_delete(self.req.principal)
-        if not await self.gw.storage.delete(node, file_id, headers):
-            self.gw.metrics.compensation_failures.labels(node.id).inc()
-            self.gw.log.error(
-                "compensation_failed",
-                node=node.id,
-                file_id=file_id,
-                upload_id=self.req.upload_id,
-            )
+        if await self.gw.storage.delete(node, file_id, headers):
+            return
+        self.gw.metrics.compensation_failures.labels(node.id).inc()
+        self.gw.log.warning(
+            "compensation_deferred",
+            node=node.id,
+            file_id=file_id,
+            upload_id=self.req.upload_id,
+            reason=reason,
+        )
+        await self.gw.backlog.add(node, file_id, reason)
 
     def _result(
         self,
-        attempt: _Attempt,
+        node: NodeRecord,
         file_id: str,
         encoder: BlockEncoder,
         codec_name: CodecName,
@@ -452,7 +573,6 @@ class UploadSaga:
     ) -> UploadResult:
         now = time.time()
         ttl_days = self.req.options.ttl_days
-        node = attempt.node
         return UploadResult(
             file_id=file_id,
             original_filename=self.req.filename,

@@ -61,6 +61,7 @@ def in_process(
                 "INGESTER_AUTH_PUBLIC_KEY_FILE": str(keys.public_path),
                 "INGESTER_STORAGE_ELEMENTS": json.dumps([se_entry(se)]),
                 "INGESTER_BLOCK_SIZE": str(BLOCK_SIZE),
+                "INGESTER_STATE_DIR": str(workdir / "state"),
             }
         )
         app = build_app(config)

@@ -12,24 +12,17 @@ import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from ingester_gateway.observability import get_logger
+from ingester_gateway.redis_io import REDIS_ERRORS, redis_client
+
+__all__ = ["RedisWatchedRegistry", "redis_client"]  # redis_client: moving to redis_io
 from ingester_gateway.registry import NodeRecord
 
 Loader = Callable[[aioredis.Redis], Awaitable[list[NodeRecord]]]
 _log = get_logger("ingester_gateway.registry")
-
-
-def redis_client(url: str, timeout: float) -> aioredis.Redis:
-    """A client whose every command gives up after `timeout` seconds."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry_on_timeout=False,
-        health_check_interval=0,
-    )
+# ValueError: a malformed node document
+_LOAD_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, ValueError)
 
 
 class RedisWatchedRegistry:
@@ -69,7 +62,6 @@ class RedisWatchedRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        await self._redis.aclose()
 
     def nodes(self) -> list[NodeRecord]:
         if self.is_stale():
@@ -88,7 +80,7 @@ class RedisWatchedRegistry:
     async def refresh(self) -> bool:
         try:
             self._nodes = await self._load(self._redis)
-        except (RedisError, OSError, TimeoutError, ValueError) as exc:
+        except _LOAD_ERRORS as exc:
             if not self._failing:
                 _log.warning("registry_unreachable", source=self.name, error=str(exc))
             self._failing = True
@@ -122,11 +114,11 @@ class RedisWatchedRegistry:
                     message = await pubsub.get_message(timeout=self._interval)
                     if message is not None:
                         self._wake.set()
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_ERRORS:
                 backoff.grow()
                 await asyncio.sleep(backoff.current)
             finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 

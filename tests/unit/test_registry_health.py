@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ingester_gateway.registry import NodeRecord
-from ingester_gateway.registry.static import apply_probe
+from ingester_gateway.registry.health import apply_probe
 from ingester_gateway.upstream import Capacity, CapacityReply
 
 NODE = NodeRecord(

@@ -1,0 +1,77 @@
+"""The gateway's own view of each node's health: every node any registry lists is
+asked for `/api/v1/capacity` on an interval, and the answers are laid over the
+registry's records (a node that does not answer is down, whatever its registry says)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from ingester_gateway.registry import NodeRecord
+from ingester_gateway.upstream import CapacityReply
+
+Probe = Callable[[NodeRecord], Awaitable[CapacityReply | None]]
+
+
+def apply_probe(node: NodeRecord, reply: CapacityReply | None, now: float) -> NodeRecord:
+    """The node as its latest health answer shows it (pure)."""
+    if reply is None:
+        return msgspec.structs.replace(node, status="down")
+    status = "ok" if reply.health in (None, "healthy", "ok") else "degraded"
+    capacity = reply.capacity
+    return msgspec.structs.replace(
+        node,
+        status=status,
+        mode=reply.mode or node.mode,  # the SE's own word: it refuses what its mode forbids
+        capacity_total=capacity.total if capacity else node.capacity_total,
+        capacity_used=capacity.used if capacity else node.capacity_used,
+        capacity_available=capacity.available if capacity else node.capacity_available,
+        last_seen=max(now, node.last_seen or 0.0),
+    )
+
+
+class HealthProber:
+    def __init__(
+        self,
+        probe: Probe,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._probe = probe
+        self._interval = interval
+        self._clock = clock
+        self._answers: dict[str, tuple[CapacityReply | None, float]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def overlay(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
+        """`nodes` with the latest probe answers applied; unprobed nodes as they are."""
+        out = []
+        for node in nodes:
+            answer = self._answers.get(node.id)
+            out.append(node if answer is None else apply_probe(node, *answer))
+        return out
+
+    async def probe(self, nodes: list[NodeRecord]) -> None:
+        replies = await asyncio.gather(*(self._probe(n) for n in nodes))
+        now = self._clock()
+        self._answers = {n.id: (reply, now) for n, reply in zip(nodes, replies, strict=True)}
+
+    async def start(self, nodes: Callable[[], list[NodeRecord]]) -> None:
+        await self.probe(nodes())
+        self._task = asyncio.create_task(self._loop(nodes), name="health-prober")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self, nodes: Callable[[], list[NodeRecord]]) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.probe(nodes())
