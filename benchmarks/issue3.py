@@ -7,15 +7,20 @@
 | sha | bare `hashlib.sha256` over the random payload, in a subprocess | repeat |
 | zref | python-zstandard alone, level 3, 1 thread, on the text payload | repeat |
 | zref2 | the same with `threads=2` (reported) | repeat |
-| br, gz | gateway brotli / gzip on the text payload | once |
+| br, gz | gateway brotli / gzip on the text payload (own instance) | once |
 | bref, gref | brotli / zlib alone on the same text, the gateway's levels | once |
 | s1, s2 | 4 KiB multipart uploads by wrk, 64 clients: gateway, 1 and 2 workers | once |
 | sb | the same against the FastAPI baseline (`baselines/`) | once |
 | sn | the same through nginx straight to the SE | once |
 | jwt | TokenVerifier per-request cost, cache off vs on, in a subprocess | once |
 | fb | a 20 MB/s paced upload: SE first byte minus client first byte | once |
-| big | one 10 GiB upload made on the fly: gateway peak RSS | once |
-| conc | 100 concurrent 100 MiB uploads made on the fly: gateway peak RSS | once |
+| big | one 10 GiB upload made on the fly: gateway peak RSS (own instance) | once |
+| conc | 100 concurrent 100 MiB uploads made on the fly: the same instance's peak RSS | once |
+
+The small-file runs (s1, s2), brotli and gzip (br, gz) and the memory figures (big,
+conc) use gateway instances of their own, with the same settings (see
+`stack.GATEWAY_VARIANTS`): a Python process keeps what its allocator grew to, and one
+figure's history must not be another figure's peak RSS.
 """
 
 from __future__ import annotations
@@ -149,11 +154,11 @@ def run_zstd_threads(bench: Bench) -> Measurement:
 
 
 def run_gateway_brotli(bench: Bench) -> Measurement:
-    return _gateway_upload(bench, "br", bench.data.text(), "brotli")
+    return _gateway_upload(bench, "br", bench.data.text(), "brotli", "gateway-codecs")
 
 
 def run_gateway_gzip(bench: Bench) -> Measurement:
-    return _gateway_upload(bench, "gz", bench.data.text(), "gzip")
+    return _gateway_upload(bench, "gz", bench.data.text(), "gzip", "gateway-codecs")
 
 
 # -- references in a subprocess -------------------------------------------------------
@@ -234,7 +239,13 @@ def _tmpfs_free(path: Path) -> int:
 
 
 def loadgen(
-    bench: Bench, key: str, *, size: int, concurrency: int = 1, rate: float | None = None
+    bench: Bench,
+    key: str,
+    *,
+    size: int,
+    concurrency: int = 1,
+    rate: float | None = None,
+    gateway_role: str = "gateway",
 ) -> Measurement:
     """Run `benchmarks/loadgen.py` against the gateway, measuring the gateway's peak
     RSS (sampled every 50 ms, and VmHWM), the CPU of every server and of the client."""
@@ -251,12 +262,12 @@ def loadgen(
         with os.fdopen(fd, "w") as fh:
             fh.write(f"Bearer {stack.user_token}\n")
     argv = [
-        *(sys.executable, "-m", "benchmarks.loadgen", stack.gateway().url),
+        *(sys.executable, "-m", "benchmarks.loadgen", stack.gateway(gateway_role).url),
         *("--auth-file", str(auth), "--size", str(size), "--concurrency", str(concurrency)),
     ]
     if rate:
         argv += ["--rate", str(rate), "--piece", str(64 * 1024)]
-    roots = roles_for(stack.roots(), "gateway")
+    roots = roles_for(stack.roots(), gateway_role)
     gateway_root = roots["gateway"]
     rss_before = rss_bytes(process_tree(gateway_root))
     reset_hwm(process_tree(gateway_root))
@@ -299,6 +310,7 @@ def loadgen(
         "concurrency": concurrency,
         "size_each": size,
         "ok": result["ok"],
+        "gateway_role": gateway_role,
         "gateway_rss_before_bytes": rss_before,
         "client_max_rss_bytes": result["client_max_rss_bytes"],
         "rss_samples": sampler.samples,
@@ -347,14 +359,21 @@ def run_first_byte(bench: Bench) -> Measurement:
 
 def run_big(bench: Bench) -> Measurement:
     size = min(bench.opts.big_size, 64 * 2**20) if bench.warm else bench.opts.big_size
-    return loadgen(bench, "big", size=size)
+    return loadgen(bench, "big", size=size, gateway_role="gateway-mem")
 
 
 def run_concurrent(bench: Bench) -> Measurement:
     opts = bench.opts
     if bench.warm:
-        return loadgen(bench, "conc", size=min(opts.concurrent_size, 8 * 2**20), concurrency=2)
-    return loadgen(bench, "conc", size=opts.concurrent_size, concurrency=opts.concurrent)
+        size = min(opts.concurrent_size, 8 * 2**20)
+        return loadgen(bench, "conc", size=size, concurrency=2, gateway_role="gateway-mem")
+    return loadgen(
+        bench,
+        "conc",
+        size=opts.concurrent_size,
+        concurrency=opts.concurrent,
+        gateway_role="gateway-mem",
+    )
 
 
 def _text(data: Datasets) -> None:
@@ -390,11 +409,21 @@ ISSUE3: dict[str, Scenario] = {
             table="ref",
         ),
         Scenario(
-            "br", "gateway -> SE, brotli on text (raw PUT)", run_gateway_brotli, _text, GW, "once"
+            "br",
+            "gateway -> SE, brotli on text (raw PUT)",
+            run_gateway_brotli,
+            _text,
+            ("se", "gateway-codecs"),
+            "once",
         ),
         Scenario("bref", "brotli alone", run_brotli_ref, _text, (), "once", table="ref"),
         Scenario(
-            "gz", "gateway -> SE, gzip on text (raw PUT)", run_gateway_gzip, _text, GW, "once"
+            "gz",
+            "gateway -> SE, gzip on text (raw PUT)",
+            run_gateway_gzip,
+            _text,
+            ("se", "gateway-codecs"),
+            "once",
         ),
         Scenario("gref", "zlib (gzip) alone", run_gzip_ref, _text, (), "once", table="ref"),
         Scenario(
@@ -454,7 +483,7 @@ ISSUE3: dict[str, Scenario] = {
             "big",
             "one 10 GiB upload made on the fly -> gateway -> SE",
             run_big,
-            servers=GW,
+            servers=("se", "gateway-mem"),
             rounds="once",
             uses_payload=False,
         ),
@@ -462,7 +491,7 @@ ISSUE3: dict[str, Scenario] = {
             "conc",
             "100 x 100 MiB concurrent uploads made on the fly",
             run_concurrent,
-            servers=GW,
+            servers=("se", "gateway-mem"),
             rounds="once",
             uses_payload=False,
         ),

@@ -292,8 +292,9 @@ def codec_figures(s: dict[str, Summary]) -> list[Figure]:
         ratio = zref.extra("compression_ratio")
         rows.append(
             target(
-                f"2. zstd-3 on text {human_size(d.payload_bytes)} ({ratio or 0:.2f}x), MB/s:"
-                " gateway (d) / python-zstandard alone, 1 thread (zref)",
+                f"2. zstd-3 on text {human_size(d.payload_bytes)}, MB/s: gateway (d, stores"
+                f" {d.extra('compression_ratio') or 0:.2f}x) / python-zstandard alone,"
+                f" 1 thread (zref, {ratio or 0:.2f}x)",
                 d.mb_s,
                 zref.mb_s,
                 "MB/s",
@@ -337,10 +338,11 @@ def codec_figures(s: dict[str, Summary]) -> list[Figure]:
         g, r = s.get(gw_key), s.get(ref_key)
         if g and r:
             level = r.runs[0].extra.get("level")
+            g_ratio, r_ratio = g.extra("compression_ratio"), r.extra("compression_ratio")
             rows.append(
                 Figure(
-                    f"2. {name}-{level} on text, MB/s: gateway ({gw_key})"
-                    f" / {name} alone ({ref_key})",
+                    f"2. {name}-{level} on text, MB/s: gateway ({gw_key}, stores"
+                    f" {g_ratio or 0:.2f}x) / {name} alone ({ref_key}, {r_ratio or 0:.2f}x)",
                     g.mb_s,
                     r.mb_s,
                     "MB/s",

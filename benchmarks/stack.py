@@ -1,6 +1,6 @@
 """The servers under test: one reference SE (data on tmpfs), and in front of that
-same SE an nginx, the gateway (1 worker), further gateway instances (1 and 2
-workers for the small files; `INGESTER_ZSTD_THREADS=2`) and the FastAPI baseline of
+same SE an nginx, the gateway (1 worker), further gateway instances (see
+`GATEWAY_VARIANTS`) and the FastAPI baseline of
 `baselines/`. Each is started on first use (`server(role)`) and all are stopped by
 `close()`, which the harness calls on every exit path."""
 
@@ -21,12 +21,16 @@ from tests.servers import ServerProcess, free_port, gateway, nginx, se_entry, st
 TOKEN_TTL = 6 * 3600
 BASELINES = Path(__file__).resolve().parent / "baselines"
 # Further gateway instances: role -> settings on top of the main gateway's.
-# The small-file runs get instances of their own (w1, w2), so that what 64 concurrent
-# uploads leave in the allocator does not show in the big uploads' memory figures.
+# Instances with the same settings as `gateway` but a history of their own: the
+# process keeps what earlier uploads made its allocator grow (64 concurrent small
+# uploads, brotli and gzip windows), and that must not show up in another figure's
+# peak RSS. `gateway` serves the 1 GiB pass-through, zstd, multipart and paced uploads.
 GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
     "gateway": {},
-    "gateway-w1": {},
-    "gateway-w2": {"INGESTER_WORKERS": "2"},
+    "gateway-codecs": {},  # brotli, gzip
+    "gateway-mem": {},  # the 10 GiB upload, then the 100 concurrent ones
+    "gateway-w1": {},  # small files, 1 worker
+    "gateway-w2": {"INGESTER_WORKERS": "2"},  # small files, 2 workers
     "gateway-zt2": {"INGESTER_ZSTD_THREADS": "2"},
 }
 ROLES = ("se", "nginx", *GATEWAY_VARIANTS, "baseline")
