@@ -45,8 +45,10 @@ from ingester_gateway.pipeline.codecs import CompressionCodec
 from ingester_gateway.pipeline.encode import BlockEncoder
 from ingester_gateway.pipeline.relay import Relay
 from ingester_gateway.pipeline.sniff import (
+    PROBE_BYTES,
     Sniffed,
     content_type_allowed,
+    incompressible,
     resolve_content_type,
     sniff,
 )
@@ -77,7 +79,15 @@ class UploadRequest:
     claimed_sha256: bytes | None = None
 
 
-def choose_codec(options: UploadOptions, sniffed: Sniffed, default: CodecName) -> CodecName:
+def choose_codec(
+    options: UploadOptions,
+    sniffed: Sniffed,
+    default: CodecName,
+    head: bytes = b"",
+) -> CodecName:
+    """`compress=false` stores as is, `compress=true` compresses whatever it is; left to
+    us, data that is already compressed (by its format, or by a trial on its first
+    bytes when the client named no algorithm either) is stored as is."""
     if options.compress is False:
         return "none"
     algorithm = options.compression_algorithm or default
@@ -86,6 +96,8 @@ def choose_codec(options: UploadOptions, sniffed: Sniffed, default: CodecName) -
             "zstd" if algorithm == "none" and options.compression_algorithm is None else algorithm
         )
     if algorithm == "none" or sniffed.compressed:
+        return "none"
+    if options.compression_algorithm is None and incompressible(head):
         return "none"
     return algorithm
 
@@ -191,7 +203,10 @@ class UploadSaga:
             raise ApiError(
                 415, "unsupported_media_type", f"content type {content_type} is not accepted"
             )
-        codec = gw.codecs[choose_codec(req.options, sniffed, gw.settings.default_compression)]
+        probe = (first or b"")[:PROBE_BYTES]
+        codec = gw.codecs[
+            choose_codec(req.options, sniffed, gw.settings.default_compression, probe)
+        ]
         if req.exact_size is None and blocks.ended:
             req.exact_size = len(first or b"")  # the whole file came in the first block
         node = gw.nodes.select(req.options.retention_policy, req.expected_size or 0)

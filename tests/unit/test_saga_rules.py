@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -91,3 +92,19 @@ def test_validate_filename_refuses_empty_long_or_control_characters(name: str) -
     with pytest.raises(ApiError) as info:
         validate_filename(name)
     assert (info.value.status, info.value.code) == (400, "invalid_filename")
+
+
+def test_incompressible_data_is_stored_as_is_when_the_client_left_it_to_us() -> None:
+    random_head = os.urandom(64 * 1024)
+    text_head = b"a fairly repetitive log line\n" * 3000
+    octets = Sniffed("application/octet-stream", False)
+    left_to_us = UploadOptions()
+    assert choose_codec(left_to_us, octets, "zstd", random_head) == "none"
+    assert choose_codec(left_to_us, octets, "zstd", text_head) == "zstd"
+    # A client that names an algorithm, or forces compression, gets it regardless.
+    named = UploadOptions(compression_algorithm="gzip")
+    assert choose_codec(named, octets, "zstd", random_head) == "gzip"
+    forced = UploadOptions(compress=True)
+    assert choose_codec(forced, octets, "zstd", random_head) == "zstd"
+    # Too little to judge: compress as usual.
+    assert choose_codec(left_to_us, octets, "zstd", random_head[:100]) == "zstd"
