@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import msgspec
 import pytest
 
 from ingester_gateway.registry import NodeRecord
-from ingester_gateway.registry.health import apply_probe
+from ingester_gateway.registry.health import HealthProber, apply_probe
 from ingester_gateway.upstream import Capacity, CapacityReply
 
 NODE = NodeRecord(
@@ -63,8 +66,40 @@ def test_an_answer_without_mode_or_capacity_keeps_the_known_ones() -> None:
 
 
 def test_a_down_node_comes_back_when_it_answers() -> None:
-    down = apply_probe(NODE, None, now=100.0)
-    assert apply_probe(down, CapacityReply(health="healthy"), now=110.0).status == "ok"
+    """Each answer is laid over the registry's record, never over the last overlay."""
+    replies: list[CapacityReply | None] = [None, CapacityReply(health="healthy")]
+
+    async def probe(node: NodeRecord) -> CapacityReply | None:
+        return replies.pop(0)
+
+    async def scenario() -> list[str]:
+        prober = HealthProber(probe, clock=lambda: 100.0)
+        seen = []
+        for _ in range(2):
+            await prober.probe([NODE])
+            seen.append(prober.overlay([NODE])[0].status)
+        return seen
+
+    assert asyncio.run(scenario()) == ["down", "ok"]
+
+
+@pytest.mark.parametrize(
+    ("listed", "health", "status"),
+    [("down", "healthy", "down"), ("degraded", "healthy", "degraded"), ("down", "sick", "down")],
+)
+def test_an_answer_never_overrules_a_registry_that_calls_the_node_down(
+    listed: str, health: str, status: str
+) -> None:
+    """The Admin Module's `is_available: false` stands, however well the SE answers."""
+    node = msgspec.structs.replace(NODE, status=listed)
+    assert apply_probe(node, CapacityReply(health=health), now=100.0).status == status
+
+
+def test_an_answer_never_makes_a_node_listed_not_writable_writable() -> None:
+    """The Admin Module's `is_writable: false` (mode ro) stands over the SE's `rw`."""
+    node = msgspec.structs.replace(NODE, mode="ro")
+    probed = apply_probe(node, CapacityReply(mode="rw", health="healthy"), now=100.0)
+    assert probed.mode == "ro" and not probed.writable
 
 
 def test_the_original_record_is_not_changed() -> None:

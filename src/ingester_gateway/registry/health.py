@@ -11,22 +11,29 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from ingester_gateway.registry import NodeRecord
+from ingester_gateway.registry import NodeRecord, NodeStatus
 from ingester_gateway.upstream import CapacityReply
 
 Probe = Callable[[NodeRecord], Awaitable[CapacityReply | None]]
 
 
+_SEVERITY = {"ok": 0, "unknown": 0, "degraded": 1, "down": 2}
+
+
 def apply_probe(node: NodeRecord, reply: CapacityReply | None, now: float) -> NodeRecord:
-    """The node as its latest health answer shows it (pure)."""
+    """The node as its latest health answer shows it (pure). An answer never overrules
+    a registry that calls the node down or not writable (an Admin Module taking it out
+    of service): the probe can only make a node look worse."""
     if reply is None:
         return msgspec.structs.replace(node, status="down")
-    status = "ok" if reply.health in (None, "healthy", "ok") else "degraded"
+    probed: NodeStatus = "ok" if reply.health in (None, "healthy", "ok") else "degraded"
+    status = node.status if _SEVERITY[node.status] > _SEVERITY[probed] else probed
     capacity = reply.capacity
     return msgspec.structs.replace(
         node,
         status=status,
-        mode=reply.mode or node.mode,  # the SE's own word: it refuses what its mode forbids
+        # A writable node's own word on its mode: it refuses what its mode forbids.
+        mode=(reply.mode or node.mode) if node.writable else node.mode,
         capacity_total=capacity.total if capacity else node.capacity_total,
         capacity_used=capacity.used if capacity else node.capacity_used,
         capacity_available=capacity.available if capacity else node.capacity_available,

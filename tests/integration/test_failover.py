@@ -1,0 +1,396 @@
+"""Failover between Storage Elements, end to end: two reference SEs that register
+themselves in a real Redis, a gateway reading that registry, and SEs that die (SIGKILL)
+mid-body, fill up, refuse the mode, fail, or are drained by an operator.
+
+A slow client (`paced_put`) lets a test act while the gateway is streaming to an SE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import DevKeys, assert_error_envelope, http_call
+from tests.integration.cluster import (
+    Cluster,
+    MiB,
+    log_events,
+    metric,
+    node_view,
+    paced_put,
+    put,
+    redis_gateway,
+    registered_se,
+    sha256_hex,
+)
+from tests.integration.test_failures import se_upload_reply, server_error
+from tests.integration.test_registry_write import eventually, nodes, redis_url
+from tests.servers import StorageElementProxy, gateway, service_account_env, storage_element
+
+NODES = ("se-a", "se-b")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[Cluster]:
+    """se-a and se-b (10 GiB, same priority) and a gateway with the default 8 MiB replay
+    buffer, all on one Redis."""
+    workdir = tmp_path_factory.mktemp("failover")
+    with Cluster.running(workdir, keys) as cluster:
+        for se_id in NODES:
+            cluster.add_se(registered_se(workdir, keys, cluster.redis, se_id))
+        env = {"INGESTER_REPLAY_BUFFER_BYTES": "8MiB"}
+        cluster.add_gateway(redis_gateway(workdir, keys, cluster.redis, cluster.tokens, env=env))
+        yield cluster
+
+
+@pytest.fixture
+def healthy(cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster with both SEs up and seen healthy by the gateway, before and after."""
+    yield restore(cluster)
+    restore(cluster)
+
+
+def restore(cluster: Cluster) -> Cluster:
+    for se in cluster.ses.values():
+        if se.process is None or se.process.poll() is not None:
+            se.start()  # same port, same data dir
+
+    def all_ok() -> bool:
+        view = node_view(cluster.gw)
+        return all(
+            view.get(se_id, {}).get("status") == "ok"
+            and view[se_id]["circuit"] == "closed"
+            and not view[se_id]["draining"]
+            for se_id in NODES
+        )
+
+    eventually(all_ok, 10, "both SEs seen healthy by the gateway")
+    return cluster
+
+
+def receiving_se(cluster: Cluster) -> str | None:
+    """The SE that holds a partial file (the one the upload is streaming to)."""
+    holding = [se_id for se_id in NODES if cluster.files(se_id).partials()]
+    assert len(holding) <= 1, holding
+    return holding[0] if holding else None
+
+
+def other(se_id: str) -> str:
+    (rest,) = [n for n in NODES if n != se_id]
+    return rest
+
+
+def snapshot(cluster: Cluster) -> dict[str, list[str]]:
+    return {se_id: cluster.files(se_id).stored_ids() for se_id in NODES}
+
+
+def assert_no_partial_and_no_orphan(
+    cluster: Cluster, before: dict[str, list[str]], stored: dict[str, str]
+) -> None:
+    """After the backlog drained: each SE holds what it held plus the files answered with
+    201 (`stored`: file_id -> SE id), and no partial."""
+    eventually(
+        lambda: metric(cluster.gw, "ingester_compensation_backlog") == 0, 10, "an empty backlog"
+    )
+    for se_id in NODES:
+        assert cluster.files(se_id).settled_partials() == [], f"{se_id} holds a partial"
+        expected = sorted([*before[se_id], *(f for f, on in stored.items() if on == se_id)])
+        assert cluster.files(se_id).stored_ids() == expected, f"{se_id} holds an orphan"
+
+
+# -- an SE dies mid-body -------------------------------------------------------------------
+
+
+def test_se_killed_mid_body_replays_a_small_upload_on_the_other_node(
+    healthy: Cluster, keys: DevKeys
+) -> None:
+    """4 MiB (under the 8 MiB replay buffer): the SE receiving it is SIGKILLed after
+    about 1 MiB; the gateway replays what it holds on the other SE and the client,
+    still sending, gets its 201 as if nothing had happened."""
+    cluster = healthy
+    before = snapshot(cluster)
+    data = os.urandom(4 * MiB)
+    killed: list[str] = []
+
+    def kill_the_receiving_se(sent: int) -> None:
+        if not killed and sent >= MiB and (se_id := receiving_se(cluster)) is not None:
+            cluster.ses[se_id].kill()
+            killed.append(se_id)
+
+    answer = paced_put(
+        cluster.gw,
+        "/api/v1/files/replayed.bin?compress=false",
+        keys.auth(),
+        data,
+        chunk=64 * 1024,
+        pause=0.01,
+        between=kill_the_receiving_se,
+    )
+    assert killed, "no SE was receiving the upload after 1 MiB"
+    assert answer.status == 201, answer.body
+    result = answer.json()
+    survivor = other(killed[0])
+    assert result["storage_element_id"] == survivor
+    assert result["checksum"] == result["stored_checksum"] == sha256_hex(data)
+    assert cluster.files(survivor).download(result["file_id"]) == data
+    assert metric(cluster.gw, "ingester_node_uploads_total", node=killed[0], outcome="failed_over")
+
+    restore(cluster)  # the killed SE back on its data dir: its partial is swept at start
+    assert_no_partial_and_no_orphan(cluster, before, {result["file_id"]: survivor})
+
+
+def test_se_killed_mid_body_past_the_replay_buffer_is_503_retry_later(
+    healthy: Cluster, keys: DevKeys
+) -> None:
+    """40 MiB: once over 8 MiB have gone to the SE they are no longer held, so when
+    that SE dies the upload cannot move; the client is told to retry (503, Retry-After,
+    storage_failed_mid_upload) and nothing is left on either SE."""
+    cluster = healthy
+    before = snapshot(cluster)
+    data = os.urandom(40 * MiB)
+    killed: list[str] = []
+
+    def kill_past_the_replay_buffer(sent: int) -> None:
+        if killed or (se_id := receiving_se(cluster)) is None:
+            return
+        if cluster.partial_bytes(se_id) >= 10 * MiB:
+            cluster.ses[se_id].kill()
+            killed.append(se_id)
+
+    started = time.monotonic()
+    answer = paced_put(
+        cluster.gw,
+        "/api/v1/files/big.bin?compress=false",
+        keys.auth(),
+        data,
+        chunk=256 * 1024,
+        pause=0.005,
+        between=kill_past_the_replay_buffer,
+    )
+    assert killed, "the SE never held 10 MiB of the upload"
+    error = assert_error_envelope(answer, 503, "storage_failed_mid_upload")
+    assert "resumable" in error["message"]
+    assert int(answer.headers["retry-after"]) > 0
+    assert time.monotonic() - started < 20
+    assert cluster.files(other(killed[0])).partials() == [], "it was not moved on"
+
+    restore(cluster)
+    assert_no_partial_and_no_orphan(cluster, before, {})
+
+
+# -- an SE that is full or refuses the mode: the next node, transparently --------------------
+
+
+def test_full_se_answering_507_moves_the_upload_to_the_next_node(
+    healthy: Cluster, keys: DevKeys
+) -> None:
+    """A 1 MiB SE of the best priority is chosen for a chunked 3 MiB upload (its size
+    is unknown up front); it answers 507 mid-body and the upload lands elsewhere."""
+    cluster = healthy
+    workdir = cluster.workdir
+    small = registered_se(workdir, keys, cluster.redis, "se-small", capacity="1MiB", priority=1)
+    cluster.add_se(small)
+    try:
+        eventually(
+            lambda: node_view(cluster.gw).get("se-small", {}).get("status") == "ok",
+            5,
+            "se-small in the gateway's view",
+        )
+        data = os.urandom(3 * MiB)
+        pieces = (data[i : i + 256 * 1024] for i in range(0, len(data), 256 * 1024))
+        answer = put(cluster.gw, keys.auth(), pieces, name="full.bin")
+        assert answer.status == 201, answer.body
+        result = answer.json()
+        assert result["storage_element_id"] in NODES
+        assert cluster.files(result["storage_element_id"]).download(result["file_id"]) == data
+        assert (
+            metric(
+                cluster.gw, "ingester_node_uploads_total", node="se-small", outcome="failed_over"
+            )
+            == 1
+        ), "se-small was never tried"
+        refusals = log_events(cluster.gw, "upload_attempt_failed")
+        assert [e["kind"] for e in refusals if e["node"] == "se-small"] == ["full"]
+        assert cluster.files("se-small").stored_ids() == []
+        assert cluster.files("se-small").settled_partials() == []
+    finally:
+        small.stop()
+        del cluster.ses["se-small"]
+
+
+def test_se_refusing_the_mode_moves_the_upload_to_the_next_node(
+    healthy: Cluster, keys: DevKeys
+) -> None:
+    """An SE started `--mode ro` that an operator listed as rw (`nodes add`), with the
+    best priority. The gateway's probe learns its real mode and never sends it an upload;
+    and when the SE claims rw but refuses (400), the upload moves on transparently."""
+    cluster = healthy
+    ro_se = storage_element(cluster.workdir, keys.public_path, element_id="se-ro", mode="ro")
+    url = redis_url(cluster.redis)
+    with ro_se, StorageElementProxy(ro_se.url, name="se-ro-proxy") as proxy:
+        listing = ["--id", "se-ro", "--url", proxy.url, "--mode", "rw", "--priority", "1"]
+        added = nodes(url, "add", *listing)
+        assert added.returncode == 0, added.stderr
+        try:
+            eventually(
+                lambda: node_view(cluster.gw).get("se-ro", {}).get("mode") == "ro",
+                5,
+                "the probe's view of se-ro",
+            )
+            answer = put(cluster.gw, keys.auth(), os.urandom(100_000), name="ro-1.bin")
+            assert answer.status == 201, answer.body
+            assert answer.json()["storage_element_id"] in NODES
+            assert proxy.uploads() == [], "an upload was sent to a node known to be ro"
+
+            def claims_rw(method: str, path: str, status: int, body: bytes) -> tuple[int, bytes]:
+                if path == "/api/v1/capacity":
+                    return status, json.dumps({**json.loads(body), "mode": "rw"}).encode()
+                return status, body
+
+            proxy.rewrite = claims_rw
+            eventually(
+                lambda: node_view(cluster.gw)["se-ro"]["mode"] == "rw", 5, "se-ro claiming rw"
+            )
+            answer = put(cluster.gw, keys.auth(), os.urandom(100_000), name="ro-2.bin")
+            assert answer.status == 201, answer.body
+            assert answer.json()["storage_element_id"] in NODES
+            assert [u.status for u in proxy.uploads()] == [400], "se-ro was not tried first"
+            assert node_view(cluster.gw)["se-ro"]["circuit"] == "closed", "a refusal is no fault"
+        finally:
+            assert nodes(url, "remove", "--id", "se-ro").returncode == 0
+
+
+def test_all_ses_down_is_a_fast_503_with_retry_after(healthy: Cluster, keys: DevKeys) -> None:
+    """Both SEs SIGKILLed: at once (the view still lists them: connections refused on
+    every try) and once their records lapsed (no node at all), the client gets 503 +
+    Retry-After within a second or two, never a hang (default retry settings)."""
+    cluster = healthy
+    for se_id in NODES:
+        cluster.ses[se_id].kill()
+
+    def fast_503() -> None:
+        started = time.monotonic()
+        answer = put(cluster.gw, keys.auth(), os.urandom(256 * 1024), name="nowhere.bin")
+        assert time.monotonic() - started < 3, "a dead cluster made the client wait"
+        assert_error_envelope(answer, 503, "no_storage_available")
+        assert int(answer.headers["retry-after"]) > 0
+
+    fast_503()
+    eventually(lambda: not node_view(cluster.gw), 5, "the dead SEs leaving the view")
+    fast_503()
+
+
+# -- circuit breaker ----------------------------------------------------------------------
+
+
+COOLDOWN = 2.0
+
+
+def test_breaker_opens_after_three_failures_and_a_half_open_probe_closes_it(
+    healthy: Cluster, keys: DevKeys
+) -> None:
+    """se-a behind a proxy answering 500 (after storing: the gateway removes the copy)
+    is preferred by priority; se-b takes what se-a fails. After 3 failures se-a's
+    circuit is open and it gets nothing; after the cool-down one probe goes through (a
+    failure opens it again); once se-a is sound again, the probe closes it."""
+    cluster = healthy
+    se_a = cluster.ses["se-a"]
+    before = snapshot(cluster)
+    with StorageElementProxy(se_a.url, name="se-a-proxy") as proxy:
+        entries = [
+            {"id": "se-a", "url": proxy.url, "mode": "rw", "priority": 1},
+            {"id": "se-b", "url": cluster.ses["se-b"].url, "mode": "rw", "priority": 100},
+        ]
+        env = {
+            "INGESTER_BREAKER_FAILURES": "3",
+            "INGESTER_BREAKER_COOLDOWN_SECONDS": str(COOLDOWN),
+            **service_account_env(cluster.tokens),
+        }
+        gw = gateway(cluster.workdir, keys.public_path, entries, env=env, name="breaker-gw")
+        with gw:
+
+            def upload() -> str:
+                answer = put(gw, keys.auth(), os.urandom(64 * 1024), name="b.bin")
+                assert answer.status == 201, answer.body
+                return str(answer.json()["storage_element_id"])
+
+            def circuit() -> tuple[float | None, str]:
+                view = http_call(gw.url, "GET", "/health/ready").json()["nodes"]
+                return metric(gw, "ingester_node_circuit_state", node="se-a"), view["se-a"][
+                    "circuit"
+                ]
+
+            proxy.rewrite = se_upload_reply(server_error)
+            for failures in (1, 2):
+                assert upload() == "se-b"
+                assert circuit() == (0, "closed"), f"open after {failures} failures"
+            assert upload() == "se-b"
+            assert circuit() == (2, "open")
+            assert len(proxy.uploads()) == 3
+
+            started = time.monotonic()
+            assert upload() == "se-b"
+            assert time.monotonic() - started < 1, "an open circuit must not cost time"
+            assert len(proxy.uploads()) == 3, "an upload went to an open circuit"
+
+            time.sleep(COOLDOWN)
+            assert upload() == "se-b"  # the half-open probe fails: open again
+            assert len(proxy.uploads()) == 4
+            assert circuit() == (2, "open")
+
+            proxy.rewrite = None
+            time.sleep(COOLDOWN)
+            assert upload() == "se-a"  # the probe succeeds
+            assert circuit() == (0, "closed")
+            assert upload() == "se-a"
+    # every copy se-a stored before answering 500 was removed
+    assert len(cluster.files("se-a").stored_ids()) == len(before["se-a"]) + 2
+
+
+# -- draining -----------------------------------------------------------------------------
+
+
+def test_drained_node_takes_no_new_uploads_and_finishes_the_one_in_flight(
+    healthy: Cluster, keys: DevKeys
+) -> None:
+    cluster = healthy
+    url = redis_url(cluster.redis)
+    data = os.urandom(4 * MiB)
+    drained: list[str] = []
+    meanwhile: list[str] = []
+
+    def drain_the_receiving_se(sent: int) -> None:
+        if drained or sent < MiB or (se_id := receiving_se(cluster)) is None:
+            return
+        done = nodes(url, "drain", "--id", se_id)
+        assert done.returncode == 0, done.stderr
+        drained.append(se_id)
+        eventually(lambda: node_view(cluster.gw)[se_id]["draining"], 2, "the drain seen")
+        for n in range(4):
+            answer = put(cluster.gw, keys.auth(), os.urandom(100_000), name=f"m{n}.bin")
+            assert answer.status == 201, answer.body
+            meanwhile.append(answer.json()["storage_element_id"])
+
+    try:
+        answer = paced_put(
+            cluster.gw,
+            "/api/v1/files/inflight.bin?compress=false",
+            keys.auth(),
+            data,
+            chunk=64 * 1024,
+            pause=0.01,
+            between=drain_the_receiving_se,
+        )
+        assert drained, "no SE was receiving the upload after 1 MiB"
+        assert meanwhile == [other(drained[0])] * 4, "a new upload went to the drained node"
+        assert answer.status == 201, answer.body
+        result = answer.json()
+        assert result["storage_element_id"] == drained[0], "the in-flight upload was moved"
+        assert cluster.files(drained[0]).download(result["file_id"]) == data
+    finally:
+        for se_id in drained:
+            assert nodes(url, "drain", "--id", se_id, "--undo").returncode == 0
