@@ -301,6 +301,7 @@ def run(
     args: argparse.Namespace, machine: Machine, stack: BenchStack, workdir: Path, logdir: Path
 ) -> int:
     started = time.monotonic()
+    started_at = now_iso()
     size = args.size_bytes
     opts: Options = args.opts
     keys: list[str] = args.keys
@@ -377,7 +378,7 @@ def run(
     machine.load_after = os.getloadavg()
     settings = {
         "command": " ".join(["benchmarks/run.py", *(shlex.quote(a) for a in sys.argv[1:])]),
-        "started_at": now_iso(),
+        "started_at": started_at,
         "git": getattr(args, "src_label", None) or report_git(ROOT),
         "size": size,
         "repeat": args.repeat,
