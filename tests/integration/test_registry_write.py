@@ -245,6 +245,30 @@ def test_heartbeat_announces_registered_whenever_its_record_went_missing(
     assert record(db, "se-beat") is None
 
 
+def test_heartbeat_stop_deletes_the_record_whenever_it_comes(
+    redis_proc: ServerProcess, db: redis.Redis
+) -> None:
+    """Stopped at any moment of a beat, the heartbeat ends promptly and leaves no record
+    (a late announce after the delete, or a swallowed cancel, would show here)."""
+
+    def describe() -> NodeAnnouncement:
+        return NodeAnnouncement("se-stop", "http://127.0.0.1:1", "rw", heartbeat_at=time.time())
+
+    async def run_and_stop(after: float) -> None:
+        client = redis_client(redis_url(redis_proc), 0.5)
+        beat = NodeHeartbeat(RedisNodeBook(client), describe, 0.001)
+        await beat.start()
+        await asyncio.sleep(after)
+        stopping = asyncio.create_task(beat.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=3)  # no cancel: it could be lost
+        assert done, f"stop() hangs when it comes after {after * 1000:g} ms"
+        stopping.result()
+
+    for step in range(40):
+        asyncio.run(run_and_stop(step * 0.0005))
+        assert record(db, "se-stop") is None, f"record left, stopped after {step * 0.5:g} ms"
+
+
 # -- the operator's `nodes` command ------------------------------------------------------
 
 

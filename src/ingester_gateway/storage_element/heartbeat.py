@@ -53,6 +53,7 @@ class NodeHeartbeat:
         self._rng = rng or random.Random()
         self._announced: NodeAnnouncement | None = None  # None until Redis holds our record
         self._failures = 0
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -62,14 +63,16 @@ class NodeHeartbeat:
     async def stop(self) -> None:
         """Stop beating and delete the record, so gateways stop choosing this SE now;
         if Redis is away the record simply expires within its TTL."""
+        # Not task.cancel(): on 3.11 redis-py's wait_for can swallow it (CPython #86296);
+        # the loop ends its beat and exits, so no announce lands after the delete below.
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
             self._task = None
         node_id = self._describe().id
         try:
-            await asyncio.wait_for(self._book.remove(node_id), self._deregister_timeout)
+            async with asyncio.timeout(self._deregister_timeout):
+                await self._book.remove(node_id)
         except _REDIS_DOWN as exc:
             _log.warning("registry_deregister_failed", node_id=node_id, error=str(exc))
         finally:
@@ -91,7 +94,7 @@ class NodeHeartbeat:
         return None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.beat()
             except _REDIS_DOWN as exc:
@@ -99,9 +102,14 @@ class NodeHeartbeat:
                 self._failures += 1
                 if self._failures == 1:
                     _log.warning("registry_heartbeat_failed", error=str(exc))
-                await asyncio.sleep(self._retry.backoff(self._failures, self._rng))
+                await self._pause(self._retry.backoff(self._failures, self._rng))
                 continue
             if self._failures:
                 _log.info("registry_heartbeat_restored", failed_beats=self._failures)
                 self._failures = 0
-            await asyncio.sleep(self._interval)
+            await self._pause(self._interval)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
