@@ -12,10 +12,9 @@ import urllib.parse
 from collections.abc import Sequence
 
 import msgspec
-from redis.exceptions import RedisError
 
+from ingester_gateway.redis_io import REDIS_ERRORS, redis_client
 from ingester_gateway.registry.redis import NODE_KEY, NodeAnnouncement, RedisNodeBook
-from ingester_gateway.registry.watch import redis_client
 
 REDIS_TIMEOUT = 2.0  # seconds; an operator waits for an answer, not for a hung Redis
 
@@ -33,7 +32,7 @@ def run_nodes(args: argparse.Namespace) -> int:
         asyncio.run(_run(RedisNodeBook(client), args))
     except NodeNotFound as exc:
         return _fail(f"no node {str(exc)!r} in the registry")
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         return _fail(f"Redis at {_safe_url(args.redis_url)} is unreachable: {exc}")
     return 0
 

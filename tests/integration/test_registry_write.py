@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from ingester_gateway.redis_io import redis_client
 from ingester_gateway.registry.redis import (
     CHANNEL,
     DRAINING,
@@ -24,7 +25,6 @@ from ingester_gateway.registry.redis import (
     NodeAnnouncement,
     RedisNodeBook,
 )
-from ingester_gateway.registry.watch import redis_client
 from ingester_gateway.storage_element.heartbeat import NodeHeartbeat
 from tests.conftest import DevKeys, http_call, multipart_form
 from tests.servers import (

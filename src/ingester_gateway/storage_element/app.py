@@ -23,8 +23,8 @@ from ingester_gateway.errors import ApiError
 from ingester_gateway.pipeline.blocks import coalesce
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
+from ingester_gateway.redis_io import redis_client
 from ingester_gateway.registry.redis import NodeAnnouncement, RedisNodeBook
-from ingester_gateway.registry.watch import redis_client
 from ingester_gateway.storage_element.heartbeat import REDIS_TIMEOUT, NodeHeartbeat, Registration
 from ingester_gateway.storage_element.store import (
     FileAttributes,

@@ -14,14 +14,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from ingester_gateway.observability import get_logger
+from ingester_gateway.redis_io import REDIS_ERRORS
 from ingester_gateway.registry.redis import NODE_KEY, Event, NodeAnnouncement, RedisNodeBook
 from ingester_gateway.resilience import RetryPolicy
 
 _log = get_logger("ingester_gateway.storage_element")
-_REDIS_DOWN = (RedisError, OSError, TimeoutError)
 REDIS_TIMEOUT = 0.5  # seconds any one heartbeat command may take
 
 
@@ -73,7 +71,7 @@ class NodeHeartbeat:
         try:
             async with asyncio.timeout(self._deregister_timeout):
                 await self._book.remove(node_id)
-        except _REDIS_DOWN as exc:
+        except REDIS_ERRORS as exc:
             _log.warning("registry_deregister_failed", node_id=node_id, error=str(exc))
         finally:
             await self._book.redis.aclose()
@@ -97,7 +95,7 @@ class NodeHeartbeat:
         while not self._stopping.is_set():
             try:
                 await self.beat()
-            except _REDIS_DOWN as exc:
+            except REDIS_ERRORS as exc:
                 self._announced = None
                 self._failures += 1
                 if self._failures == 1:
