@@ -332,6 +332,9 @@ class StorageElementProxy:
     bytes) and may rewrite the SE's replies, which makes a misbehaving SE out of a real one.
 
     `rewrite(method, path, status, body) -> (status, body)` may be swapped between tests.
+    `refuse(method, path) -> status | None` answers `status` without forwarding (the SE
+    never sees the request: a delete refused here leaves the file on the SE), and
+    `delay(method, path) -> seconds` holds a request that long before forwarding it.
     `stall_upload(after_bytes, seconds)` makes the SE stop reading an upload body for a
     while, as a stuck disk or a hung SE would; `stalled` is set once it has stopped.
     """
@@ -341,6 +344,8 @@ class StorageElementProxy:
         self.name = name
         self.port = port or free_port()
         self.rewrite: ReplyRewrite | None = None
+        self.refuse: Callable[[str, str], int | None] | None = None
+        self.delay: Callable[[str, str], float] | None = None
         self.requests: list[ProxiedRequest] = []
         self.stalled = threading.Event()
         self._stall: tuple[int, float] | None = None
@@ -406,6 +411,12 @@ class StorageElementProxy:
         record = ProxiedRequest(request.method, request.path)
         with self._lock:
             self.requests.append(record)  # on arrival: a request that later fails still counts
+        refused = self.refuse(request.method, request.path) if self.refuse else None
+        if refused is not None:
+            record.status = refused
+            return web.json_response({"detail": "refused by the test proxy"}, status=refused)
+        if self.delay is not None:
+            await asyncio.sleep(self.delay(request.method, request.path))
 
         async def body() -> AsyncIterator[bytes]:
             async for chunk in request.content.iter_any():

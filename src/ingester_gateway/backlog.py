@@ -75,6 +75,7 @@ class CompensationBacklog:
         self._release = client.register_script(_RELEASE) if client is not None else None
         self._local_due: dict[str, float] = {}  # journal items worked here (no Redis)
         self._local_attempts: dict[str, int] = {}
+        self._remote_items = 0  # backlog items in Redis when it last answered
         self._task: asyncio.Task[None] | None = None
 
     # -- adding ------------------------------------------------------------------
@@ -130,6 +131,7 @@ class CompensationBacklog:
                 pass  # Redis is away: the journal holds what is new; try again later
             except Exception:
                 _log.exception("backlog_round_failed")
+            await self._update_gauges()  # also while Redis is away: the journal's share
             await asyncio.sleep(interval)
 
     async def work_once(self) -> None:
@@ -137,7 +139,6 @@ class CompensationBacklog:
         await self._drain_journal()
         if self._redis is not None:
             await self._work_redis()
-        await self._update_gauges()
 
     async def _drain_journal(self) -> None:
         now = self._clock()
@@ -200,11 +201,10 @@ class CompensationBacklog:
         pending = self._journal.pending()
         local = sum(isinstance(e, PendingCompensation) for e in pending)
         self._metrics.events_pending.set(len(pending) - local)
-        remote = 0
         if self._redis is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                remote = int(await self._redis.zcard(BACKLOG))
-        self._metrics.compensation_backlog.set(local + remote)
+            with contextlib.suppress(*REDIS_ERRORS):  # unreachable: the last count stands
+                self._remote_items = int(await self._redis.zcard(BACKLOG))
+        self._metrics.compensation_backlog.set(local + self._remote_items)
 
 
 def _node_of(item: PendingCompensation) -> NodeRecord:

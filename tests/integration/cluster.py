@@ -8,12 +8,14 @@ refreshes are short so that every scenario settles in a second or two.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import http.client
 import json
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -246,3 +248,74 @@ def paced_put(
         return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:
         conn.close()
+
+
+class AnswerLosingLink:
+    """A TCP relay to a Redis on loopback that can lose answers: once a connection sends
+    a command holding `lose_answers_to` (bytes), Redis runs it, but nothing Redis says on
+    that connection comes back (a network failing between a command and its reply). The
+    client times out and reconnects; other connections are untouched."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.lose_answers_to: bytes | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> AnswerLosingLink:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def _stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in relays:
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+
+    async def _relay(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        try:
+            redis_in, redis_out = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            client_out.close()
+            return
+        lost = False
+
+        async def commands() -> None:
+            nonlocal lost
+            with contextlib.suppress(OSError):
+                while data := await client_in.read(65536):
+                    if self.lose_answers_to is not None and self.lose_answers_to in data:
+                        lost = True
+                    redis_out.write(data)
+                    await redis_out.drain()
+            redis_out.close()
+
+        async def answers() -> None:
+            with contextlib.suppress(OSError):
+                while data := await redis_in.read(65536):
+                    if not lost:
+                        client_out.write(data)
+                        await client_out.drain()
+            client_out.close()
+
+        await asyncio.gather(commands(), answers())

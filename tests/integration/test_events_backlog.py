@@ -1,0 +1,356 @@
+"""`file.uploaded` events and the compensation backlog, against a real redis-server: one
+reference SE behind a proxy that can lie about checksums, fail uploads, refuse or slow
+down deletes, and two gateways sharing the Redis (its registry, stream and backlog).
+
+A compensation the SE refuses stays owed until it is done: in the Redis backlog, or in
+the gateway's local journal while Redis itself is away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingester_gateway.events import EVENT_TYPE
+from ingester_gateway.journal import FileEvent
+from tests.conftest import DevKeys, assert_error_envelope, http_call, multipart_form
+from tests.integration.cluster import (
+    AnswerLosingLink,
+    Cluster,
+    MiB,
+    log_events,
+    metric,
+    node_view,
+    put,
+    redis_gateway,
+    registered_se,
+    sha256_hex,
+)
+from tests.integration.test_failures import se_upload_reply, server_error, wrong_checksum
+from tests.integration.test_registry_write import eventually, nodes, redis_url
+from tests.servers import ServerProcess, StorageElementProxy, free_port
+
+STREAM = "file-events"
+LIMIT = 4 * MiB  # INGESTER_MAX_UPLOAD_BYTES of both gateways
+TEXT = b"a file event for every stored file, and only for those\n" * 4000
+
+
+@dataclass
+class Shared:
+    cluster: Cluster
+    proxy: StorageElementProxy  # in front of se-1: the URL se-1 registers
+    link: AnswerLosingLink  # between gw-1 and Redis
+
+    @property
+    def gws(self) -> list[ServerProcess]:
+        return self.cluster.gateways
+
+    def stored(self) -> list[str]:
+        return self.cluster.files("se-1").stored_ids()
+
+    def events(self) -> list[dict[str, str]]:
+        with self.cluster.client() as db:
+            return [fields for _, fields in db.xrange(STREAM)]
+
+    def refuse_deletes(self) -> None:
+        self.proxy.refuse = lambda method, path: 503 if method == "DELETE" else None
+
+    def deletes_of(self, file_id: str) -> list[tuple[str, int]]:
+        return [(d.path, d.status) for d in self.proxy.deletes() if d.path.endswith(file_id)]
+
+    def lied_upload(self, gw: ServerProcess, keys: DevKeys) -> str:
+        """An upload whose 201 the proxy falsifies: 502 to the client; the id the SE
+        stored it under (the gateway owes its deletion)."""
+        self.proxy.rewrite = se_upload_reply(wrong_checksum)
+        try:
+            answer = put(gw, keys.auth(), os.urandom(MiB), name="lie.bin")
+        finally:
+            self.proxy.rewrite = None
+        assert_error_envelope(answer, 502, "checksum_mismatch")
+        upload = self.proxy.uploads()[-1]
+        assert upload.status == 201
+        return str(json.loads(upload.reply)["file_id"])
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[Shared]:
+    """se-1 registered at its proxy's URL; gateways gw-1 (through a link that can lose
+    Redis's answers) and gw-2 on the same Redis, with breakers out of the way (this SE
+    fails on purpose, often)."""
+    workdir = tmp_path_factory.mktemp("events")
+    se_port = free_port()
+    with (
+        Cluster.running(workdir, keys) as cluster,
+        StorageElementProxy(f"http://127.0.0.1:{se_port}", name="se-1-proxy") as proxy,
+        AnswerLosingLink(cluster.redis.port) as link,
+    ):
+        se = registered_se(workdir, keys, cluster.redis, "se-1", port=se_port, public_url=proxy.url)
+        cluster.add_se(se)
+        env = {
+            "INGESTER_MAX_UPLOAD_BYTES": str(LIMIT),
+            "INGESTER_BREAKER_FAILURES": "1000",
+            "INGESTER_BREAKER_MIN_CALLS": "1000",
+        }
+        for name, redis_at in (("gw-1", link.url), ("gw-2", redis_url(cluster.redis))):
+            settings = {**env, "INGESTER_REDIS_URL": redis_at}
+            cluster.add_gateway(
+                redis_gateway(workdir, keys, cluster.redis, cluster.tokens, name=name, env=settings)
+            )
+        yield Shared(cluster, proxy, link)
+
+
+@pytest.fixture
+def env(shared: Shared) -> Iterator[Shared]:
+    """The shared stack with an honest proxy and se-1 in both gateways' views."""
+    for gw in shared.gws:
+        eventually(lambda gw=gw: "se-1" in node_view(gw), 10, f"se-1 in {gw.name}'s view")
+    yield shared
+    shared.proxy.rewrite = shared.proxy.refuse = shared.proxy.delay = None
+    shared.link.lose_answers_to = None
+    redis_process = shared.cluster.redis.process
+    assert redis_process is not None
+    if redis_process.poll() is None:
+        os.kill(redis_process.pid, signal.SIGCONT)  # after a test that froze it
+    else:
+        shared.cluster.restart_redis()  # after a test that killed it
+
+
+def expected_event(result: dict[str, Any], uploaded_by: str) -> dict[str, str]:
+    """The stream entry of a 201: every field of the event, as the strings XADD keeps."""
+    fields = {"event_type": EVENT_TYPE, "uploaded_by": uploaded_by}
+    for name in FileEvent.__struct_fields__:
+        if name != "uploaded_by":
+            value = result[name]
+            fields[name] = "" if value is None else str(value)
+    return fields
+
+
+def journal_pending(state_dir: Path) -> list[dict[str, Any]]:
+    """Entries of a gateway's local journal not yet marked done."""
+    entries: dict[str, dict[str, Any]] = {}
+    for path in state_dir.glob("journal-*.jsonl"):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["type"] == "done":
+                entries.pop(entry["id"], None)
+            else:
+                entries[entry["id"]] = entry
+    return list(entries.values())
+
+
+def state_dir(cluster: Cluster, gw: ServerProcess) -> Path:
+    return cluster.workdir / f"{gw.name}-state"
+
+
+# -- file events ------------------------------------------------------------------------------
+
+
+def test_file_events_hold_one_event_per_stored_upload_and_none_for_failed_ones(
+    env: Shared, keys: DevKeys
+) -> None:
+    gw = env.gws[0]
+    before = len(env.events())
+    stored: list[tuple[dict[str, Any], str]] = []
+
+    def stores(answer: Any, sub: str) -> None:
+        assert answer.status == 201, answer.body
+        stored.append((answer.json(), sub))
+
+    # Stored: four ways, by three users.
+    stores(put(gw, keys.auth("alice"), TEXT, name="notes.txt", query=""), "alice")
+    form, form_type = multipart_form(
+        {
+            "retention_policy": "temporary",
+            "ttl_days": "3",
+            "compression_algorithm": "gzip",
+            "description": "kept three days",
+        },
+        TEXT,
+        filename="report.csv",
+    )
+    headers = {**keys.auth("bob", role="operator"), "Content-Type": form_type}
+    stores(http_call(gw.url, "POST", "/api/v1/files/upload", form, headers), "bob")
+    stores(put(gw, keys.auth("carol"), os.urandom(300_000), name="raw.bin"), "carol")
+    query = "compression_algorithm=brotli&compress=true"
+    stores(put(gw, keys.auth("carol"), TEXT, name="Bericht%20%C3%A4.txt", query=query), "carol")
+
+    # Failed, each in its own way: no event.
+    uploads_before = len(env.proxy.uploads())
+    assert_error_envelope(put(gw, {}, b"no token"), 401)
+    bad_codec = put(gw, keys.auth(), b"x", query="compression_algorithm=lzma")
+    assert_error_envelope(bad_codec, 400, "invalid_parameter")
+    too_big = (os.urandom(256 * 1024) for _ in range(LIMIT // (256 * 1024) + 4))  # chunked
+    assert_error_envelope(put(gw, keys.auth(), too_big), 413, "payload_too_large")
+    wrong_digest = {"X-Checksum-SHA256": sha256_hex(b"something else")}
+    assert_error_envelope(put(gw, keys.auth(), TEXT, headers=wrong_digest), 422)
+    lied = env.lied_upload(gw, keys)
+    env.proxy.rewrite = se_upload_reply(server_error)
+    assert_error_envelope(put(gw, keys.auth(), TEXT, name="e.txt"), 503, "no_storage_available")
+    env.proxy.rewrite = None
+    failed_ids = {lied} | {
+        json.loads(u.reply)["file_id"]
+        for u in env.proxy.uploads()[uploads_before:]
+        if u.status == 201
+    }
+    assert len(failed_ids) == 2, "the 502 and the 503 (one id, every try) reached the SE"
+
+    events = env.events()[before:]
+    assert len(events) == len(stored), events
+    for result, sub in stored:
+        (event,) = [e for e in events if e["file_id"] == result["file_id"]]
+        assert event == expected_event(result, sub)
+    assert not failed_ids & {e["file_id"] for e in events}
+    assert {e["compression_algorithm"] for e in events} == {"zstd", "gzip", "none", "brotli"}
+    assert [e["ttl_expires_at"] != "" for e in events] == [False, True, False, False]
+
+
+def test_an_event_recorded_while_redis_is_frozen_is_delivered_once_when_it_answers(
+    env: Shared, keys: DevKeys
+) -> None:
+    """Redis stopped (SIGSTOP): the event cannot be added, so it is journaled and the
+    upload still gets its 201. Once Redis runs again, the event is in the stream exactly
+    once (the XADD sent before the timeout may land too: the per-file marker holds)."""
+    gw = env.gws[0]
+    before = len(env.events())
+    os.kill(env.cluster.redis.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        answer = put(gw, keys.auth("dave"), TEXT, name="frozen.txt", query="")
+        assert answer.status == 201, answer.body
+        assert time.monotonic() - started < 3, "the upload waited on a frozen Redis"
+        result = answer.json()
+        (pending,) = journal_pending(state_dir(env.cluster, gw))
+        assert (pending["type"], pending["event"]["file_id"]) == ("event", result["file_id"])
+        eventually(lambda: metric(gw, "ingester_events_pending") == 1, 5, "events_pending 1")
+    finally:
+        os.kill(env.cluster.redis.pid, signal.SIGCONT)
+
+    eventually(lambda: len(env.events()) > before, 5, "the journaled event in the stream")
+    eventually(lambda: metric(gw, "ingester_events_pending") == 0, 5, "events_pending 0")
+    assert journal_pending(state_dir(env.cluster, gw)) == []
+    time.sleep(2)  # more reconciler rounds: nothing is delivered twice
+    assert env.events()[before:] == [expected_event(result, "dave")]
+
+
+def test_an_event_whose_answer_was_lost_is_journaled_and_still_in_the_stream_once(
+    env: Shared, keys: DevKeys
+) -> None:
+    """The event's XADD runs but its answer is lost: the gateway cannot tell, so it
+    journals the event and delivers it again later; the per-file marker keeps the
+    stream at one entry."""
+    gw = env.gws[0]
+    before = len(env.events())
+    env.link.lose_answers_to = EVENT_TYPE.encode()
+    try:
+        answer = put(gw, keys.auth("erin"), TEXT, name="lost.txt", query="")
+        assert answer.status == 201, answer.body
+        result = answer.json()
+        (pending,) = journal_pending(state_dir(env.cluster, gw))
+        assert (pending["type"], pending["event"]["file_id"]) == ("event", result["file_id"])
+        assert [e["file_id"] for e in env.events()[before:]] == [result["file_id"]], "not run"
+    finally:
+        env.link.lose_answers_to = None
+    eventually(
+        lambda: journal_pending(state_dir(env.cluster, gw)) == [], 5, "the journal delivered"
+    )
+    eventually(lambda: metric(gw, "ingester_events_pending") == 0, 3, "events_pending 0")
+    time.sleep(1.5)  # more reconciler rounds
+    assert env.events()[before:] == [expected_event(result, "erin")]
+
+
+# -- the compensation backlog --------------------------------------------------------------------
+
+
+def test_a_delete_refused_by_the_se_is_retried_from_the_backlog_until_the_se_takes_it(
+    env: Shared, keys: DevKeys
+) -> None:
+    gw = env.gws[0]
+    env.refuse_deletes()
+    file_id = env.lied_upload(gw, keys)
+    assert file_id in env.stored(), "the refused delete removed the file anyway"
+    eventually(lambda: (metric(gw, "ingester_compensation_backlog") or 0) >= 1, 3, "a backlog item")
+    # retried from the backlog while the SE still refuses (2 requests a try: gc, files)
+    eventually(lambda: len(env.deletes_of(file_id)) >= 4, 5, "a retry from the backlog")
+    assert file_id in env.stored()
+
+    env.proxy.refuse = None  # the SE takes deletes again
+    eventually(lambda: file_id not in env.stored(), 8, "the owed delete")
+    assert env.deletes_of(file_id)[-1] == (f"/api/v1/gc/{file_id}", 200)
+    for each in env.gws:
+        eventually(
+            lambda each=each: metric(each, "ingester_compensation_backlog") == 0,
+            3,
+            f"an empty backlog on {each.name}",
+        )
+
+
+def test_a_delete_owed_while_redis_is_down_waits_in_the_journal_and_is_done_later(
+    env: Shared, keys: DevKeys
+) -> None:
+    gw = env.gws[0]
+    env.refuse_deletes()
+    env.cluster.redis.kill()
+    file_id = env.lied_upload(gw, keys)  # on the last view of the registry
+    (pending,) = journal_pending(state_dir(env.cluster, gw))
+    assert (pending["type"], pending["file_id"]) == ("compensation", file_id)
+    assert pending["node_url"] == env.proxy.url
+    eventually(
+        lambda: (metric(gw, "ingester_compensation_backlog") or 0) >= 1,
+        3,
+        "the journaled item in the backlog metric",
+    )
+    assert file_id in env.stored()
+
+    env.proxy.refuse = None
+    env.cluster.restart_redis()
+    eventually(lambda: file_id not in env.stored(), 10, "the owed delete")
+    eventually(lambda: metric(gw, "ingester_compensation_backlog") == 0, 3, "an empty backlog")
+    assert journal_pending(state_dir(env.cluster, gw)) == []
+
+
+def test_two_gateways_see_the_same_nodes_and_work_a_backlog_item_once(
+    env: Shared, keys: DevKeys
+) -> None:
+    gw1, gw2 = env.gws
+    url = redis_url(env.cluster.redis)
+    listing = ["--id", "se-manual", "--url", "http://127.0.0.1:9", "--mode", "ro"]
+    assert nodes(url, "add", *listing).returncode == 0
+    try:
+        for gw in (gw1, gw2):
+            eventually(
+                lambda gw=gw: set(node_view(gw)) == {"se-1", "se-manual"}, 2, f"{gw.name}'s view"
+            )
+    finally:
+        assert nodes(url, "remove", "--id", "se-manual").returncode == 0
+    for gw in (gw1, gw2):
+        eventually(lambda gw=gw: set(node_view(gw)) == {"se-1"}, 2, f"{gw.name} forgetting")
+
+    env.refuse_deletes()
+    file_id = env.lied_upload(gw1, keys)
+    for gw in (gw1, gw2):  # one backlog, seen by both
+        eventually(lambda gw=gw: metric(gw, "ingester_compensation_backlog") == 1, 3, f"{gw.name}")
+    # The SE takes deletes again, slowly: whoever works the item holds it for 2.5 s,
+    # through two or more rounds of the other gateway, which must leave it alone.
+    env.proxy.delay = lambda method, path: 2.5 if method == "DELETE" else 0.0
+    env.proxy.refuse = None
+    eventually(lambda: file_id not in env.stored(), 10, "the owed delete")
+    for gw in (gw1, gw2):
+        eventually(lambda gw=gw: metric(gw, "ingester_compensation_backlog") == 0, 3, gw.name)
+    time.sleep(2)  # the other gateway's next rounds
+    deletes = env.deletes_of(file_id)
+    assert [d for d in deletes if d[1] != 503] == [(f"/api/v1/gc/{file_id}", 200)], deletes
+    done = [
+        e
+        for gw in (gw1, gw2)
+        for e in log_events(gw, "compensation_done")
+        if e["file_id"] == file_id
+    ]
+    assert len(done) == 1, done
