@@ -23,7 +23,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -155,9 +155,11 @@ def _not_replayable() -> ApiError:
 
 @dataclass(slots=True)
 class _Attempt:
-    """One try of the upload on one node."""
+    """One try of the upload on one node, under an id of its own: a delete owed for a
+    failed try (maybe done late, from the backlog) can never hit a later try's file."""
 
     node: NodeRecord
+    file_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     committed: bool = False  # the closing boundary went out: the SE may hold the file
 
 
@@ -165,9 +167,8 @@ class _Attempt:
 class _Transfer:
     """What all attempts of one upload share."""
 
-    file_id: str
     framing: MultipartFraming
-    preamble: bytes
+    preamble: Callable[[str], bytes]  # the body's opening, for an attempt's file id
     first_node: NodeRecord
     reservation: int
     producing: bool = True
@@ -241,15 +242,14 @@ class UploadSaga:
         )
         framing = MultipartFraming()
         storage_name = safe_filename(req.filename) + codec.extension
-        file_id = str(uuid.uuid4())
         transfer = _Transfer(
-            file_id=file_id,
             framing=framing,
-            preamble=self._preamble(framing, file_id, codec, content_type, storage_name),
+            preamble=lambda file_id: self._preamble(
+                framing, file_id, codec, content_type, storage_name
+            ),
             first_node=node,
             reservation=req.expected_size or 0,
         )
-        self.progress.file_id = file_id
         try:
             if blocks.ended:
                 reply = await self._send_whole(transfer, encoder, first, after_data)
@@ -339,14 +339,18 @@ class UploadSaga:
         """The file came whole in its first block: check everything first, then one
         request with a Content-Length body (no streaming machinery), as often as
         failover needs."""
-        parts = [transfer.preamble]
+        parts = []
         if first:
             parts.append(await encoder.submit(first))
         parts.append(encoder.finish())
         parts.append(await self._seal(encoder, after_data, transfer.framing))
-        body = b"".join(parts)
+        rest = b"".join(parts)
         self.progress.bytes_sent = encoder.stored_size
-        return await self._deliver(transfer, lambda attempt: body, replayable=lambda: True)
+        return await self._deliver(
+            transfer,
+            lambda attempt: transfer.preamble(attempt.file_id) + rest,
+            replayable=lambda: True,
+        )
 
     async def _send_streaming(
         self,
@@ -362,7 +366,7 @@ class UploadSaga:
 
         def body(attempt: _Attempt) -> AsyncIterator[bytes]:
             async def chunks() -> AsyncIterator[bytes]:
-                yield transfer.preamble
+                yield transfer.preamble(attempt.file_id)
                 async for chunk in relay.chunks():
                     self.progress.bytes_sent = relay.bytes_taken
                     yield chunk
@@ -437,6 +441,7 @@ class UploadSaga:
                     reserved_on = node.id
                 self.progress.storage_element_id = node.id
                 attempt = _Attempt(node)
+                self.progress.file_id = attempt.file_id
                 if gw.nodes.acquire(node.id):
                     try:
                         reply = await self._attempt(transfer, attempt, body(attempt))
@@ -500,11 +505,11 @@ class UploadSaga:
             if isinstance(body, bytes) and exc.kind != "connect":
                 attempt.committed = True  # the whole body may have reached the SE
             if attempt.committed:  # the SE may have stored it before failing
-                await self._compensate(attempt.node, transfer.file_id, f"upstream_{exc.kind}")
+                await self._compensate(attempt.node, attempt.file_id, f"upstream_{exc.kind}")
             raise
         except BaseException:
             if attempt.committed:  # cancelled after the closing boundary went out
-                await self._compensate(attempt.node, transfer.file_id, "aborted_after_commit")
+                await self._compensate(attempt.node, attempt.file_id, "aborted_after_commit")
             raise
 
     # -- producing ---------------------------------------------------------------

@@ -29,7 +29,13 @@ from tests.integration.cluster import (
 )
 from tests.integration.test_failures import se_upload_reply, server_error
 from tests.integration.test_registry_write import eventually, nodes, redis_url
-from tests.servers import StorageElementProxy, gateway, service_account_env, storage_element
+from tests.servers import (
+    StorageElementProxy,
+    free_port,
+    gateway,
+    service_account_env,
+    storage_element,
+)
 
 NODES = ("se-a", "se-b")
 
@@ -182,6 +188,108 @@ def test_se_killed_mid_body_past_the_replay_buffer_is_503_retry_later(
 
     restore(cluster)
     assert_no_partial_and_no_orphan(cluster, before, {})
+
+
+def test_se_killed_after_storing_moves_the_upload_and_its_copy_is_deleted_once_it_is_back(
+    healthy: Cluster, keys: DevKeys
+) -> None:
+    """se-c, the best priority, is SIGKILLed right after it stored the upload and before
+    its answer got out (its proxy kills it on the way back). The upload moves to se-a
+    (201); the copy on se-c cannot be deleted while se-c is down, so the delete waits in
+    the backlog and is done once se-c is restarted on its data dir: nothing is left."""
+    cluster = healthy
+    before = snapshot(cluster)
+    workdir = cluster.workdir
+    se_port = free_port()
+    with StorageElementProxy(f"http://127.0.0.1:{se_port}", name="se-c-proxy") as proxy:
+        se_c = registered_se(
+            workdir, keys, cluster.redis, "se-c", priority=1, port=se_port, public_url=proxy.url
+        )
+        cluster.add_se(se_c)
+        try:
+            eventually(
+                lambda: node_view(cluster.gw).get("se-c", {}).get("status") == "ok",
+                5,
+                "se-c in the gateway's view",
+            )
+
+            def die_after_storing(
+                method: str, path: str, status: int, body: bytes
+            ) -> tuple[int, bytes]:
+                if path == "/api/v1/files/upload" and status == 201:
+                    se_c.kill()
+                    return 502, b'{"detail": "upstream connection lost"}'
+                return status, body
+
+            proxy.rewrite = die_after_storing
+            data = os.urandom(MiB)
+            answer = put(cluster.gw, keys.auth(), data, name="after-store.bin")
+            proxy.rewrite = None
+            assert answer.status == 201, answer.body
+            result = answer.json()
+            assert result["storage_element_id"] == "se-a"
+            (stored,) = proxy.uploads()
+            orphan = json.loads(stored.reply)["file_id"]
+            assert cluster.files("se-c").stored_ids() == [orphan], "se-c never stored it"
+            eventually(
+                lambda: (metric(cluster.gw, "ingester_compensation_backlog") or 0) >= 1,
+                3,
+                "the owed delete in the backlog",
+            )
+
+            se_c.start()  # same port, same data dir
+            eventually(
+                lambda: cluster.files("se-c").stored_ids() == [], 10, "the copy on se-c deleted"
+            )
+            assert_no_partial_and_no_orphan(cluster, before, {result["file_id"]: "se-a"})
+            assert cluster.files("se-c").settled_partials() == []
+        finally:
+            se_c.stop()
+            del cluster.ses["se-c"]
+
+
+def test_a_retry_on_the_same_node_is_not_undone_by_the_earlier_tries_late_delete(
+    healthy: Cluster, keys: DevKeys
+) -> None:
+    """One node, behind a proxy: the first try is stored and answered 500, its delete
+    goes through but the answer is lost (503), so that delete is owed in the backlog.
+    The retry lands on the same node and gets the 201. When the backlog does the owed
+    delete, it must remove the first try's copy, never the file the client was given."""
+    cluster = healthy
+    se_b = cluster.ses["se-b"]
+    before = snapshot(cluster)
+    with StorageElementProxy(se_b.url, name="se-b-proxy") as proxy:
+        lost: list[str] = []
+
+        def first_try_fails_and_delete_answers_are_lost(
+            method: str, path: str, status: int, body: bytes
+        ) -> tuple[int, bytes]:
+            if method == "POST" and status == 201 and not lost:
+                lost.append(json.loads(body)["file_id"])
+                return 500, b'{"detail": "Internal Server Error"}'
+            if method == "DELETE" and len(proxy.deletes()) <= 2:  # gc, then files: both lost
+                return 503, b'{"detail": "unavailable"}'
+            return status, body
+
+        proxy.rewrite = first_try_fails_and_delete_answers_are_lost
+        entries = [{"id": "se-b", "url": proxy.url, "mode": "rw"}]
+        env = service_account_env(cluster.tokens)
+        gw = gateway(cluster.workdir, keys.public_path, entries, env=env, name="one-node-gw")
+        with gw:
+            data = os.urandom(64 * 1024)
+            answer = put(gw, keys.auth(), data, name="retried.bin")
+            assert answer.status == 201, answer.body
+            result = answer.json()
+            assert len(proxy.uploads()) == 2, "the upload was not retried on the same node"
+            eventually(lambda: len(proxy.deletes()) == 3, 10, "the owed delete, from the backlog")
+            eventually(
+                lambda: metric(gw, "ingester_compensation_backlog") == 0, 3, "an empty backlog"
+            )
+            assert lost[0] not in cluster.files("se-b").stored_ids()
+            assert cluster.files("se-b").download(result["file_id"]) == data, (
+                "the owed delete of the first try removed the file of the 201"
+            )
+    assert_no_partial_and_no_orphan(cluster, before, {result["file_id"]: "se-b"})
 
 
 # -- an SE that is full or refuses the mode: the next node, transparently --------------------
