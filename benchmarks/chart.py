@@ -58,8 +58,8 @@ def write_chart(
     ax.set_yticks(ys)
     ax.set_yticklabels([p[0] for p in points], fontsize=8)
     ax.set_xscale("log")
-    lo = min(min(values), *(p[2] for p in points if p[2])) / 1.6
-    hi = max(max(values), *(p[2] for p in points if p[2])) * 2.0
+    span = values + [p[2] for p in points if p[2]]
+    lo, hi = min(span) / 1.6, max(span) * 2.0
     left = 10 ** (math.floor(math.log10(lo) * 4) / 4)  # a quarter-decade below the least
     ax.set_xlim(left, hi)
     ax.grid(axis="x", which="both", alpha=0.25, zorder=0)

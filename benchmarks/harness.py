@@ -40,7 +40,7 @@ from benchmarks.report import (
     targets_line,
     write_results,
 )
-from benchmarks.scenarios import Bench, Measurement, Options
+from benchmarks.scenarios import Bench, Measurement, Options, Skipped
 from benchmarks.stack import GATEWAY_VARIANTS, BenchStack
 from ingester_gateway.config import parse_size
 
@@ -327,9 +327,24 @@ def run(
     warm.directory.mkdir()
     for key in keys:
         SCENARIOS[key].prepare(warm)
+    skipped: dict[str, str] = {}
+
+    def attempt(key: str, target: Bench) -> Measurement | None:
+        """Run one scenario; None (and a note) when it cannot run here and now."""
+        if key in skipped:
+            return None
+        try:
+            return SCENARIOS[key].run(target)
+        except Skipped as exc:
+            skipped[key] = str(exc)
+            say(f"skipped {key}: {exc}")
+            return None
+
     say("warming up every path (not measured)")
     for key in keys:  # connections, imports, caches: not part of any figure
-        SCENARIOS[key].run(Bench(stack, warm, scratch, opts, warm=True))
+        attempt(key, Bench(stack, warm, scratch, opts, warm=True))
+    for key in list(skipped):  # the real size gets its own chance
+        del skipped[key]
     warm.remove()
     time.sleep(SETTLE_S)  # the payloads were just written: let the kernel catch its breath
 
@@ -341,16 +356,16 @@ def run(
         shift = rep % len(repeated)
         for key in repeated[shift:] + repeated[:shift]:
             time.sleep(PAUSE_S)  # let the previous run's tail (frees, logs) settle
-            m = SCENARIOS[key].run(bench)
-            runs[key].append(m)
-            say(f"[{rep + 1}/{args.repeat}] {progress_line(m)}")
+            if (m := attempt(key, bench)) is not None:
+                runs[key].append(m)
+                say(f"[{rep + 1}/{args.repeat}] {progress_line(m)}")
 
     once = [k for k in keys if SCENARIOS[k].rounds == "once"]
     for key in [k for k in once if SCENARIOS[k].uses_payload]:
         time.sleep(PAUSE_S)
-        m = SCENARIOS[key].run(bench)
-        runs[key].append(m)
-        say(f"[once] {progress_line(m)}")
+        if (m := attempt(key, bench)) is not None:
+            runs[key].append(m)
+            say(f"[once] {progress_line(m)}")
 
     for key in args.profile_keys:
         from benchmarks.profile import Profiler, summarize
@@ -367,9 +382,9 @@ def run(
     data.remove()  # the rest makes its bytes on the fly; free tmpfs for what the SE stores
     for key in [k for k in once if not SCENARIOS[k].uses_payload]:
         time.sleep(PAUSE_S)
-        m = SCENARIOS[key].run(bench)
-        runs[key].append(m)
-        say(f"[once] {progress_line(m)}")
+        if (m := attempt(key, bench)) is not None:
+            runs[key].append(m)
+            say(f"[once] {progress_line(m)}")
 
     summaries = {
         k: Summary(k, SCENARIOS[k].title, v, SCENARIOS[k].table) for k, v in runs.items() if v
@@ -390,6 +405,7 @@ def run(
         "payload": "tmpfs file read by curl on stdin (-T -), chunked",
         "sha256_cpu_s_per_gib": sha_per_gib,
         "run_minutes": (time.monotonic() - started) / 60,
+        "skipped": skipped,
     }
 
     for table in (
@@ -402,6 +418,8 @@ def run(
             say("\n" + table)
     say("\n" + figures_table(figures) + "\n")
     say(f"issue 3: {targets_line(figures)}")
+    for key, reason in skipped.items():
+        say(f"skipped {key}: {reason}")
     verdict = issue2_passed(summaries)
     say(
         "bar of issue 2 (c/b >= 0.4, gateway peak RSS <= 100 MiB): "

@@ -49,6 +49,7 @@ from benchmarks.scenarios import (
     Bench,
     Measurement,
     Scenario,
+    Skipped,
     _check,
     _gateway_upload,
     curl_upload,
@@ -253,8 +254,9 @@ def loadgen(
     needed = size * concurrency + 512 * 2**20
     free = _tmpfs_free(stack.se_data)
     if free < needed:
-        raise RuntimeError(
-            f"{key}: the SE's tmpfs has {free / 2**30:.1f} GiB free, {needed / 2**30:.1f} needed"
+        raise Skipped(
+            f"the SE's tmpfs has {free / 2**30:.1f} GiB free, {needed / 2**30:.1f} GiB needed"
+            " (free /dev/shm or lower --big-size / --concurrent-size)"
         )
     auth = bench.scratch / "auth.value"
     if not auth.exists():

@@ -806,6 +806,9 @@ def targets_line(figures: list[Figure]) -> str:
     return text
 
 
+SKIP_TITLES = {"big": "the big upload's peak RSS", "conc": "the concurrent uploads' peak RSS"}
+
+
 def render_markdown(
     summaries: dict[str, Summary],
     figures: list[Figure],
@@ -847,6 +850,10 @@ def render_markdown(
         figures_table(figures),
         "",
         f"Issue 3: {targets_line(figures)}.",
+        *(
+            f"\n**Skipped {key}** ({SKIP_TITLES.get(key, key)}): {reason}."
+            for key, reason in settings.get("skipped", {}).items()
+        ),
         "",
         f"Issue 2's bar (c/b ≥ 0.40, gateway peak RSS ≤ 100 MiB): {issue2_text}."
         + ("" if settings["size"] == GiB else " (The bars are defined for 1 GiB uploads.)"),

@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 CURL_TIMEOUT_S = 900
 
 
+class Skipped(Exception):
+    """A scenario that cannot run here and now (e.g. not enough tmpfs for the SE's copy):
+    the run goes on without it and the report says why."""
+
+
 @dataclass
 class Measurement:
     """One run of one scenario."""
