@@ -23,6 +23,7 @@ from ingester_gateway.config import Settings
 from ingester_gateway.credentials import CredentialError, ServiceAccount, UpstreamCredentials
 from ingester_gateway.events import EventPublisher
 from ingester_gateway.journal import Journal
+from ingester_gateway.memory import IdleTrimmer
 from ingester_gateway.models import CodecName
 from ingester_gateway.observability import Metrics, get_logger
 from ingester_gateway.pipeline.codecs import CompressionCodec, build_codecs
@@ -56,6 +57,7 @@ class Gateway:
         self.progress = ProgressBook(shared_dir=Path(shared) / "progress" if shared else None)
         self._mirror: asyncio.Task[None] | None = None
         self.active_uploads = 0
+        self._trimmer = IdleTrimmer()
         self._cores = os.cpu_count() or 1
         self._session: aiohttp.ClientSession | None = None
         # One client for the registry, events and the backlog; every command is bounded
@@ -186,13 +188,30 @@ class Gateway:
     BLOCKS_PER_UPLOAD = 4
     MIN_BLOCK = 64 * 1024
 
+    # INGESTER_BUFFER_BUDGET_BYTES is shared: half for blocks in flight, half for the
+    # stored bytes held for replay.
     def block_size(self) -> int:
         """The configured block size, shrunk so that the uploads in flight together
-        hold about `INGESTER_BUFFER_BUDGET_BYTES` of blocks."""
+        hold about half the buffer budget in blocks."""
         share = self.settings.buffer_budget_bytes // (
-            self.BLOCKS_PER_UPLOAD * max(1, self.active_uploads)
+            2 * self.BLOCKS_PER_UPLOAD * max(1, self.active_uploads)
         )
         return max(self.MIN_BLOCK, min(self.settings.block_size, share))
+
+    def replay_limit(self) -> int:
+        """Stored bytes one upload may hold for replay: INGESTER_REPLAY_BUFFER_BYTES, or
+        its share of the other half of the budget when many uploads run."""
+        share = self.settings.buffer_budget_bytes // (2 * max(1, self.active_uploads))
+        return min(self.settings.replay_buffer_bytes, share)
+
+    def upload_started(self) -> None:
+        self.active_uploads += 1
+        self._trimmer.busy()
+
+    def upload_finished(self) -> None:
+        self.active_uploads -= 1
+        if self.active_uploads == 0:
+            self._trimmer.idle()
 
     def cores_idle(self) -> bool:
         """Fewer uploads than cores: one may spread its compression over the others."""

@@ -143,7 +143,7 @@ class UploadEndpoint:
         status = 201
         outcome: Outcome = "stored"
         gw.metrics.in_flight.inc()
-        gw.active_uploads += 1
+        gw.upload_started()
         try:
             principal = await gw.verifier.verify_header(ex.headers.get(b"authorization"))
             length = ex.content_length()
@@ -200,7 +200,7 @@ class UploadEndpoint:
             gw.log.info("upload_aborted", request_id=ex.request_id, upload_id=ex.upload_id)
         finally:
             gw.metrics.in_flight.dec()
-            gw.active_uploads -= 1
+            gw.upload_finished()
             if saga is not None:
                 gw.progress.close(ex.upload_id)
                 node = saga.progress.storage_element_id

@@ -362,7 +362,7 @@ class UploadSaga:
     ) -> StorageUploadReply:
         """Produce (client -> codec -> relay) in this task while a sender task delivers
         the relay to an SE; the closing boundary goes out only after `_seal`."""
-        relay = Relay(replay_limit=self._replay_limit())
+        relay = Relay(replay_limit=self.gw.replay_limit)
 
         def body(attempt: _Attempt) -> AsyncIterator[bytes]:
             async def chunks() -> AsyncIterator[bytes]:
@@ -405,12 +405,6 @@ class UploadSaga:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)
             raise
-
-    def _replay_limit(self) -> int:
-        """Held for replay: up to INGESTER_REPLAY_BUFFER_BYTES, less when many uploads
-        share the buffer budget."""
-        share = self.gw.settings.buffer_budget_bytes // max(1, self.gw.active_uploads)
-        return min(self.gw.settings.replay_buffer_bytes, share)
 
     # -- delivering to a node, and failing over ----------------------------------
 

@@ -4,14 +4,15 @@ attempt that sends them to a Storage Element.
 The producer `put`s chunks and, once the whole body is checked, `finish`es with the
 closing bytes. An attempt reads `chunks()` from the start: what the relay still holds
 is replayed, then it follows the producer live. Chunks are kept while the total stays
-within `replay_limit`, so a failed attempt can be replayed on another node; past that,
-consumed chunks are dropped and memory stays at about two chunks.
+within the replay limit (read afresh at every `put`, so it can shrink under load), so
+a failed attempt can be replayed on another node; once past it, replay is lost, every
+consumed chunk is dropped and memory stays at about two chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 
 class NotReplayable(Exception):
@@ -19,8 +20,8 @@ class NotReplayable(Exception):
 
 
 class Relay:
-    def __init__(self, replay_limit: int = 0) -> None:
-        self._replay_limit = replay_limit
+    def __init__(self, replay_limit: int | Callable[[], int] = 0) -> None:
+        self._replay_limit = replay_limit if callable(replay_limit) else (lambda: replay_limit)
         self._held: list[bytes] = []  # chunks from index `_dropped` on
         self._held_bytes = 0
         self._dropped = 0
@@ -85,7 +86,9 @@ class Relay:
             await self._produced_event.wait()
 
     def _drop_consumed(self) -> None:
-        while self._held_bytes > self._replay_limit and self._dropped < self._taken:
+        if self._dropped == 0 and self._held_bytes <= self._replay_limit():
+            return  # all held: still replayable
+        while self._dropped < self._taken:
             self._held_bytes -= len(self._held[0])
             del self._held[0]
             self._dropped += 1
