@@ -75,3 +75,24 @@ def test_past_the_replay_limit_consumed_chunks_are_dropped_and_replay_is_refused
 async def _produce(relay: Relay, chunks: list[bytes]) -> None:
     for chunk in chunks:
         await relay.put(chunk)
+
+
+def test_once_replay_is_lost_nothing_consumed_is_kept_and_the_limit_follows_the_load() -> None:
+    limit = [1000]
+
+    async def go() -> list[int]:
+        relay = Relay(replay_limit=lambda: limit[0])
+        reader = asyncio.ensure_future(read_all(relay))
+        held = []
+        for i in range(40):
+            if i == 10:
+                limit[0] = 100  # more uploads arrived: the share shrinks
+            await relay.put(bytes(50))
+            held.append(relay.held_bytes)
+        relay.finish(b"")
+        await reader
+        return held
+
+    held = run(go())
+    assert max(held[:10]) <= 500  # within the first limit everything is held
+    assert max(held[12:]) <= 100  # past it: about two chunks, not the old limit

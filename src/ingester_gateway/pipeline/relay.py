@@ -57,6 +57,10 @@ class Relay:
     # -- sender --------------------------------------------------------------------
 
     @property
+    def held_bytes(self) -> int:
+        return self._held_bytes
+
+    @property
     def replayable(self) -> bool:
         """Every chunk since the start is still held."""
         return self._dropped == 0
