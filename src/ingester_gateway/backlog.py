@@ -28,6 +28,7 @@ from ingester_gateway.journal import Journal, PendingCompensation, PendingEvent
 from ingester_gateway.observability import Metrics, get_logger
 from ingester_gateway.redis_io import REDIS_ERRORS
 from ingester_gateway.registry import NodeRecord
+from ingester_gateway.stopping import StopSignal, stop_tasks
 
 BACKLOG = "ingester:compensations"
 ATTEMPTS = "ingester:compensations:attempts"
@@ -77,6 +78,7 @@ class CompensationBacklog:
         self._local_attempts: dict[str, int] = {}
         self._remote_items = 0  # backlog items in Redis when it last answered
         self._task: asyncio.Task[None] | None = None
+        self._stop = StopSignal()
 
     # -- adding ------------------------------------------------------------------
 
@@ -118,13 +120,11 @@ class CompensationBacklog:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks([self._task], self._stop)
             self._task = None
 
     async def _loop(self, interval: float) -> None:
-        while True:
+        while not self._stop.is_set:
             try:
                 await self.work_once()
             except REDIS_ERRORS:
@@ -132,7 +132,7 @@ class CompensationBacklog:
             except Exception:
                 _log.exception("backlog_round_failed")
             await self._update_gauges()  # also while Redis is away: the journal's share
-            await asyncio.sleep(interval)
+            await self._stop.sleep(interval)
 
     async def work_once(self) -> None:
         """One round: drain the journal, then work the due backlog items."""

@@ -76,9 +76,9 @@ def test_zstd_contexts_are_reused_after_a_stream_is_closed() -> None:
     first.compress(b"x" * 1000)
     first.flush()
     first.close()
-    assert len(codec._pools[0]) == 1
+    assert len(codec._pool) == 1
     second = codec.compressor(size_hint=5)
-    assert codec._pools[0] == []
+    assert codec._pool == []
     out = second.compress(b"hello") + second.flush()
     second.close()
     assert zstandard.ZstdDecompressor().decompress(out) == b"hello"

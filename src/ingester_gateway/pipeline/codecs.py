@@ -60,18 +60,19 @@ class ZstdCodec:
     """`threads`: 0 compresses in the caller's thread; N > 0 hands blocks to N zstd
     workers; -1 (auto) uses one worker per core when the caller allows `parallel`.
 
-    A few contexts are pooled (a used one holds 3-7 MiB of tables); a context serves
-    one stream at a time."""
+    Two single-threaded contexts are pooled (a used one holds ~3.5 MiB of tables);
+    multi-threaded ones (~7 MiB, with their threads) are not kept past their stream.
+    A context serves one stream at a time."""
 
     name: CodecName = "zstd"
     media_type = "application/zstd"
     extension = ".zst"
-    POOL_SIZE = 4
+    POOL_SIZE = 2
 
     def __init__(self, level: int = 3, threads: int = 0) -> None:
         self.level = level
         self.threads = threads
-        self._pools: dict[int, list[zstandard.ZstdCompressor]] = {}
+        self._pool: list[zstandard.ZstdCompressor] = []
 
     def workers(self, parallel: bool) -> int:
         if self.threads >= 0:
@@ -80,26 +81,46 @@ class ZstdCodec:
 
     def compressor(self, size_hint: int | None = None, parallel: bool = False) -> Compressor:
         workers = self.workers(parallel)
-        pool = self._pools.setdefault(workers, [])
-        cctx = pool.pop() if pool else zstandard.ZstdCompressor(level=self.level, threads=workers)
+        if workers == 0 and self._pool:
+            cctx = self._pool.pop()
+        else:
+            cctx = zstandard.ZstdCompressor(level=self.level, threads=workers)
         # A known size goes into the frame header and lets zstd size its tables to it.
         return _ZstdCompressor(self, cctx, workers, -1 if size_hint is None else size_hint)
 
     def release(self, cctx: zstandard.ZstdCompressor, workers: int) -> None:
-        pool = self._pools.setdefault(workers, [])
-        if len(pool) < self.POOL_SIZE:
-            pool.append(cctx)
+        if workers == 0 and len(self._pool) < self.POOL_SIZE:
+            self._pool.append(cctx)
 
 
 class _BrotliCompressor:
+    """Brotli sizes its window from the first input it is given: a short first block
+    (the gateway cuts one early) would cost the whole stream a fifth of its ratio. So
+    the first `FIRST_INPUT` bytes are gathered before anything reaches the encoder."""
+
+    FIRST_INPUT = 1 << 20
+
     def __init__(self, quality: int) -> None:
         self._obj = brotli.Compressor(quality=quality)
+        self._gathered: list[bytes] | None = []
+        self._gathered_size = 0
 
     def compress(self, data: Buffer) -> bytes:
+        if self._gathered is not None:
+            self._gathered.append(bytes(data))
+            self._gathered_size += len(data)
+            if self._gathered_size < self.FIRST_INPUT:
+                return b""
+            data = b"".join(self._gathered)
+            self._gathered = None
         return self._obj.process(data)  # type: ignore[no-any-return]
 
     def flush(self) -> bytes:
-        return self._obj.finish()  # type: ignore[no-any-return]
+        head = b""
+        if self._gathered:
+            head = self._obj.process(b"".join(self._gathered))
+        self._gathered = None
+        return head + self._obj.finish()  # type: ignore[no-any-return]
 
     def close(self) -> None:
         return None

@@ -14,10 +14,9 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 
 from ingester_gateway.observability import get_logger
-from ingester_gateway.redis_io import REDIS_ERRORS, redis_client
-
-__all__ = ["RedisWatchedRegistry", "redis_client"]  # redis_client: moving to redis_io
+from ingester_gateway.redis_io import REDIS_ERRORS
 from ingester_gateway.registry import NodeRecord
+from ingester_gateway.stopping import StopSignal, stop_tasks
 
 Loader = Callable[[aioredis.Redis], Awaitable[list[NodeRecord]]]
 _log = get_logger("ingester_gateway.registry")
@@ -46,6 +45,7 @@ class RedisWatchedRegistry:
         self._last_ok: float | None = None
         self._failing = False
         self._wake = asyncio.Event()
+        self._stop = StopSignal()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -56,11 +56,8 @@ class RedisWatchedRegistry:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._wake.set()
+        await stop_tasks(self._tasks, self._stop)
         self._tasks = []
 
     def nodes(self) -> list[NodeRecord]:
@@ -93,10 +90,13 @@ class RedisWatchedRegistry:
 
     async def _refresh_loop(self) -> None:
         backoff = _Backoff()
-        while True:
+        while not self._stop.is_set:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff.current or self._interval)
+                async with asyncio.timeout(backoff.current or self._interval):
+                    await self._wake.wait()
             self._wake.clear()
+            if self._stop.is_set:
+                return
             if await self.refresh():
                 backoff.reset()
             else:
@@ -104,19 +104,19 @@ class RedisWatchedRegistry:
 
     async def _listen_loop(self) -> None:
         backoff = _Backoff()
-        while True:
+        while not self._stop.is_set:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
                 backoff.reset()
                 self._wake.set()  # changes may have been missed while disconnected
-                while True:
+                while not self._stop.is_set:
                     message = await pubsub.get_message(timeout=self._interval)
                     if message is not None:
                         self._wake.set()
             except REDIS_ERRORS:
                 backoff.grow()
-                await asyncio.sleep(backoff.current)
+                await self._stop.sleep(backoff.current)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
