@@ -144,14 +144,31 @@ class CompensationBacklog:
         now = self._clock()
         for entry in self._journal.pending():
             if isinstance(entry, PendingEvent):
-                if self._events.enabled:
-                    await self._events.deliver(entry.event)
-                await self._journal.done(entry.id)
-            elif self._redis is not None:
-                await self._schedule(entry, now)
+                if await self._delivered(entry):
+                    await self._journal.done(entry.id)
+            elif await self._moved_to_redis(entry, now):
                 await self._journal.done(entry.id)
             elif self._local_due.get(entry.id, 0.0) <= now:
+                # No Redis (configured or answering): work it from here meanwhile.
                 await self._attempt_local(entry, now)
+
+    async def _delivered(self, entry: PendingEvent) -> bool:
+        if not self._events.enabled:
+            return True  # nowhere to deliver it any more (Redis no longer configured)
+        try:
+            await self._events.deliver(entry.event)
+        except REDIS_ERRORS:
+            return False
+        return True
+
+    async def _moved_to_redis(self, item: PendingCompensation, now: float) -> bool:
+        if self._redis is None:
+            return False
+        try:
+            await self._schedule(item, now)
+        except REDIS_ERRORS:
+            return False
+        return True
 
     async def _attempt_local(self, item: PendingCompensation, now: float) -> None:
         if await self._delete(_node_of(item), item.file_id):

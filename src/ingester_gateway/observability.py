@@ -9,6 +9,7 @@ import re
 import sys
 import uuid
 
+import msgspec
 import structlog
 from prometheus_client import (
     CollectorRegistry,
@@ -124,30 +125,52 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+_log_json = msgspec.json.Encoder(enc_hook=str)
+
+
+def _render_json(logger: object, method: str, event_dict: structlog.typing.EventDict) -> bytes:
+    return _log_json.encode(event_dict)
+
+
 def configure_logging(level: str = "info", fmt: str = "json", access_log: bool = False) -> None:
-    """structlog over stdlib logging, so uvicorn's own lines share the format."""
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    shared: list[structlog.types.Processor] = [
+    """Our own lines go straight from structlog to stdout (a line per upload is on the
+    hot path: no stdlib logging in between); uvicorn's and libraries' lines go through
+    stdlib logging with the same fields and format."""
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    chain: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.add_log_level,
+        timestamper,
     ]
+    factory: structlog.types.WrappedLogger
+    if fmt == "json":
+        final: structlog.types.Processor = _render_json
+        stdlib_final: structlog.types.Processor = structlog.processors.JSONRenderer()
+        # Tracebacks as data, without frame locals: a local may hold a token.
+        chain.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+        factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
+    else:
+        final = stdlib_final = structlog.dev.ConsoleRenderer(colors=False)
+        factory = structlog.WriteLoggerFactory(sys.stdout)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*chain, final],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, stdlib_final],
         )
     )
     root = logging.getLogger()
@@ -158,5 +181,6 @@ def configure_logging(level: str = "info", fmt: str = "json", access_log: bool =
         logging.getLogger(name).propagate = name != "uvicorn.access" or access_log
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.stdlib.get_logger(name)
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(logger=name)
+    return logger

@@ -262,11 +262,12 @@ class UploadSaga:
         if reply.checksum.lower() != encoder.stored_hex or (
             reply.file_size is not None and reply.file_size != encoder.stored_size
         ):
-            await self._compensate(stored_on, reply.file_id, "checksum_mismatch")
+            removed = await self._compensate(stored_on, reply.file_id, "checksum_mismatch")
             raise ApiError(
                 502,
                 "checksum_mismatch",
-                "the storage element stored different bytes than were sent; the copy was removed",
+                "the storage element stored different bytes than were sent; the copy "
+                + ("was removed" if removed else "will be removed (queued for deletion)"),
             )
         self._stored = (stored_on, reply.file_id)
         result = self._result(
@@ -560,12 +561,12 @@ class UploadSaga:
         node, file_id = self._stored
         await self._compensate(node, file_id, "client_gone")
 
-    async def _compensate(self, node: NodeRecord, file_id: str, reason: str) -> None:
-        """Delete a stored (or maybe stored) file now; if that fails, the durable
-        backlog keeps retrying until it succeeds."""
+    async def _compensate(self, node: NodeRecord, file_id: str, reason: str) -> bool:
+        """Delete a stored (or maybe stored) file now (True), or leave it to the durable
+        backlog, which retries until it succeeds (False)."""
         headers = await self.gw.credentials.for_delete(self.req.principal)
         if await self.gw.storage.delete(node, file_id, headers):
-            return
+            return True
         self.gw.metrics.compensation_failures.labels(node.id).inc()
         self.gw.log.warning(
             "compensation_deferred",
@@ -575,6 +576,7 @@ class UploadSaga:
             reason=reason,
         )
         await self.gw.backlog.add(node, file_id, reason)
+        return False
 
     def _result(
         self,

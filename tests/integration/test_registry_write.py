@@ -176,8 +176,10 @@ def test_sigterm_deregisters_at_once_and_sigkill_expires_within_the_ttl(
         crashed.kill()
         killed_at = time.monotonic()
         assert record(db, "se-crash") is not None  # nobody said goodbye
-        eventually(lambda: record(db, "se-crash") is None, TTL + 0.5, "the record's expiry")
-        assert time.monotonic() - killed_at <= TTL + 0.5
+        # The TTL runs from the last heartbeat, before the kill; the slack is for a
+        # loaded machine polling late, not for Redis keeping the key.
+        eventually(lambda: record(db, "se-crash") is None, TTL + 1.5, "the record's expiry")
+        assert time.monotonic() - killed_at <= TTL + 1.5
         assert {"event": "deregistered", "id": "se-crash"} not in events.drain()
     finally:
         clean.stop()
