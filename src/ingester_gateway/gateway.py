@@ -107,7 +107,10 @@ class Gateway:
         s = self.settings
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, raise_for_status=False
+            connector=connector,
+            auto_decompress=False,
+            raise_for_status=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         service = None
         if s.service_token_url and s.service_client_id and s.service_client_secret:

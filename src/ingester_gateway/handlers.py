@@ -60,7 +60,9 @@ class Exchange:
         self.headers = headers
         self.scope = scope
         self.request_id = request_id_from(headers.get(b"x-request-id"))
-        self.upload_id = _upload_id_from(headers.get(b"x-upload-id"))
+        named = headers.get(b"x-upload-id")
+        self.upload_id = _upload_id_from(named)
+        self.upload_id_named = named is not None and named.decode("latin-1") == self.upload_id
         self.response_headers = [
             (b"x-request-id", self.request_id.encode()),
             (b"x-upload-id", self.upload_id.encode()),
@@ -162,7 +164,9 @@ class UploadEndpoint:
             )
             request, pieces, after_data = await source(ex, body, principal)
             saga = UploadSaga(gw, request)
-            if not gw.progress.open(ex.upload_id, principal.sub, saga.progress):
+            if not gw.progress.open(
+                ex.upload_id, principal.sub, saga.progress, named=ex.upload_id_named
+            ):
                 saga = None  # the id is another upload's: its entry is not ours to close
                 raise ApiError(409, "upload_id_in_use", "X-Upload-Id is already in use")
             result = await saga.run(pieces, after_data)

@@ -51,11 +51,16 @@ class ProgressBook:
         self._max = max_entries
         self._clock = clock
         self._shared = shared_dir
+        self._running: set[str] = set()
+        self._mirrored: set[str] = set()  # ids a sibling worker may be asked about
         if shared_dir is not None:
             shared_dir.mkdir(parents=True, exist_ok=True)
 
-    def open(self, upload_id: str, owner: str, progress: UploadProgress) -> bool:
-        """Register a new upload; False if the id is already taken."""
+    def open(
+        self, upload_id: str, owner: str, progress: UploadProgress, named: bool = False
+    ) -> bool:
+        """Register a new upload; False if the id is already taken. A `named` upload
+        (the client chose its id, so it means to poll) is always mirrored."""
         self._expire()
         if upload_id in self._entries:
             return False
@@ -67,13 +72,21 @@ class ProgressBook:
             else:
                 self._entries.popitem(last=False)
         self._entries[upload_id] = (owner, progress)
+        self._running.add(upload_id)
+        if named and self._shared is not None:
+            self._mirrored.add(upload_id)
         return True
 
     def close(self, upload_id: str) -> None:
+        self._running.discard(upload_id)
         if upload_id in self._entries:  # an entry evicted while running is not recorded
             self._finished_at[upload_id] = self._clock()
             self._finished_at.move_to_end(upload_id)
-            if self._shared is not None:
+            # Its final state matters to whoever may poll it: a client that named it,
+            # or one that could have seen it running. A quick anonymous upload's 201
+            # already said everything.
+            if upload_id in self._mirrored:
+                self._mirrored.discard(upload_id)
                 self._write_shared(upload_id, *self._entries[upload_id])
 
     def get(self, upload_id: str, owner: str) -> UploadProgress | None:
@@ -92,9 +105,11 @@ class ProgressBook:
         """Write the entries of running uploads for the sibling workers to read."""
         if self._shared is None:
             return
-        for upload_id, (owner, progress) in list(self._entries.items()):
-            if upload_id not in self._finished_at:
-                self._write_shared(upload_id, owner, progress)
+        for upload_id in list(self._running):
+            entry = self._entries.get(upload_id)
+            if entry is not None:
+                self._write_shared(upload_id, *entry)
+                self._mirrored.add(upload_id)
 
     def sweep_shared(self, max_age: float | None = None) -> None:
         """Remove mirrored entries older than the retention (any worker's)."""

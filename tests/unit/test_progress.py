@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ingester_gateway.models import UploadProgress
 from ingester_gateway.progress import ProgressBook
 
@@ -112,3 +114,28 @@ def test_an_entry_evicted_while_running_leaves_no_finish_time_behind() -> None:
     clock.now += 100
     book.open("u3", "bob", progress("u3"))
     assert book.get("u0", "bob") is not None  # the new upload runs: kept
+
+
+def test_with_several_workers_only_uploads_someone_may_poll_are_mirrored(tmp_path: Path) -> None:
+    """A quick anonymous upload's 201 says it all: no file. One the client named, or
+    one that ran long enough to be mirrored, keeps its final state for the siblings."""
+    shared = tmp_path / "progress"
+    book = ProgressBook(shared_dir=shared)
+    sibling = ProgressBook(shared_dir=shared)
+
+    def entry(upload_id: str) -> UploadProgress:
+        return UploadProgress(upload_id=upload_id, state="receiving", filename="f")
+
+    book.open("anonymous-quick", "alice", entry("anonymous-quick"))
+    book.open("client-named-01", "alice", entry("client-named-01"), named=True)
+    book.open("anonymous-long", "alice", entry("anonymous-long"))
+    book.mirror_running()  # the half-second snapshot: all three are running
+    book.close("client-named-01")
+    book.close("anonymous-long")
+    book.open("anonymous-late", "alice", entry("anonymous-late"))
+    book.close("anonymous-late")  # finished before any snapshot saw it
+
+    assert sibling.get("client-named-01", "alice") is not None
+    assert sibling.get("anonymous-long", "alice") is not None
+    assert sibling.get("anonymous-late", "alice") is None
+    assert sibling.get("client-named-01", "mallory") is None
