@@ -145,6 +145,13 @@ def _random_form(data: Datasets) -> None:
     data.multipart(data.random(), filename="random.bin", fields=MULTIPART_FIELDS)
 
 
+# -- cr: pass-through with nodes from Redis (issue 4) ---------------------------------
+
+
+def run_redis_registry(bench: Bench) -> Measurement:
+    return _gateway_upload(bench, "cr", bench.data.random(), "none", "gateway-redis")
+
+
 # -- gateway codecs -------------------------------------------------------------------
 
 
@@ -393,6 +400,13 @@ ISSUE3: dict[str, Scenario] = {
     s.key: s
     for s in (
         Scenario("m", "gateway -> SE, multipart POST, none", run_multipart, _random_form, GW),
+        Scenario(
+            "cr",
+            "gateway, nodes from Redis, breakers on -> SE, compression none (raw PUT)",
+            run_redis_registry,
+            _random,
+            ("se", "redis", "gateway-redis"),
+        ),
         Scenario(
             "d2",
             "gateway INGESTER_ZSTD_THREADS=2 -> SE, zstd on text (raw PUT)",

@@ -371,6 +371,24 @@ def multipart_figures(s: dict[str, Summary]) -> list[Figure]:
     ]
 
 
+def registry_figures(s: dict[str, Summary]) -> list[Figure]:
+    cr, c = s.get("cr"), s.get("c")
+    if not (cr and c):
+        return []
+    return [
+        target(
+            f"issue 4. pass-through {human_size(cr.payload_bytes)}, MB/s: nodes from Redis,"
+            " breakers on (cr) / static registry (c)",
+            cr.mb_s,
+            c.mb_s,
+            "MB/s",
+            op=">=",
+            limit=0.95,
+            chart="Redis registry /\nstatic, MB/s",
+        )
+    ]
+
+
 def small_figures(s: dict[str, Summary]) -> list[Figure]:
     rows: list[Figure] = []
     base, nginx = s.get("sb"), s.get("sn")
@@ -525,6 +543,7 @@ FIGURES: list[FigureBuilder] = [
     passthrough_figures,
     codec_figures,
     multipart_figures,
+    registry_figures,
     small_figures,
     memory_figures,
     jwt_figures,

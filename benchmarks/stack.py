@@ -6,6 +6,7 @@ same SE an nginx, the gateway (1 worker), further gateway instances (see
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import http.client
@@ -15,8 +16,18 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from ingester_gateway.redis_io import redis_client
+from ingester_gateway.registry.redis import NodeAnnouncement, RedisNodeBook
 from ingester_gateway.tokens import generate_keypair, mint_token
-from tests.servers import ServerProcess, free_port, gateway, nginx, se_entry, storage_element
+from tests.servers import (
+    ServerProcess,
+    free_port,
+    gateway,
+    nginx,
+    redis_server,
+    se_entry,
+    storage_element,
+)
 
 TOKEN_TTL = 6 * 3600
 BASELINES = Path(__file__).resolve().parent / "baselines"
@@ -32,8 +43,18 @@ GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
     "gateway-w1": {},  # small files, 1 worker
     "gateway-w2": {"INGESTER_WORKERS": "2"},  # small files, 2 workers
     "gateway-zt2": {"INGESTER_ZSTD_THREADS": "2"},
+    # Nodes from a real Redis (issue 4): registry watcher, pub/sub, events, backlog.
+    "gateway-redis": {"INGESTER_REGISTRY": "redis"},
 }
-ROLES = ("se", "nginx", *GATEWAY_VARIANTS, "baseline")
+ROLES = ("se", "nginx", "redis", *GATEWAY_VARIANTS, "baseline")
+
+
+async def _announce(url: str, record: NodeAnnouncement) -> None:
+    client = redis_client(url, 5.0)
+    try:
+        await RedisNodeBook(client).announce(record, event="registered")
+    finally:
+        await client.aclose()
 
 
 class BenchStack:
@@ -94,11 +115,22 @@ class BenchStack:
             self._start("nginx", nginx(self.logdir, f"127.0.0.1:{se.port}"))
         return self._servers["nginx"]
 
+    def redis(self) -> ServerProcess:
+        """A redis-server holding the SE's node record (as an operator would add it)."""
+        if "redis" not in self._servers:
+            se = self.se()
+            server = self._start("redis", redis_server(self.logdir))
+            record = NodeAnnouncement(id=se.name, url=se.url, mode="rw")
+            asyncio.run(_announce(f"redis://127.0.0.1:{server.port}/0", record))
+        return self._servers["redis"]
+
     def gateway(self, role: str = "gateway") -> ServerProcess:
         """The gateway (`gateway`, `INGESTER_WORKERS=1`) or one of `GATEWAY_VARIANTS`."""
         if role not in self._servers:
             se = self.se()
             env = {**self.gateway_env, **GATEWAY_VARIANTS[role]}
+            if env.get("INGESTER_REGISTRY") == "redis":
+                env["INGESTER_REDIS_URL"] = f"redis://127.0.0.1:{self.redis().port}/0"
             self._start(
                 role,
                 gateway(self.logdir, self.public_key, [se_entry(se)], env=env, name=role),
@@ -130,6 +162,8 @@ class BenchStack:
             return self.se()
         if role == "nginx":
             return self.nginx()
+        if role == "redis":
+            return self.redis()
         if role == "baseline":
             return self.baseline()
         return self.gateway(role)
