@@ -170,17 +170,19 @@ class UploadEndpoint:
                 saga = None  # the id is another upload's: its entry is not ours to close
                 raise ApiError(409, "upload_id_in_use", "X-Upload-Id is already in use")
             result = await saga.run(pieces, after_data)
-            if body.client_gone:
+            if await body.client_gone():
                 # Nobody will see the 201: keep no file that no one knows was stored.
                 await saga.undo()
                 raise ClientDisconnected()
             saga.progress.state = "stored"
             saga.progress.finished_at = iso_utc(time.time())
             await send_json(send, 201, _encoder.encode(result), ex.response_headers)
-            gw.metrics.compression_ratio.labels(result.compression_algorithm).observe(
+            gw.metrics.child(gw.metrics.compression_ratio, result.compression_algorithm).observe(
                 result.compression_ratio
             )
-            gw.metrics.bytes_out.labels(result.storage_element_id).inc(result.stored_size)
+            gw.metrics.child(gw.metrics.bytes_out, result.storage_element_id).inc(
+                result.stored_size
+            )
             gw.log.info(
                 "upload_stored",
                 request_id=ex.request_id,
@@ -209,11 +211,11 @@ class UploadEndpoint:
                 gw.progress.close(ex.upload_id)
                 node = saga.progress.storage_element_id
                 if node is not None:
-                    gw.metrics.node_uploads.labels(node, outcome).inc()
+                    gw.metrics.child(gw.metrics.node_uploads, node, outcome).inc()
             if body is not None:
                 gw.metrics.bytes_in.inc(body.bytes_received)
-            gw.metrics.uploads.labels(outcome, str(status)).inc()
-            gw.metrics.duration.labels(outcome).observe(time.perf_counter() - started)
+            gw.metrics.child(gw.metrics.uploads, outcome, str(status)).inc()
+            gw.metrics.child(gw.metrics.duration, outcome).observe(time.perf_counter() - started)
 
     @staticmethod
     def _mark_failed(saga: UploadSaga | None, message: str) -> None:

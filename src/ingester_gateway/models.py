@@ -36,11 +36,16 @@ _OPTION_NAMES = frozenset(UploadOptions.__struct_fields__) | {"storage_mode"}
 _metadata_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
+_second: list[object] = [None, ""]  # the last second formatted, and its text
+
+
 def iso_utc(timestamp: float) -> str:
-    """`2026-11-22T10:00:00.123Z` for a unix time."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + (
-        f".{int(timestamp * 1000) % 1000:03d}Z"
-    )
+    """`2026-11-22T10:00:00.123Z` for a unix time (the seconds part is formatted once
+    per second: a few of these are made for every upload)."""
+    second = int(timestamp)
+    if _second[0] != second:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int(timestamp * 1000) % 1000:03d}Z"
 
 
 def parse_upload_options(fields: Mapping[str, str]) -> UploadOptions:

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import uuid
+from typing import Any
 
 import msgspec
 import structlog
@@ -35,6 +36,7 @@ def request_id_from(header: bytes | None) -> str:
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.uploads = Counter(
             "ingester_uploads_total",
@@ -115,6 +117,15 @@ class Metrics:
             ["node"],
             registry=r,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: label values here come from small
+        sets (outcomes, statuses, nodes, codecs), and `labels()` validates and locks."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(self) -> bytes:
         """The exposition text; with several workers, all of theirs summed up."""

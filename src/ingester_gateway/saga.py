@@ -103,10 +103,13 @@ def choose_codec(
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)?")  # already safe
 
 
 def safe_filename(name: str) -> str:
     """An ASCII basename the SE can store and serve back (the original stays ours)."""
+    if _PLAIN.fullmatch(name):
+        return name
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     stem, _, extension = base.rpartition(".")
     if not stem.strip("."):  # ".hidden", "..": no extension to keep apart
@@ -121,10 +124,13 @@ def _ascii_word(text: str) -> str:
     return _UNSAFE.sub("_", text).strip("._")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def validate_filename(name: str) -> str:
     if not name or len(name) > 1024:
         raise ApiError(400, "invalid_filename", "filename must be 1 to 1024 characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if _CONTROL.search(name):
         raise ApiError(400, "invalid_filename", "filename contains control characters")
     return name
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 import aiohttp
 import msgspec
+import yarl
 
 from ingester_gateway.models import StorageUploadReply
 from ingester_gateway.registry import NodeRecord
@@ -139,6 +140,7 @@ class StorageClient:
         self._short_timeout = aiohttp.ClientTimeout(
             total=connect_timeout + 5, connect=connect_timeout
         )
+        self._upload_urls: dict[str, yarl.URL] = {}
 
     async def upload(
         self,
@@ -147,7 +149,7 @@ class StorageClient:
         content_type: str,
         headers: dict[str, str],
     ) -> StorageUploadReply:
-        url = node.url.rstrip("/") + "/api/v1/files/upload"
+        url = self._upload_url(node)
         send_headers = {**headers, "Content-Type": content_type}
         try:
             async with self._session.post(
@@ -170,6 +172,15 @@ class StorageClient:
             return _reply_decoder.decode(raw)
         except msgspec.DecodeError as exc:
             raise UpstreamError("protocol", f"{node.id} sent an unusable reply: {exc}") from None
+
+    def _upload_url(self, node: NodeRecord) -> yarl.URL:
+        """Parsed once per node URL, not once per upload."""
+        url = self._upload_urls.get(node.url)
+        if url is None:
+            url = self._upload_urls[node.url] = yarl.URL(
+                node.url.rstrip("/") + "/api/v1/files/upload"
+            )
+        return url
 
     async def delete(self, node: NodeRecord, file_id: str, headers: dict[str, str]) -> bool:
         """Remove a stored file: the gc route (any mode, service accounts), then the

@@ -12,7 +12,7 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
 from ingester_gateway.errors import ApiError
 
@@ -48,7 +48,7 @@ class RequestBody:
         self.fully_received = False
         self.timed_out = False
         self._waiting_since: float | None = None
-        self._after_body: asyncio.Future[Any] | None = None
+        self._gone = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._pieces()
@@ -73,7 +73,7 @@ class RequestBody:
                 more = message.get("more_body", False)
                 self.fully_received = not more
                 if not more:
-                    self._watch_after_body()
+                    await self._keep_reading()
                 if piece:
                     self.bytes_received += len(piece)
                     if self.bytes_received > self._limit:
@@ -98,25 +98,33 @@ class RequestBody:
         finally:
             watchdog.discard(self)
 
-    def _watch_after_body(self) -> None:
-        # Once the body is in, the next receive() returns only when the response is
-        # out or the client has gone: which of the two comes first tells if anyone
-        # is still there to hear the answer. It must start now, not when the answer is
-        # ready: only a pending receive() keeps uvicorn reading (flow control may have
-        # paused it), and so only it sees a client's FIN in time. (A task per upload,
-        # ~15 us; a zero-timeout receive() at the end was tried and misses the FIN.)
-        self._after_body = asyncio.ensure_future(self._receive())
+    async def _poll(self) -> Message | None:
+        """One `receive()` that does not wait: a message if one is there, else None."""
+        try:
+            async with asyncio.timeout(0):
+                return await self._receive()
+        except TimeoutError:
+            return None
 
-    @property
-    def client_gone(self) -> bool:
-        """The client left after its body was complete, before any answer."""
-        watch = self._after_body
-        return (
-            watch is not None
-            and watch.done()
-            and not watch.cancelled()
-            and watch.result().get("type") == "http.disconnect"
-        )
+    async def _keep_reading(self) -> None:
+        # The body is in. uvicorn's receive() resumes reading before it waits, and the
+        # last body data may have paused it again (flow control): a client's FIN would
+        # then go unread until the next receive(). One that does not wait, now, keeps
+        # the connection read while the SE stores the upload.
+        message = await self._poll()
+        if message is not None and message.get("type") == "http.disconnect":
+            self._gone = True
+
+    async def client_gone(self) -> bool:
+        """Has the client left since its body was complete (so no one will read an
+        answer)? After the body, receive() returns only for a disconnect."""
+        if self._gone:
+            return True
+        if not self.fully_received:
+            return False
+        message = await self._poll()
+        self._gone = message is not None and message.get("type") == "http.disconnect"
+        return self._gone
 
     def idle_for(self, now: float) -> float:
         since = self._waiting_since
