@@ -11,6 +11,7 @@ import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ingester_gateway.config import ConfigError, Settings, load_settings, parse_size
 
@@ -72,7 +73,6 @@ def _run_uvicorn(settings: Settings) -> None:
 
 
 def _storage_element(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from ingester_gateway.auth import StaticKeySource, TokenVerifier
     from ingester_gateway.observability import configure_logging
@@ -104,17 +104,7 @@ def _storage_element(args: argparse.Namespace) -> int:
         priority=args.priority,
         registration=registration,
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-    )
+    _run_plain(app, args.host, args.port, log_config=None)
     return 0
 
 
@@ -153,7 +143,6 @@ def _seconds(text: str) -> float:
 
 
 def _token_service(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from ingester_gateway.token_service import ServiceClient, TokenServiceApp
 
@@ -163,18 +152,25 @@ def _token_service(args: argparse.Namespace) -> int:
         ttl=args.ttl,
         kid=args.kid,
     )
+    _run_plain(app, args.host, args.port, log_level="warning")
+    return 0
+
+
+def _run_plain(app: Any, host: str, port: int, **logging: Any) -> None:
+    """A reference server (SE, token service): one process, no access log."""
+    import uvicorn
+
     uvicorn.run(
         app,
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
         loop="uvloop",
         http="httptools",
         lifespan="on",
         access_log=False,
-        log_level="warning",
         server_header=False,
+        **logging,
     )
-    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from starlette.types import Receive, Scope, Send
 
+from ingester_gateway.asgi import send_json
 from ingester_gateway.auth import Principal
 from ingester_gateway.errors import ApiError, ErrorDetail, ErrorEnvelope, bad_request
 from ingester_gateway.gateway import Gateway
@@ -99,23 +100,6 @@ def _upload_id_from(header: bytes | None) -> str:
         if valid_upload_id(text):
             return text
     return uuid.uuid4().hex
-
-
-async def send_json(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def error_body(error: ApiError, request_id: str) -> bytes:

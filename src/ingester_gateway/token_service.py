@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from starlette.types import Receive, Scope, Send
 
+from ingester_gateway.asgi import send_json
 from ingester_gateway.tokens import mint_token
 
 MAX_BODY = 16 * 1024
@@ -88,14 +89,14 @@ class TokenServiceApp:
             return
         path, method = scope["path"], scope["method"]
         if path in ("/health/live", "/health/ready"):
-            await _reply(send, 200, _encoder.encode({"status": "ok"}))
+            await send_json(send, 200, _encoder.encode({"status": "ok"}))
         elif path == "/.well-known/jwks.json" and method == "GET":
-            await _reply(send, 200, self._jwks)
+            await send_json(send, 200, self._jwks)
         elif path == "/api/v1/auth/token" and method == "POST":
             status, payload = self._issue(await _read_body(receive))
-            await _reply(send, status, _encoder.encode(payload))
+            await send_json(send, status, _encoder.encode(payload))
         else:
-            await _reply(send, 404, _encoder.encode({"detail": "Not Found"}))
+            await send_json(send, 404, _encoder.encode({"detail": "Not Found"}))
 
     def _issue(self, body: bytes | None) -> tuple[int, dict[str, Any]]:
         if body is None:
@@ -137,17 +138,3 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-async def _reply(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from starlette.types import Receive, Scope, Send
 
+from ingester_gateway.asgi import send_json
 from ingester_gateway.auth import Principal, TokenVerifier
 from ingester_gateway.errors import ApiError
 from ingester_gateway.pipeline.blocks import coalesce
@@ -328,15 +329,4 @@ def _new_id() -> str:
 
 
 async def _json(send: Send, status: int, payload: Any) -> None:
-    body = _encoder.encode(payload)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, _encoder.encode(payload))
