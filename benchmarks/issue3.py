@@ -30,7 +30,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from benchmarks.procstat import (
     process_tree,
     reset_hwm,
     rss_bytes,
+    run_measured,
     tree_cpu_seconds,
 )
 from benchmarks.scenarios import (
@@ -285,16 +285,7 @@ def loadgen(
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     out_path = bench.scratch / f"loadgen-{key}.json"
     with RssSampler(gateway_root) as sampler, open(out_path, "wb") as out:
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, cwd=ROOT, env=env)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc, wall, usage = run_measured(argv, stdout=out, cwd=ROOT, env=env)
     after = {role: tree_cpu_seconds(pid) for role, pid in roots.items()}
     if proc.returncode != 0:
         raise RuntimeError(f"{key}: loadgen exited {proc.returncode}")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -171,3 +173,19 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
 def main_thread_share(pid: int, before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds of the main thread (tid == pid: the event loop) between two readings."""
     return after.get(pid, 0.0) - before.get(pid, 0.0)
+
+
+def run_measured(argv: list[str], **popen: Any) -> tuple[subprocess.Popen[bytes], float, Any]:
+    """Run `argv` to its end: the finished process, its wall time, and its rusage
+    (user+sys of that process alone, from wait4)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, **popen)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc, wall, usage

@@ -9,9 +9,7 @@ full registry (`issue3.ALL`), and their table rows in `report.FIGURES`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from benchmarks.procstat import (
     main_thread_share,
     process_tree,
     reset_hwm,
+    run_measured,
     thread_cpu_seconds,
     tree_cpu_seconds,
     tree_sys_seconds,
@@ -172,16 +171,7 @@ def curl_upload(
         if sampler is not None:
             sampler.__enter__()
         try:
-            started = time.perf_counter()
-            proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE)
-            try:
-                _, status, usage = os.wait4(proc.pid, 0)
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            wall = time.perf_counter() - started
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            proc, wall, usage = run_measured(argv, stdin=stdin, stdout=subprocess.PIPE)
         finally:
             if sampler is not None:
                 sampler.__exit__(None, None, None)
