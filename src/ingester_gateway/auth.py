@@ -328,7 +328,3 @@ def _claims_message(text: str) -> str:
     if "issuer" in lowered:
         return "token issuer does not match"
     return "invalid token claims"
-
-
-def rank_of(role: str) -> int:
-    return ROLE_RANK.get(role, 0)

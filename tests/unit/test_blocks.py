@@ -1,11 +1,11 @@
-"""coalesce: body pieces into blocks of at least the block size, nothing lost or split."""
+"""BlockReader: body pieces into blocks of at least the block size, nothing lost or split."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingester_gateway.pipeline.blocks import BlockReader, coalesce
+from ingester_gateway.pipeline.blocks import BlockReader
 from tests.unit.support import collect, pieces_of, run
 
 
@@ -16,7 +16,7 @@ from tests.unit.support import collect, pieces_of, run
 def test_blocks_preserve_the_bytes_and_are_cut_as_soon_as_they_are_full(
     pieces: list[bytes], block_size: int
 ) -> None:
-    blocks = run(collect(coalesce(pieces_of(pieces), block_size)))
+    blocks = run(collect(BlockReader(pieces_of(pieces), block_size)))
 
     assert b"".join(blocks) == b"".join(pieces)
     assert all(len(block) >= block_size for block in blocks[:-1])
@@ -33,16 +33,16 @@ def test_blocks_preserve_the_bytes_and_are_cut_as_soon_as_they_are_full(
 
 def test_a_piece_that_fills_a_block_alone_is_passed_on_uncopied() -> None:
     big = b"x" * 4096
-    [block] = run(collect(coalesce(pieces_of([big]), 1024)))
+    [block] = run(collect(BlockReader(pieces_of([big]), 1024)))
     assert block is big
 
 
 def test_no_pieces_give_no_blocks() -> None:
-    assert run(collect(coalesce(pieces_of([]), 1024))) == []
+    assert run(collect(BlockReader(pieces_of([]), 1024))) == []
 
 
 def test_small_pieces_are_joined_into_one_block() -> None:
-    blocks = run(collect(coalesce(pieces_of([b"ab", b"c", b"def", b"g"]), 4)))
+    blocks = run(collect(BlockReader(pieces_of([b"ab", b"c", b"def", b"g"]), 4)))
     assert blocks == [b"abcdef", b"g"]
 
 

@@ -52,8 +52,3 @@ class BlockReader:
         if not held:
             return None
         return held[0] if len(held) == 1 else b"".join(held)
-
-
-def coalesce(pieces: AsyncIterable[bytes], block_size: int) -> BlockReader:
-    """Blocks of `block_size` from `pieces` (see BlockReader)."""
-    return BlockReader(pieces, block_size)

@@ -71,9 +71,6 @@ class RedisWatchedRegistry:
             return True
         return self._clock() - self._last_ok > 3 * self._interval
 
-    def last_refresh(self) -> float | None:
-        return self._last_ok
-
     async def refresh(self) -> bool:
         try:
             self._nodes = await self._load(self._redis)

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from ingester_gateway.asgi import send_json
 from ingester_gateway.auth import Principal, TokenVerifier
 from ingester_gateway.errors import ApiError
-from ingester_gateway.pipeline.blocks import coalesce
+from ingester_gateway.pipeline.blocks import BlockReader
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
 from ingester_gateway.redis_io import redis_client
@@ -171,7 +171,7 @@ class StorageElementApp:
                 filename = part.filename or filename
                 file_type = part.content_type or file_type
                 partial = self.store.begin(file_id)
-                async for block in coalesce(_stamp_first(reader.iter_data(), first_byte), BLOCK):
+                async for block in BlockReader(_stamp_first(reader.iter_data(), first_byte), BLOCK):
                     await loop.run_in_executor(self.executor, partial.write, block)
             if partial is None:
                 raise SeError(400, "no file part")

@@ -198,9 +198,6 @@ class FileStore:
         self.fsync_dir()
         return True
 
-    def list_ids(self) -> list[str]:
-        return sorted(p.name[: -len(".attr.json")] for p in self.files.glob("*.attr.json"))
-
     def partials(self) -> list[str]:
         return sorted(p.name for p in self.tmp.iterdir())
 
