@@ -13,7 +13,7 @@ JSON object on stdout.
   `brotli.Compressor(quality)`, `zlib.compressobj(level, DEFLATED, 31)`) — the same
   objects and settings the gateway uses; `wall_s` / `cpu_s` cover the loop (reading a
   tmpfs file into a reused buffer costs ~1 % of it).
-- `jwt`: `ingester_gateway.auth.TokenVerifier.verify_header` on the same token `count`
+- `jwt`: `ingester_gateway.auth.verify.TokenVerifier.verify_header` on the same token `count`
   times, with `cache_size=0` (an RS256 verify per request) and with the default cache.
 """
 
@@ -98,8 +98,8 @@ def codec(path: Path, name: str, level: int, threads: int) -> dict[str, Any]:
 
 
 def jwt_cost(private_pem: Path, public_pem: Path, count: int) -> dict[str, Any]:
-    from ingester_gateway.auth import StaticKeySource, TokenVerifier
-    from ingester_gateway.tokens import mint_token
+    from ingester_gateway.auth.verify import StaticKeySource, TokenVerifier
+    from ingester_gateway.reference.tokens import mint_token
 
     token = mint_token(private_pem.read_bytes(), sub="bench-jwt", ttl=3600)
     header = f"Bearer {token}".encode()

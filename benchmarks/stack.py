@@ -16,10 +16,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from ingester_gateway.redis_io import redis_client
-from ingester_gateway.registry.redis import NodeAnnouncement, RedisNodeBook
-from ingester_gateway.tokens import generate_keypair, mint_token
-from tests.servers import (
+from ingester_gateway.reference.processes import (
     ServerProcess,
     free_port,
     gateway,
@@ -28,6 +25,9 @@ from tests.servers import (
     se_entry,
     storage_element,
 )
+from ingester_gateway.reference.tokens import generate_keypair, mint_token
+from ingester_gateway.registry.redis import NodeAnnouncement, RedisNodeBook
+from ingester_gateway.runtime.redis_io import redis_client
 
 TOKEN_TTL = 6 * 3600
 BASELINES = Path(__file__).resolve().parent / "baselines"

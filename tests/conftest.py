@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from ingester_gateway.tokens import generate_keypair, mint_token
-from tests.servers import (
+from ingester_gateway.reference.processes import (
     ServerProcess,
     gateway,
     running,
@@ -25,6 +24,7 @@ from tests.servers import (
     storage_element,
     token_service,
 )
+from ingester_gateway.reference.tokens import generate_keypair, mint_token
 
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -1,3 +1,3 @@
-from ingester_gateway.cli import main
+from ingester_gateway.cli.main import main
 
 raise SystemExit(main())

@@ -22,9 +22,9 @@ from starlette.types import Message, Receive, Scope, Send
 from ingester_gateway.config import Settings
 from ingester_gateway.errors import ApiError, ErrorDetail, ErrorEnvelope
 from ingester_gateway.gateway import Gateway
-from ingester_gateway.handlers import FILES_PREFIX, UploadEndpoint, error_body
 from ingester_gateway.observability import get_logger, request_id_from
 from ingester_gateway.openapi import build_openapi
+from ingester_gateway.upload.endpoint import FILES_PREFIX, UploadEndpoint, error_body
 
 _encoder = msgspec.json.Encoder()
 _log = get_logger("ingester_gateway.app")

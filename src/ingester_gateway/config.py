@@ -192,7 +192,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def _check_public_key_file(path: str) -> None:
     """A key file that is missing or holds no RSA public key fails here, at start,
     with one line, rather than as a traceback when the app is built."""
-    from ingester_gateway.auth import load_rsa_public_key  # auth is heavier than config
+    from ingester_gateway.auth.verify import load_rsa_public_key  # auth is heavier than config
 
     name = PREFIX + "AUTH_PUBLIC_KEY_FILE"
     try:

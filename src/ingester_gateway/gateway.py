@@ -12,23 +12,20 @@ from pathlib import Path
 
 import aiohttp
 
-from ingester_gateway.auth import (
+from ingester_gateway.auth.credentials import CredentialError, ServiceAccount, UpstreamCredentials
+from ingester_gateway.auth.verify import (
     JwksKeySource,
     KeySource,
     StaticKeySource,
     TokenVerifier,
 )
-from ingester_gateway.backlog import CompensationBacklog
 from ingester_gateway.config import Settings
-from ingester_gateway.credentials import CredentialError, ServiceAccount, UpstreamCredentials
-from ingester_gateway.events import EventPublisher
-from ingester_gateway.journal import Journal
-from ingester_gateway.memory import IdleTrimmer
 from ingester_gateway.models import CodecName
 from ingester_gateway.observability import Metrics, get_logger
+from ingester_gateway.outbox.compensations import CompensationBacklog
+from ingester_gateway.outbox.events import EventPublisher
+from ingester_gateway.outbox.journal import Journal
 from ingester_gateway.pipeline.codecs import CompressionCodec, build_codecs
-from ingester_gateway.progress import ProgressBook
-from ingester_gateway.redis_io import redis_client
 from ingester_gateway.registry import NodeRecord, NodeRegistry, artstore
 from ingester_gateway.registry import redis as redis_registry
 from ingester_gateway.registry.directory import NodeDirectory
@@ -36,7 +33,10 @@ from ingester_gateway.registry.health import HealthProber
 from ingester_gateway.registry.static import StaticRegistry
 from ingester_gateway.registry.watch import RedisWatchedRegistry
 from ingester_gateway.resilience import BreakerPolicy, BreakerState, RetryPolicy
-from ingester_gateway.upstream import StorageClient
+from ingester_gateway.runtime.memory import IdleTrimmer
+from ingester_gateway.runtime.redis_io import redis_client
+from ingester_gateway.upload.progress import ProgressBook
+from ingester_gateway.upstream.client import StorageClient
 
 CIRCUIT_LEVEL = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 

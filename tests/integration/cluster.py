@@ -25,9 +25,7 @@ from typing import Any
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Answer, DevKeys, Stack, http_call
-from tests.integration.test_registry_write import redis_url
-from tests.servers import (
+from ingester_gateway.reference.processes import (
     ServerProcess,
     free_port,
     gateway,
@@ -36,6 +34,8 @@ from tests.servers import (
     storage_element,
     token_service,
 )
+from tests.conftest import Answer, DevKeys, Stack, http_call
+from tests.integration.test_registry_write import redis_url
 
 MiB = 2**20
 HEARTBEAT_INTERVAL = 0.3

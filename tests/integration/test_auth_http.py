@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from jose import jwt
 
+from ingester_gateway.reference.processes import ServerProcess, gateway, running, storage_element
 from tests.conftest import (
     Answer,
     DevKeys,
@@ -28,13 +29,7 @@ from tests.conftest import (
     http_call,
     multipart_form,
 )
-from tests.servers import (
-    ServerProcess,
-    StorageElementProxy,
-    gateway,
-    running,
-    storage_element,
-)
+from tests.faults import StorageElementProxy
 
 BODY = b"not for the storage element " * 64
 

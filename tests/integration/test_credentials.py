@@ -13,10 +13,9 @@ from typing import TypeVar
 import aiohttp
 import pytest
 
-from ingester_gateway.auth import JwksKeySource, Principal, StaticKeySource, TokenVerifier
-from ingester_gateway.credentials import CredentialError, ServiceAccount, UpstreamCredentials
-from tests.conftest import DevKeys, http_call
-from tests.servers import (
+from ingester_gateway.auth.credentials import CredentialError, ServiceAccount, UpstreamCredentials
+from ingester_gateway.auth.verify import JwksKeySource, Principal, StaticKeySource, TokenVerifier
+from ingester_gateway.reference.processes import (
     SERVICE_CLIENT,
     ServerProcess,
     gateway,
@@ -25,6 +24,7 @@ from tests.servers import (
     storage_element,
     token_service,
 )
+from tests.conftest import DevKeys, http_call
 
 
 @pytest.fixture(scope="module")

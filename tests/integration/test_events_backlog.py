@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
-from ingester_gateway.events import EVENT_TYPE
-from ingester_gateway.journal import FileEvent
+from ingester_gateway.outbox.events import EVENT_TYPE
+from ingester_gateway.outbox.journal import FileEvent
+from ingester_gateway.reference.processes import ServerProcess, free_port
 from tests.conftest import DevKeys, assert_error_envelope, http_call, multipart_form
+from tests.faults import StorageElementProxy
 from tests.integration.cluster import (
     AnswerLosingLink,
     Cluster,
@@ -36,7 +38,6 @@ from tests.integration.cluster import (
 )
 from tests.integration.test_failures import se_upload_reply, server_error, wrong_checksum
 from tests.integration.test_registry_write import eventually, nodes, redis_url
-from tests.servers import ServerProcess, StorageElementProxy, free_port
 
 STREAM = "file-events"
 LIMIT = 4 * MiB  # INGESTER_MAX_UPLOAD_BYTES of both gateways

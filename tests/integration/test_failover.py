@@ -14,7 +14,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from ingester_gateway.reference.processes import (
+    free_port,
+    gateway,
+    service_account_env,
+    storage_element,
+)
 from tests.conftest import DevKeys, assert_error_envelope, http_call
+from tests.faults import StorageElementProxy
 from tests.integration.cluster import (
     Cluster,
     MiB,
@@ -29,13 +36,6 @@ from tests.integration.cluster import (
 )
 from tests.integration.test_failures import se_upload_reply, server_error
 from tests.integration.test_registry_write import eventually, nodes, redis_url
-from tests.servers import (
-    StorageElementProxy,
-    free_port,
-    gateway,
-    service_account_env,
-    storage_element,
-)
 
 NODES = ("se-a", "se-b")
 

@@ -23,6 +23,14 @@ from pathlib import Path
 
 import pytest
 
+from ingester_gateway.reference.processes import (
+    ServerProcess,
+    gateway,
+    running,
+    service_account_env,
+    storage_element,
+    token_service,
+)
 from tests.conftest import (
     Answer,
     DevKeys,
@@ -32,16 +40,7 @@ from tests.conftest import (
     multipart_form,
     start_stack,
 )
-from tests.servers import (
-    ReplyRewrite,
-    ServerProcess,
-    StorageElementProxy,
-    gateway,
-    running,
-    service_account_env,
-    storage_element,
-    token_service,
-)
+from tests.faults import ReplyRewrite, StorageElementProxy
 
 MiB = 2**20
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from ingester_gateway.reference.processes import ServerProcess, nginx
 from tests.conftest import Stack
 from tests.integration.roundtrip import stream_stored_digests
-from tests.servers import ServerProcess, nginx
 
 SIZE = 20 * 2**20
 

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from ingester_gateway.app import GatewayApp, build_app
 from ingester_gateway.config import load_settings
 from ingester_gateway.pipeline.sniff import sniff
+from ingester_gateway.reference.processes import ServerProcess, running, se_entry, storage_element
 from tests.conftest import DevKeys
 from tests.integration.roundtrip import CODECS, assert_result_matches
-from tests.servers import ServerProcess, running, se_entry, storage_element
 
 BLOCK_SIZE = 16 * 1024  # small blocks: a few hundred KiB make many, some past the thread hop
 MAX_PAYLOAD = 300 * 1024

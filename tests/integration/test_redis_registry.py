@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ingester_gateway.reference.processes import storage_element
 from ingester_gateway.registry.artstore import CHANNEL, DOCUMENT_KEY
 from tests.conftest import DevKeys, assert_error_envelope
 from tests.integration.cluster import (
@@ -26,7 +27,6 @@ from tests.integration.cluster import (
     registered_se,
 )
 from tests.integration.test_registry_write import eventually, nodes, redis_url
-from tests.servers import storage_element
 
 
 def stored_on(cluster: Cluster, keys: DevKeys, name: str = "r.bin") -> str | None:

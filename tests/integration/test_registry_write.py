@@ -16,7 +16,15 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from ingester_gateway.redis_io import redis_client
+from ingester_gateway.reference.processes import (
+    PYTHON,
+    ServerProcess,
+    free_port,
+    redis_server,
+    running,
+    storage_element,
+)
+from ingester_gateway.reference.storage_element.heartbeat import NodeHeartbeat
 from ingester_gateway.registry.redis import (
     CHANNEL,
     DRAINING,
@@ -25,16 +33,8 @@ from ingester_gateway.registry.redis import (
     NodeAnnouncement,
     RedisNodeBook,
 )
-from ingester_gateway.storage_element.heartbeat import NodeHeartbeat
+from ingester_gateway.runtime.redis_io import redis_client
 from tests.conftest import DevKeys, http_call, multipart_form
-from tests.servers import (
-    PYTHON,
-    ServerProcess,
-    free_port,
-    redis_server,
-    running,
-    storage_element,
-)
 
 T = TypeVar("T")
 TTL = 2.0

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from jose import jwk, jwt
 from jose.backends.base import Key
 
-from ingester_gateway.auth import (
+from ingester_gateway.auth.verify import (
     JwksKeySource,
     KeySource,
     Principal,
@@ -31,7 +31,7 @@ from ingester_gateway.auth import (
     load_rsa_public_key,
 )
 from ingester_gateway.errors import ApiError
-from ingester_gateway.tokens import generate_keypair, mint_token
+from ingester_gateway.reference.tokens import generate_keypair, mint_token
 from tests.conftest import DevKeys
 from tests.unit.support import run
 

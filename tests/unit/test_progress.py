@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ingester_gateway.models import UploadProgress
-from ingester_gateway.progress import ProgressBook
+from ingester_gateway.upload.progress import ProgressBook
 
 
 class Clock:

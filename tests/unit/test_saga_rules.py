@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ingester_gateway.errors import ApiError
 from ingester_gateway.models import CodecName, UploadOptions
 from ingester_gateway.pipeline.sniff import Sniffed
-from ingester_gateway.saga import choose_codec, safe_filename, validate_filename
+from ingester_gateway.upload.driver import choose_codec, safe_filename, validate_filename
 
 PLAIN = Sniffed("text/plain", compressed=False)
 PACKED = Sniffed("application/zip", compressed=True)

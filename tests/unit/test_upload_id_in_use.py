@@ -10,9 +10,9 @@ import pytest
 
 from ingester_gateway.config import load_settings
 from ingester_gateway.gateway import Gateway
-from ingester_gateway.handlers import UploadEndpoint
 from ingester_gateway.models import UploadProgress
-from ingester_gateway.progress import ProgressBook
+from ingester_gateway.upload.endpoint import UploadEndpoint
+from ingester_gateway.upload.progress import ProgressBook
 from tests.conftest import DevKeys
 from tests.unit.support import run
 

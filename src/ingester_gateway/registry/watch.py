@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 
 from ingester_gateway.observability import get_logger
-from ingester_gateway.redis_io import REDIS_ERRORS
 from ingester_gateway.registry import NodeRecord
-from ingester_gateway.stopping import StopSignal, stop_tasks
+from ingester_gateway.runtime.redis_io import REDIS_ERRORS
+from ingester_gateway.runtime.stopping import StopSignal, stop_tasks
 
 Loader = Callable[[aioredis.Redis], Awaitable[list[NodeRecord]]]
 _log = get_logger("ingester_gateway.registry")

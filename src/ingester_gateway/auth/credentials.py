@@ -11,7 +11,7 @@ from collections.abc import Callable
 import aiohttp
 import msgspec
 
-from ingester_gateway.auth import Principal
+from ingester_gateway.auth.verify import Principal
 
 
 class CredentialError(Exception):

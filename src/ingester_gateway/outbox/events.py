@@ -11,9 +11,9 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from ingester_gateway.journal import FileEvent, Journal, PendingEvent
 from ingester_gateway.models import UploadResult
-from ingester_gateway.redis_io import REDIS_ERRORS
+from ingester_gateway.outbox.journal import FileEvent, Journal, PendingEvent
+from ingester_gateway.runtime.redis_io import REDIS_ERRORS
 
 EVENT_TYPE = "file.uploaded"
 SENT_MARKER = "ingester:event-sent:{}"

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingester_gateway.observability import get_logger
-from ingester_gateway.redis_io import REDIS_ERRORS
 from ingester_gateway.registry.redis import NODE_KEY, Event, NodeAnnouncement, RedisNodeBook
 from ingester_gateway.resilience import RetryPolicy
+from ingester_gateway.runtime.redis_io import REDIS_ERRORS
 
-_log = get_logger("ingester_gateway.storage_element")
+_log = get_logger("ingester_gateway.reference.storage_element")
 REDIS_TIMEOUT = 0.5  # seconds any one heartbeat command may take
 
 

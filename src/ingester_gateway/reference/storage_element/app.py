@@ -18,16 +18,17 @@ from typing import Any
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from ingester_gateway.asgi import send_json
-from ingester_gateway.auth import Principal, TokenVerifier
+from ingester_gateway.auth.verify import Principal, TokenVerifier
 from ingester_gateway.errors import ApiError
 from ingester_gateway.pipeline.blocks import BlockReader
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
-from ingester_gateway.redis_io import redis_client
-from ingester_gateway.registry.redis import NodeAnnouncement, RedisNodeBook
-from ingester_gateway.storage_element.heartbeat import REDIS_TIMEOUT, NodeHeartbeat, Registration
-from ingester_gateway.storage_element.store import (
+from ingester_gateway.reference.storage_element.heartbeat import (
+    REDIS_TIMEOUT,
+    NodeHeartbeat,
+    Registration,
+)
+from ingester_gateway.reference.storage_element.store import (
     FileAttributes,
     FileExists,
     FileStore,
@@ -35,6 +36,9 @@ from ingester_gateway.storage_element.store import (
     StoreFull,
     valid_file_id,
 )
+from ingester_gateway.registry.redis import NodeAnnouncement, RedisNodeBook
+from ingester_gateway.runtime.asgi import send_json
+from ingester_gateway.runtime.redis_io import redis_client
 
 WRITABLE = frozenset({"edit", "rw"})
 BLOCK = 1 << 20

@@ -74,11 +74,11 @@ def _run_uvicorn(settings: Settings) -> None:
 
 def _storage_element(args: argparse.Namespace) -> int:
 
-    from ingester_gateway.auth import StaticKeySource, TokenVerifier
+    from ingester_gateway.auth.verify import StaticKeySource, TokenVerifier
     from ingester_gateway.observability import configure_logging
-    from ingester_gateway.storage_element.app import StorageElementApp
-    from ingester_gateway.storage_element.heartbeat import Registration
-    from ingester_gateway.storage_element.store import FileStore
+    from ingester_gateway.reference.storage_element.app import StorageElementApp
+    from ingester_gateway.reference.storage_element.heartbeat import Registration
+    from ingester_gateway.reference.storage_element.store import FileStore
 
     registration = None
     if args.redis_url is not None:
@@ -112,7 +112,7 @@ def _nodes(args: argparse.Namespace) -> int:
     if not args.redis_url:
         print("ingester-gateway nodes: give --redis-url or set INGESTER_REDIS_URL", file=sys.stderr)
         return 2
-    from ingester_gateway.nodes_cli import run_nodes
+    from ingester_gateway.cli.nodes import run_nodes
 
     return run_nodes(args)
 
@@ -144,7 +144,7 @@ def _seconds(text: str) -> float:
 
 def _token_service(args: argparse.Namespace) -> int:
 
-    from ingester_gateway.token_service import ServiceClient, TokenServiceApp
+    from ingester_gateway.reference.token_service import ServiceClient, TokenServiceApp
 
     app = TokenServiceApp(
         Path(args.private_key).read_bytes(),
@@ -174,7 +174,7 @@ def _run_plain(app: Any, host: str, port: int, **logging: Any) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from ingester_gateway.tokens import generate_keypair
+    from ingester_gateway.reference.tokens import generate_keypair
 
     private, public = generate_keypair(args.out)
     print(f"wrote {private} and {public}")
@@ -182,7 +182,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from ingester_gateway.tokens import mint_token
+    from ingester_gateway.reference.tokens import mint_token
 
     pem = Path(args.private_key).read_bytes()
     print(
@@ -194,7 +194,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from ingester_gateway.devrun import run_dev
+    from ingester_gateway.reference.devrun import run_dev
 
     return run_dev(Path(args.data_dir), args.port, args.se_port, args.se_port + 1)
 

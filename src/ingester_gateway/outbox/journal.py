@@ -17,7 +17,7 @@ import msgspec
 
 from ingester_gateway.observability import get_logger
 
-_log = get_logger("ingester_gateway.journal")
+_log = get_logger("ingester_gateway.outbox.journal")
 COMPACT_AT_BYTES = 1 << 20
 
 

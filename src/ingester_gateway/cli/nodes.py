@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from ingester_gateway.redis_io import REDIS_ERRORS, redis_client
 from ingester_gateway.registry.redis import NODE_KEY, NodeAnnouncement, RedisNodeBook
+from ingester_gateway.runtime.redis_io import REDIS_ERRORS, redis_client
 
 REDIS_TIMEOUT = 2.0  # seconds; an operator waits for an answer, not for a hung Redis
 

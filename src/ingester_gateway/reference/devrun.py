@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ingester_gateway.tokens import generate_keypair, mint_token
+from ingester_gateway.reference.tokens import generate_keypair, mint_token
 
 
 def wait_ready(

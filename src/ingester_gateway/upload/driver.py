@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ingester_gateway.auth import Principal
-from ingester_gateway.credentials import CredentialError
+from ingester_gateway.auth.credentials import CredentialError
+from ingester_gateway.auth.verify import Principal
 from ingester_gateway.errors import ApiError, unavailable
-from ingester_gateway.events import EventsUnavailable
 from ingester_gateway.models import (
     CodecName,
     StorageUploadReply,
@@ -40,6 +39,7 @@ from ingester_gateway.models import (
     UploadResult,
     iso_utc,
 )
+from ingester_gateway.outbox.events import EventsUnavailable
 from ingester_gateway.pipeline.blocks import BlockReader
 from ingester_gateway.pipeline.codecs import CompressionCodec
 from ingester_gateway.pipeline.encode import BlockEncoder
@@ -53,7 +53,7 @@ from ingester_gateway.pipeline.sniff import (
     sniff,
 )
 from ingester_gateway.registry import NodeRecord
-from ingester_gateway.upstream import MultipartFraming, UpstreamError
+from ingester_gateway.upstream.client import MultipartFraming, UpstreamError
 
 if TYPE_CHECKING:
     from ingester_gateway.gateway import Gateway

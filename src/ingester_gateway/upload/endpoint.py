@@ -17,8 +17,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from ingester_gateway.asgi import send_json
-from ingester_gateway.auth import Principal
+from ingester_gateway.auth.verify import Principal
 from ingester_gateway.errors import ApiError, ErrorDetail, ErrorEnvelope, bad_request
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.models import iso_utc, parse_upload_options
@@ -26,8 +25,9 @@ from ingester_gateway.observability import request_id_from
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drain_body
 from ingester_gateway.pipeline.digest import claimed_sha256
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
-from ingester_gateway.progress import valid_upload_id
-from ingester_gateway.saga import UploadRequest, UploadSaga, validate_filename
+from ingester_gateway.runtime.asgi import send_json
+from ingester_gateway.upload.driver import UploadRequest, UploadSaga, validate_filename
+from ingester_gateway.upload.progress import valid_upload_id
 
 Outcome = Literal["stored", "rejected", "failed", "aborted"]
 

@@ -23,12 +23,12 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import redis.asyncio as aioredis
 
-from ingester_gateway.events import EventPublisher
-from ingester_gateway.journal import Journal, PendingCompensation, PendingEvent
 from ingester_gateway.observability import Metrics, get_logger
-from ingester_gateway.redis_io import REDIS_ERRORS
+from ingester_gateway.outbox.events import EventPublisher
+from ingester_gateway.outbox.journal import Journal, PendingCompensation, PendingEvent
 from ingester_gateway.registry import NodeRecord
-from ingester_gateway.stopping import StopSignal, stop_tasks
+from ingester_gateway.runtime.redis_io import REDIS_ERRORS
+from ingester_gateway.runtime.stopping import StopSignal, stop_tasks
 
 BACKLOG = "ingester:compensations"
 ATTEMPTS = "ingester:compensations:attempts"
@@ -41,7 +41,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-_log = get_logger("ingester_gateway.backlog")
+_log = get_logger("ingester_gateway.outbox.compensations")
 _item = msgspec.json.Decoder(PendingCompensation)
 
 # Deletes a file on a node: True once it is gone (or never was there).

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from starlette.types import Receive, Scope, Send
 
-from ingester_gateway.asgi import send_json
-from ingester_gateway.tokens import mint_token
+from ingester_gateway.reference.tokens import mint_token
+from ingester_gateway.runtime.asgi import send_json
 
 MAX_BODY = 16 * 1024
 
