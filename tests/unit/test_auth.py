@@ -33,7 +33,7 @@ from ingester_gateway.auth.verify import (
 from ingester_gateway.errors import ApiError
 from ingester_gateway.reference.tokens import generate_keypair, mint_token
 from tests.conftest import DevKeys
-from tests.unit.support import run
+from tests.kit import run
 
 
 class Clock:

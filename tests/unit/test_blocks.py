@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingester_gateway.pipeline.blocks import BlockReader
-from tests.unit.support import collect, pieces_of, run
+from tests.kit import collect, pieces_of, run
 
 
 @given(

@@ -11,7 +11,7 @@ import pytest
 
 from ingester_gateway.errors import ApiError
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drain_body
-from tests.unit.support import run
+from tests.kit import run
 
 Message = dict[str, Any]
 

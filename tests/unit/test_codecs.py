@@ -20,7 +20,7 @@ from ingester_gateway.pipeline.codecs import (
     ZstdCodec,
     build_codecs,
 )
-from tests.unit.support import split_at
+from tests.kit import split_at
 
 
 def decompress(name: str, stored: bytes) -> bytes:

@@ -16,7 +16,7 @@ from ingester_gateway.pipeline.multipart import (
     PartHeader,
     boundary_from,
 )
-from tests.unit.support import pieces_of, run, split_at
+from tests.kit import pieces_of, run, split_at
 
 # RFC 2046 boundary characters (a space is allowed too, but not last; left out here).
 BCHARS = string.ascii_letters + string.digits + "'()+_,-./:=?"

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from ingester_gateway.pipeline.relay import NotReplayable, Relay
-from tests.unit.support import run
+from tests.kit import run
 
 
 async def read_all(relay: Relay) -> list[bytes]:

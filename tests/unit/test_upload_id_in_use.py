@@ -14,7 +14,7 @@ from ingester_gateway.models import UploadProgress
 from ingester_gateway.upload.endpoint import UploadEndpoint
 from ingester_gateway.upload.progress import ProgressBook
 from tests.conftest import DevKeys
-from tests.unit.support import run
+from tests.kit import run
 
 
 class Clock:

@@ -1,4 +1,7 @@
-"""Small helpers for driving async pure code from synchronous tests."""
+"""The tests' shared kit: driving async code from synchronous tests, a fake clock.
+
+Every test module takes its helpers from here (or from `tests/stack.py` for servers),
+never from a `test_*` module or from conftest."""
 
 from __future__ import annotations
 
@@ -33,3 +36,16 @@ def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
     points = sorted({c for c in cuts if 0 < c < len(data)})
     bounds = [0, *points, len(data)]
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+class FakeClock:
+    """A clock that moves only when told: `clock()` reads it, `clock.advance(s)` moves it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
