@@ -13,11 +13,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from ingester_gateway.models import CodecName, NodeMode
+
 PREFIX = "INGESTER_"
 
-Role = Literal["user", "operator", "admin"]
-Codec = Literal["zstd", "brotli", "gzip", "none"]
-NodeMode = Literal["edit", "rw", "ro", "ar"]
+Role = Literal["user", "operator", "admin"]  # ranked: the least role that may upload
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
@@ -75,7 +75,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     block_size: Annotated[int, msgspec.Meta(ge=2**12, le=2**26)] = 2**20
     # Blocks in flight across all uploads; blocks shrink (to 64 KiB) to stay within it.
     buffer_budget_bytes: Annotated[int, msgspec.Meta(ge=2**20)] = 128 * 2**20
-    default_compression: Codec = "zstd"
+    default_compression: CodecName = "zstd"
     zstd_level: Annotated[int, msgspec.Meta(ge=-7, le=22)] = 3
     zstd_threads: Annotated[int, msgspec.Meta(ge=-1, le=64)] = -1  # -1: auto
     brotli_quality: Annotated[int, msgspec.Meta(ge=0, le=11)] = 4

@@ -20,6 +20,7 @@ from jose import jwk, jwt
 from jose.backends.base import Key
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
+from ingester_gateway import errors
 from ingester_gateway.errors import ApiError
 
 ALGORITHM = "RS256"
@@ -57,20 +58,17 @@ class Claims(msgspec.Struct):
 
 
 def _unauthorized(message: str) -> ApiError:
+    error = errors.UNAUTHORIZED(message)
     challenge = f'Bearer realm="ingester", error="invalid_token", error_description="{message}"'
-    return ApiError(401, "unauthorized", message, [(b"www-authenticate", challenge.encode())])
+    error.headers = [(b"www-authenticate", challenge.encode())]  # RFC 6750's detail
+    return error
 
 
-def _forbidden(message: str, code: str = "forbidden") -> ApiError:
-    return ApiError(403, code, message)
+def _forbidden(message: str) -> ApiError:
+    return errors.FORBIDDEN(message)
 
 
-MISSING_TOKEN = ApiError(
-    401,
-    "unauthorized",
-    "missing bearer token",
-    [(b"www-authenticate", b'Bearer realm="ingester"')],
-)
+MISSING_TOKEN = errors.UNAUTHORIZED("missing bearer token")
 
 
 def load_rsa_public_key(pem: bytes) -> Key:
@@ -307,7 +305,7 @@ class TokenVerifier:
         if claims.scope is not None:
             scopes = claims.scope.split() if isinstance(claims.scope, str) else claims.scope
             if WRITE_SCOPE not in scopes:
-                raise _forbidden(f"token lacks scope {WRITE_SCOPE}", "insufficient_scope")
+                raise errors.INSUFFICIENT_SCOPE(f"token lacks scope {WRITE_SCOPE}")
         return Principal(
             sub=claims.sub,
             role=claims.role,

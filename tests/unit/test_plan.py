@@ -1,4 +1,5 @@
-"""The pure rules of an upload: which codec, and what name the SE gets."""
+"""The plan of an upload (pure): which codec, what name the SE gets, content type,
+exact size, the allow-list."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from ingester_gateway.errors import ApiError
 from ingester_gateway.models import CodecName, UploadOptions
 from ingester_gateway.pipeline.sniff import Sniffed
-from ingester_gateway.upload.driver import choose_codec, safe_filename, validate_filename
+from ingester_gateway.upload.plan import check_filename, choose_codec, safe_filename
 
 PLAIN = Sniffed("text/plain", compressed=False)
 PACKED = Sniffed("application/zip", compressed=True)
@@ -83,14 +84,14 @@ def test_safe_filename_is_always_a_plain_ascii_basename(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["a.txt", "résumé.pdf", "日本語.txt", "../x", "x" * 1024])
-def test_validate_filename_keeps_a_valid_name_as_is(name: str) -> None:
-    assert validate_filename(name) == name
+def test_check_filename_keeps_a_valid_name_as_is(name: str) -> None:
+    assert check_filename(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "x" * 1025, "a\nb", "a\rb", "a\x00b", "tab\there", "\x7f"])
-def test_validate_filename_refuses_empty_long_or_control_characters(name: str) -> None:
+def test_check_filename_refuses_empty_long_or_control_characters(name: str) -> None:
     with pytest.raises(ApiError) as info:
-        validate_filename(name)
+        check_filename(name)
     assert (info.value.status, info.value.code) == (400, "invalid_filename")
 
 
