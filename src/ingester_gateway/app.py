@@ -20,13 +20,13 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from ingester_gateway import errors
+from ingester_gateway.api.openapi import build_openapi
+from ingester_gateway.api.uploads import FILES_PREFIX, UploadEndpoint
 from ingester_gateway.config import Settings
 from ingester_gateway.errors import ApiError, error_body
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.observability import get_logger, request_id_from
-from ingester_gateway.openapi import build_openapi
 from ingester_gateway.runtime.asgi import send_json
-from ingester_gateway.upload.endpoint import FILES_PREFIX, UploadEndpoint
 
 _encoder = msgspec.json.Encoder()
 _log = get_logger("ingester_gateway.app")
