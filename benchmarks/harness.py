@@ -19,9 +19,8 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
+from benchmarks.catalogue import SCENARIOS
 from benchmarks.datasets import Datasets
-from benchmarks.issue3 import ALL as SCENARIOS
-from benchmarks.issue3 import zstd_threads_supported
 from benchmarks.report import (
     ROLES,
     GiB,
@@ -40,8 +39,8 @@ from benchmarks.report import (
     targets_line,
     write_results,
 )
-from benchmarks.scenarios import Bench, Measurement, Options, Skipped
-from benchmarks.stack import GATEWAY_VARIANTS, BenchStack
+from benchmarks.scenario import Bench, Measurement, Options, Skipped
+from benchmarks.stack import GATEWAY_VARIANTS, BenchStack, zstd_threads_supported
 from ingester_gateway.config import parse_size
 
 HERE = Path(__file__).resolve().parent

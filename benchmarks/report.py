@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.scenarios import Measurement
+from benchmarks.scenario import Measurement
 
 MiB = 2**20
 GiB = 2**30

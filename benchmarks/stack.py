@@ -2,19 +2,23 @@
 same SE an nginx, the gateway (1 worker), further gateway instances (see
 `GATEWAY_VARIANTS`) and the FastAPI baseline of
 `baselines/`. Each is started on first use (`server(role)`) and all are stopped by
-`close()`, which the harness calls on every exit path."""
+`close()`, which the harness calls on every exit path. `gateway_settings()` reads the
+gateway's setting defaults as its servers see them."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import http.client
 import json
 import os
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from ingester_gateway.reference import processes
 from ingester_gateway.reference.processes import ServerProcess
@@ -23,6 +27,7 @@ from ingester_gateway.registry.redis import NodeAnnouncement, RedisNodeBook
 from ingester_gateway.runtime.redis_io import redis_client
 
 TOKEN_TTL = 6 * 3600
+ROOT = Path(__file__).resolve().parent.parent
 BASELINES = Path(__file__).resolve().parent / "baselines"
 # Further gateway instances: role -> settings on top of the main gateway's.
 # Instances with the same settings as `gateway` but a history of their own: the
@@ -40,6 +45,39 @@ GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
     "gateway-redis": {"INGESTER_REGISTRY": "redis"},
 }
 SERVER_ROLES = ("se", "nginx", "redis", *GATEWAY_VARIANTS, "baseline")
+
+_SETTINGS_PROBE = """
+import json, msgspec
+from ingester_gateway.config import Settings
+print(json.dumps({f.name: f.default for f in msgspec.structs.fields(Settings)
+                  if isinstance(f.default, (int, float, str, bool))}))
+"""
+
+
+@functools.cache
+def gateway_settings() -> dict[str, Any]:
+    """The gateway's setting defaults, read by a subprocess that imports the gateway the
+    way its servers do (so `--src` is honoured)."""
+    result: dict[str, Any] = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", _SETTINGS_PROBE],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+    )
+    return result
+
+
+def gateway_default(name: str) -> Any:
+    """The default of one gateway setting (the references use the same levels)."""
+    return gateway_settings()[name]
+
+
+def zstd_threads_supported() -> bool:
+    """Whether the gateway reads `INGESTER_ZSTD_THREADS` (unknown names are ignored)."""
+    return "zstd_threads" in gateway_settings()
 
 
 async def _announce(url: str, record: NodeAnnouncement) -> None:
