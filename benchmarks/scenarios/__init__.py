@@ -1,3 +1,4 @@
-"""The scenarios, one module per thing measured: `passthrough`, `codecs`, `multipart`,
-`registry`, `small_files`, `memory`, `first_byte`, `auth`. Each declares `SCENARIOS`
-(`scenario.Scenario`); `benchmarks/catalogue.py` collects them."""
+"""The scenarios and their figures, one module per thing measured: `passthrough`,
+`codecs`, `multipart`, `registry`, `small_files`, `memory`, `first_byte`, `auth`. Each
+declares `SCENARIOS` (`scenario.Scenario`) and `FIGURES` (`figure.Figure`);
+`benchmarks/catalogue.py` collects them, `benchmarks/targets.py` holds the targets."""

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from benchmarks.curl import gateway_upload
 from benchmarks.datasets import Datasets
+from benchmarks.figure import Figure, Reading
 from benchmarks.refwork import run_refwork
 from benchmarks.scenario import Bench, Measurement, Scenario, expect_equal
 from benchmarks.stack import gateway_default, zstd_threads_supported
+from benchmarks.summary import Summaries, human_size
 
 # -- through the gateway ---------------------------------------------------------------
 
@@ -115,4 +117,84 @@ SCENARIOS = (
         "once",
     ),
     Scenario("gref", "zlib (gzip) alone", run_gzip_ref, Datasets.text, (), "once", table="ref"),
+)
+
+
+# -- figures ---------------------------------------------------------------------------
+
+
+def zstd_vs_library(s: Summaries) -> Reading:
+    d, zref = s["d"], s["zref"]
+    return Reading(
+        f"2. zstd-3 on text {human_size(d.payload_bytes)}, MB/s: gateway (d, stores"
+        f" {d.extra('compression_ratio') or 0:.2f}x) / python-zstandard alone,"
+        f" 1 thread (zref, {zref.extra('compression_ratio') or 0:.2f}x)",
+        d.mb_s,
+        zref.mb_s,
+        "MB/s",
+        chart="zstd MB/s\ngateway / zstd alone",
+    )
+
+
+def zstd_threads2_vs_library(s: Summaries) -> Reading:
+    d2, zref = s["d2"], s["zref"]
+    honoured = all(m.extra.get("zstd_threads_supported") for m in d2.runs)
+    return Reading(
+        "2. zstd-3 MB/s: gateway with INGESTER_ZSTD_THREADS=2 (d2) / zstd alone, 1 thread"
+        + ("" if honoured else " — setting not in this tree, ran single-threaded"),
+        d2.mb_s,
+        zref.mb_s,
+        "MB/s",
+        chart="zstd MB/s, threads=2\ngateway / zstd alone",
+    )
+
+
+def zstd_threads2_both(s: Summaries) -> Reading:
+    return Reading(
+        "2. zstd-3 threads=2 MB/s: gateway (d2) / python-zstandard alone, threads=2 (zref2)",
+        s["d2"].mb_s,
+        s["zref2"].mb_s,
+        "MB/s",
+    )
+
+
+def zstd_cpu_vs_library(s: Summaries) -> Reading:
+    """What the gateway adds around the codec: two sha256, the loop."""
+    return Reading(
+        "2. zstd CPU-s per GiB: gateway (d) / zstd alone (zref)",
+        s["d"].cpu_per_gib("gateway"),
+        s["zref"].cpu_per_gib("ref"),
+        "s",
+    )
+
+
+def _vs_library(gateway_key: str, library_key: str, name: str) -> Figure:
+    """brotli and gzip: reported, with the compression each achieved (the gateway's stored
+    ratio can differ from the library's on 1 MiB blocks when it feeds smaller pieces)."""
+
+    def compute(s: Summaries) -> Reading:
+        through, alone = s[gateway_key], s[library_key]
+        level = alone.runs[0].extra.get("level")
+        return Reading(
+            f"2. {name}-{level} on text, MB/s: gateway ({gateway_key}, stores"
+            f" {through.extra('compression_ratio') or 0:.2f}x) / {name} alone ({library_key},"
+            f" {alone.extra('compression_ratio') or 0:.2f}x)",
+            through.mb_s,
+            alone.mb_s,
+            "MB/s",
+            chart=f"{name} MB/s\ngateway / {name} alone",
+        )
+
+    return Figure(f"codecs.{name}.mb_s.gateway_vs_library", (gateway_key, library_key), compute)
+
+
+FIGURES = (
+    Figure("codecs.zstd.mb_s.gateway_vs_library", ("d", "zref"), zstd_vs_library),
+    Figure(
+        "codecs.zstd.mb_s.threads2_gateway_vs_library", ("d2", "zref"), zstd_threads2_vs_library
+    ),
+    Figure("codecs.zstd.mb_s.threads2_both", ("d2", "zref2"), zstd_threads2_both),
+    Figure("codecs.zstd.cpu.gateway_vs_library", ("d", "zref"), zstd_cpu_vs_library),
+    _vs_library("br", "bref", "brotli"),
+    _vs_library("gz", "gref", "gzip"),
 )

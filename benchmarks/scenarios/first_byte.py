@@ -10,8 +10,10 @@ import json
 import urllib.request
 from typing import Any
 
+from benchmarks.figure import Figure, Reading
 from benchmarks.onthefly import upload_on_the_fly
 from benchmarks.scenario import Bench, Measurement, Scenario
+from benchmarks.summary import Summaries
 
 
 def se_first_byte_delay(bench: Bench, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -58,3 +60,22 @@ SCENARIOS = (
         table="onthefly",
     ),
 )
+
+
+def first_byte_delay(s: Summaries) -> Reading | None:
+    fb = s["fb"]
+    delay = fb.extra("first_byte_delay_ms")
+    if delay is None:
+        return None
+    return Reading(
+        "6. first body byte at the SE after the client's,"
+        f" client at {fb.extra('client_rate_mb_s'):.1f} MB/s",
+        delay,
+        None,
+        "ms",
+        kind="absolute",
+        chart="first byte delay ms",
+    )
+
+
+FIGURES = (Figure("first_byte.delay_ms", ("fb",), first_byte_delay),)

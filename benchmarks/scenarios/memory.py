@@ -10,8 +10,10 @@ the SE's copy.
 
 from __future__ import annotations
 
+from benchmarks.figure import Figure, Reading
 from benchmarks.onthefly import upload_on_the_fly
 from benchmarks.scenario import Bench, Measurement, Scenario
+from benchmarks.summary import MiB, Summaries, human_size
 
 
 def run_big(bench: Bench) -> Measurement:
@@ -56,4 +58,64 @@ SCENARIOS = (
         uses_payload=False,
         table="onthefly",
     ),
+)
+
+
+# -- figures ---------------------------------------------------------------------------
+
+
+def _one_upload(figure_key: str, key: str, label: str) -> Figure:
+    """Peak RSS during one upload of the tmpfs payload (issue 2's bar)."""
+
+    def compute(s: Summaries) -> Reading | None:
+        upload = s[key]
+        if upload.gateway_peak_rss is None:
+            return None
+        return Reading(
+            f"gateway peak RSS during a {human_size(upload.payload_bytes)} upload, {label}",
+            upload.gateway_peak_rss / MiB,
+            None,
+            "MiB",
+            kind="absolute",
+            chart=f"peak RSS MiB, 1 upload\n{label}",
+        )
+
+    return Figure(figure_key, (key,), compute)
+
+
+def big_upload(s: Summaries) -> Reading | None:
+    big = s["big"]
+    if big.gateway_peak_rss is None:
+        return None
+    return Reading(
+        f"5. gateway peak RSS, one {human_size(big.payload_bytes)} upload made on the fly",
+        big.gateway_peak_rss / MiB,
+        None,
+        "MiB",
+        kind="absolute",
+        chart=f"peak RSS MiB, {human_size(big.payload_bytes)}",
+    )
+
+
+def concurrent_uploads(s: Summaries) -> Reading | None:
+    conc = s["conc"]
+    if conc.gateway_peak_rss is None:
+        return None
+    run = conc.runs[0].extra
+    return Reading(
+        f"5. gateway peak RSS, {run['concurrency']} concurrent"
+        f" {human_size(run['size_each'])} uploads",
+        conc.gateway_peak_rss / MiB,
+        None,
+        "MiB",
+        kind="absolute",
+        chart=f"peak RSS MiB, {run['concurrency']} concurrent",
+    )
+
+
+FIGURES = (
+    _one_upload("memory.peak_rss.passthrough", "c", "pass-through (c)"),
+    _one_upload("memory.peak_rss.zstd", "d", "zstd (d)"),
+    Figure("memory.peak_rss.big", ("big",), big_upload),
+    Figure("memory.peak_rss.concurrent", ("conc",), concurrent_uploads),
 )

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from benchmarks.curl import curl_upload
 from benchmarks.datasets import Datasets
+from benchmarks.figure import Figure, Reading
 from benchmarks.scenario import Bench, Measurement, Scenario, expect_equal
+from benchmarks.summary import Summaries, human_size
 
 FIELDS = {"compression_algorithm": "none"}
 
@@ -47,3 +49,17 @@ SCENARIOS = (
         ("se", "gateway"),
     ),
 )
+
+
+def multipart_vs_raw(s: Summaries) -> Reading:
+    m, c = s["m"], s["c"]
+    return Reading(
+        f"3. multipart {human_size(m.payload_bytes)}, MB/s: gateway multipart (m) / raw PUT (c)",
+        m.mb_s,
+        c.mb_s,
+        "MB/s",
+        chart="multipart / raw PUT\nMB/s",
+    )
+
+
+FIGURES = (Figure("multipart.mb_s.multipart_vs_raw", ("m", "c"), multipart_vs_raw),)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from benchmarks.curl import curl_upload, gateway_upload
 from benchmarks.datasets import Datasets
+from benchmarks.figure import Figure, Reading
 from benchmarks.scenario import Bench, Measurement, Scenario, expect_equal
+from benchmarks.summary import Summaries, human_size
 
 
 def _se_upload(bench: Bench, key: str, url: str) -> Measurement:
@@ -53,4 +55,62 @@ SCENARIOS = (
     Scenario("a", "direct to the SE (multipart POST)", run_direct, _random_form),
     Scenario("b", "nginx -> SE (multipart POST)", run_nginx, _random_form),
     Scenario("c", "gateway -> SE, compression none (raw PUT)", run_gateway_none, Datasets.random),
+)
+
+
+# -- figures ---------------------------------------------------------------------------
+
+
+def mb_s_vs_nginx(s: Summaries) -> Reading:
+    c, b = s["c"], s["b"]
+    return Reading(
+        f"1. pass-through {human_size(c.payload_bytes)}, wall MB/s: gateway (c) / nginx (b)",
+        c.mb_s,
+        b.mb_s,
+        "MB/s",
+        chart="pass-through MB/s\ngateway / nginx",
+    )
+
+
+def mb_s_vs_direct(s: Summaries) -> Reading:
+    c, a = s["c"], s["a"]
+    return Reading(
+        f"1. pass-through {human_size(c.payload_bytes)}, wall MB/s:"
+        " gateway (c) / direct to the SE (a)",
+        c.mb_s,
+        a.mb_s,
+        "MB/s",
+    )
+
+
+def cpu_minus_sha256_vs_nginx(s: Summaries) -> Reading:
+    """The gateway must hash, nginx does not: the bare sha256 (`sha`, same run) is taken out."""
+    sha256_cpu = s["sha"].cpu_per_gib("ref")
+    return Reading(
+        f"1. pass-through CPU-s per GiB: (gateway (c) - bare sha256 {sha256_cpu:.2f}) / nginx (b)",
+        s["c"].cpu_per_gib("gateway") - sha256_cpu,
+        s["b"].cpu_per_gib("nginx"),
+        "s",
+        chart="pass-through CPU/GiB\n(gateway - sha256) / nginx",
+    )
+
+
+def cpu_vs_nginx(s: Summaries) -> Reading:
+    return Reading(
+        "1. pass-through CPU-s per GiB, sha256 included: gateway (c) / nginx (b)",
+        s["c"].cpu_per_gib("gateway"),
+        s["b"].cpu_per_gib("nginx"),
+        "s",
+    )
+
+
+FIGURES = (
+    Figure("passthrough.mb_s.gateway_vs_nginx", ("c", "b"), mb_s_vs_nginx),
+    Figure("passthrough.mb_s.gateway_vs_direct", ("c", "a"), mb_s_vs_direct),
+    Figure(
+        "passthrough.cpu.gateway_minus_sha256_vs_nginx",
+        ("c", "b", "sha"),
+        cpu_minus_sha256_vs_nginx,
+    ),
+    Figure("passthrough.cpu.gateway_vs_nginx", ("c", "b"), cpu_vs_nginx),
 )
