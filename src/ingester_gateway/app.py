@@ -27,6 +27,7 @@ from ingester_gateway.errors import ApiError, error_body
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.observability import get_logger, request_id_from
 from ingester_gateway.runtime.asgi import send_json
+from ingester_gateway.runtime.memory import tune_allocator
 
 _encoder = msgspec.json.Encoder()
 _log = get_logger("ingester_gateway.app")
@@ -160,4 +161,5 @@ def app_from_environment() -> GatewayApp:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    tune_allocator()
     return build_app(settings)

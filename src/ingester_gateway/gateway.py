@@ -38,7 +38,7 @@ from ingester_gateway.upload.budget import UploadBudget
 from ingester_gateway.upload.driver import UploadServices
 from ingester_gateway.upload.plan import PlanRules
 from ingester_gateway.upload.progress import ProgressBook
-from ingester_gateway.upstream.client import StorageClient
+from ingester_gateway.upstream.client import StorageClient, use_vectored_writes
 
 CIRCUIT_LEVEL = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -112,6 +112,7 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
+        use_vectored_writes()
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
             connector=connector,

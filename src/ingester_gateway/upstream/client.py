@@ -7,12 +7,14 @@ block by block (chunked).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable
 from typing import Literal, Protocol
 
 import aiohttp
 import msgspec
 import yarl
+from aiohttp import http_writer
 
 from ingester_gateway.upstream.wire import (
     CapacityReply,
@@ -67,6 +69,16 @@ def classify_status(status: int, text: str) -> UpstreamError:
     else:
         kind = "protocol"
     return UpstreamError(kind, f"storage element answered {status}: {text}", status)
+
+
+def use_vectored_writes() -> None:
+    """On Python < 3.12.9 aiohttp joins each chunk's size line, data and CRLF into one
+    new bytes object before writing (a copy of every byte sent), because asyncio's own
+    writelines had CVE-2024-12254 there. uvloop's writelines is its own (a writev of
+    the pieces, with flow control, not affected): under uvloop, let aiohttp use it."""
+    loop = asyncio.get_running_loop()
+    if type(loop).__module__.startswith("uvloop") and hasattr(http_writer, "SKIP_WRITELINES"):
+        http_writer.SKIP_WRITELINES = False
 
 
 class StorageClient:
