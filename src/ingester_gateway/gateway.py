@@ -79,7 +79,7 @@ class Gateway:
             )
         self.verifier = TokenVerifier(
             keys,
-            min_role=settings.auth_min_role,
+            roles=settings.auth_upload_roles,
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
             leeway=settings.auth_leeway_seconds,

@@ -21,6 +21,7 @@ CODEC_NAMES: tuple[CodecName, ...] = get_args(CodecName)
 NODE_MODES: tuple[NodeMode, ...] = get_args(NodeMode)
 WRITABLE_MODES: frozenset[str] = frozenset({"edit", "rw"})
 ROLES: tuple[Role, ...] = get_args(Role)
+DEFAULT_UPLOAD_ROLES: tuple[Role, ...] = ("super_admin", "admin", "operator", "user")
 RETENTION_BY_MODE: dict[str, RetentionPolicy] = {"edit": "temporary", "rw": "permanent"}
 MODE_BY_RETENTION: dict[RetentionPolicy, NodeMode] = {"temporary": "edit", "permanent": "rw"}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 import aiohttp
@@ -22,10 +22,13 @@ from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
 from ingester_gateway import errors
 from ingester_gateway.errors import ApiError
+from ingester_gateway.models import DEFAULT_UPLOAD_ROLES, ROLES
 
 ALGORITHM = "RS256"
-ROLE_RANK: dict[str, int] = {"user": 1, "operator": 2, "admin": 3}
 WRITE_SCOPE = "files:write"
+# Token types the Admin Module issues that may act here (`refresh` never may).
+ACCEPTED_TYPES = frozenset({"admin_user", "service_account", "access"})
+ADMIN_ROLES = frozenset({"super_admin", "admin"})
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -41,6 +44,10 @@ class Principal(msgspec.Struct, frozen=True):
 
     def __repr__(self) -> str:  # keep the token out of any accidental log line
         return f"Principal(sub={self.sub!r}, role={self.role!r})"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role in ADMIN_ROLES
 
 
 class Claims(msgspec.Struct):
@@ -196,7 +203,7 @@ class TokenVerifier:
         self,
         keys: KeySource,
         *,
-        min_role: str = "user",
+        roles: Collection[str] = DEFAULT_UPLOAD_ROLES,
         issuer: str | None = None,
         audience: str | None = None,
         leeway: int = 10,
@@ -205,7 +212,7 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
-        self._min_rank = ROLE_RANK[min_role]
+        self._roles = frozenset(roles)
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
@@ -293,14 +300,16 @@ class TokenVerifier:
         return self._authorize(claims, token), float(claims.nbf or 0)
 
     def _authorize(self, claims: Claims, token: str) -> Principal:
-        if claims.type == "refresh":
+        token_type = claims.type.lower() if claims.type is not None else None
+        if token_type == "refresh":
             raise _unauthorized("refresh tokens cannot be used to upload")
+        if token_type is not None and token_type not in ACCEPTED_TYPES:
+            raise _unauthorized("unknown token type")
         if claims.role is None:
             raise _forbidden("token carries no role")
-        rank = ROLE_RANK.get(claims.role)
-        if rank is None:
-            raise _forbidden(f"unknown role {claims.role!r}")
-        if rank < self._min_rank:
+        if claims.role not in ROLES:
+            raise _forbidden(f"unknown role {claims.role!r}")  # never promoted
+        if claims.role not in self._roles:
             raise _forbidden(f"role {claims.role!r} may not upload")
         if claims.scope is not None:
             scopes = claims.scope.split() if isinstance(claims.scope, str) else claims.scope
@@ -309,7 +318,7 @@ class TokenVerifier:
         return Principal(
             sub=claims.sub,
             role=claims.role,
-            token_type=claims.type,
+            token_type=token_type,
             name=claims.name or claims.username,
             client_id=claims.client_id,
             expires_at=claims.exp,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ingester_gateway.config import ConfigError, Settings, load_settings, parse_size
-from ingester_gateway.models import NODE_MODES
+from ingester_gateway.models import NODE_MODES, ROLES
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print an RS256 token in the Admin Module's format")
     token.add_argument("--private-key", required=True)
     token.add_argument("--sub", required=True)
-    token.add_argument("--role", default="user", choices=["user", "operator", "admin"])
+    token.add_argument("--role", default="user", choices=ROLES)
     token.add_argument("--ttl", type=int, default=3600, help="seconds")
     token.add_argument(
         "--type", default="admin_user", choices=["admin_user", "service_account", "access"]
