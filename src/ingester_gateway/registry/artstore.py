@@ -14,7 +14,7 @@ CHANNEL = "artstore:service_discovery"
 _AVAILABLE = frozenset({"online", "ok", "healthy", "active", "available", "up"})
 
 
-class AdminStorageElement(msgspec.Struct):
+class AdminStorageElement(msgspec.Struct, kw_only=True):
     id: str | int  # the Admin's database id: not the node's identity
     api_url: str
     element_id: str | None = None  # the SE's own id ("se-local-01"): the node's identity
