@@ -523,8 +523,9 @@ def wrong_checksum(status: int, body: bytes) -> tuple[int, bytes]:
 
 
 def server_error(status: int, body: bytes) -> tuple[int, bytes]:
-    """Stored, then a 500 (the artStore Python SE does this in some cases)."""
-    return 500, b'{"detail": "Internal Server Error"}'
+    """Stored, then a 503: the node failing (a 500 from a node whose health probe is
+    fine would be the request's failure, see test_request_failures)."""
+    return 503, b'{"detail": "Service Unavailable"}'
 
 
 @pytest.fixture(scope="module")

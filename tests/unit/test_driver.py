@@ -34,7 +34,7 @@ from ingester_gateway.upload.plan import PlanRules, UploadRequest
 from ingester_gateway.upload.ports import RecordUnavailable
 from ingester_gateway.upload.sources import ClientStream
 from ingester_gateway.upstream.client import UpstreamError
-from ingester_gateway.upstream.wire import StoredFile
+from ingester_gateway.upstream.wire import CapacityReply, StoredFile
 from tests.kit import pieces_of, run
 
 MiB = 2**20
@@ -42,8 +42,8 @@ PRINCIPAL = Principal(
     sub="alice", role="user", token_type="access", name=None, client_id=None, expires_at=2**40
 )
 
-# What one SE does with the next upload it gets: "store", "store_then_500", "refuse",
-# "connect", "too_large", "full", "wrong_checksum", "fail_after:<bytes>".
+# What one SE does with the next upload it gets: "store", "store_then_500", "500",
+# "refuse", "connect", "too_large", "full", "wrong_checksum", "fail_after:<bytes>".
 Step = str
 
 
@@ -77,6 +77,8 @@ class ScriptedSE:
             raise UpstreamError("connect", f"cannot connect to {node.id}")
         if step == "refuse":
             raise UpstreamError("refused", "storage element answered 400: mode ro", 400)
+        if step == "reject":
+            raise UpstreamError("rejected", "storage element answered 422: invalid field", 422)
         if step == "too_large":
             raise UpstreamError("too_large", "storage element answered 413: too big", 413)
         if step == "full":
@@ -84,12 +86,15 @@ class ScriptedSE:
         limit = int(step.split(":")[1]) if step.startswith("fail_after:") else None
         fields, data = await self._read(body, boundary_from(content_type), limit)
         if limit is not None:
-            raise UpstreamError("server", f"{node.id} connection failed mid-body")
+            raise UpstreamError("dropped", f"{node.id} connection failed mid-body")
         self.uploads.append(Upload(node.id, fields, data, isinstance(body, bytes)))
         file_id = fields["file_id"]
         self.files[(node.id, file_id)] = data
         if step == "store_then_500":
             raise UpstreamError("server", "storage element answered 500: boom", 500)
+        if step == "500":  # as the real SE answers a 0-byte file: nothing stored
+            self.files.pop((node.id, file_id))
+            raise UpstreamError("server", "storage element answered 500: empty file", 500)
         checksum = hashlib.sha256(data).hexdigest()
         if step == "wrong_checksum":
             checksum = "0" * 64
@@ -165,6 +170,7 @@ class Harness:
     nodes: NodeDirectory
     services: UploadServices
     metrics: Metrics
+    down: set[str]  # nodes whose health probe gets no answer
 
     def upload(
         self,
@@ -206,12 +212,14 @@ def harness() -> Iterator[Callable[..., Harness]]:
         sinks = Recorder()
         configured = [StorageElementConfig(id=n, url=f"http://{n}", mode="rw") for n in scripts]
 
-        async def no_probe(node: NodeRecord) -> None:
-            return None
+        down: set[str] = set()
+
+        async def probe(node: NodeRecord) -> CapacityReply | None:
+            return None if node.id in down else CapacityReply(health="healthy")
 
         nodes = NodeDirectory(
             StaticRegistry(configured),
-            HealthProber(no_probe),
+            HealthProber(probe),
             BreakerPolicy(failure_threshold=2),
             rng=random.Random(1),
         )
@@ -232,7 +240,7 @@ def harness() -> Iterator[Callable[..., Harness]]:
             log=get_logger("test"),
             rng=random.Random(2),
         )
-        return Harness(se, sinks, nodes, services, metrics)
+        return Harness(se, sinks, nodes, services, metrics, down)
 
     yield make
     executor.shutdown()
@@ -284,6 +292,7 @@ def test_stored_then_500_owes_a_delete_and_the_next_node_stores_it(
     harness: Callable[..., Harness],
 ) -> None:
     h = harness({"a": ["store_then_500"], "b": ["store"]})
+    h.down.add("a")  # the node's fault: its probe fails too
     data = blocks(3 * MiB)
     result = h.upload(data)
     first = h.se.uploads[0]
@@ -299,6 +308,7 @@ def test_a_delete_that_fails_goes_to_the_durable_backlog(
     harness: Callable[..., Harness],
 ) -> None:
     h = harness({"a": ["store_then_500"], "b": ["store"]})
+    h.down.add("a")
     h.se.delete_works = False
     h.upload(blocks(2 * MiB))
     first = h.se.uploads[0]
@@ -409,8 +419,36 @@ def test_a_lone_node_failing_after_storing_is_503_and_every_copy_is_removed(
     harness: Callable[..., Harness],
 ) -> None:
     h = harness({"a": ["store_then_500"] * 4})
+    h.down.add("a")
     error = error_of(lambda: h.upload(blocks(2 * MiB)))
     assert (error.status, error.code) == (503, "no_storage_available")
-    assert len(h.se.uploads) == 2  # the breaker (threshold 2) opened after the second
+    assert len(h.se.uploads) == 1  # its failed probe took it out of the choice at once
     assert h.se.files == {}
     assert sorted(h.se.deletes) == sorted(("a", u.fields["file_id"]) for u in h.se.uploads)
+
+
+def test_a_5xx_a_healthy_node_repeats_is_the_requests_502_and_no_circuit_opens(
+    harness: Callable[..., Harness],
+) -> None:
+    """The real SE answers 500 to every 0-byte file: that is this request's failure,
+    not the node's; it must not be answered "no storage" nor open the node's circuit."""
+    h = harness({"a": ["500", "500", "500", "500"]})
+    error = error_of(lambda: h.upload(b""))
+    assert (error.status, error.code) == (502, "storage_failed")
+    assert "empty file" in error.message
+    assert len(h.se.uploads) == 2  # tried once more, not four times
+    assert h.nodes.breaker("a").state is BreakerState.CLOSED
+    assert failed_calls(h, "a") == 0
+    h.se.scripts["a"] = ["store"]
+    assert h.upload(b"next").storage_element_id == "a"
+
+
+def test_a_request_any_se_rejects_is_tried_once_more_and_answered_502(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["reject", "store"], "b": ["reject", "store"]})
+    error = error_of(lambda: h.upload(blocks(2 * MiB)))
+    assert (error.status, error.code) == (502, "storage_failed")
+    assert "invalid field" in error.message
+    assert h.se.scripts == {"a": ["store"], "b": ["store"]}  # not tried a third time
+    assert failed_calls(h, "a") + failed_calls(h, "b") == 0

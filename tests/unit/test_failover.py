@@ -38,7 +38,38 @@ def failure(kind: FailureKind) -> UpstreamError:
 
 def test_node_failures_count_against_the_node_and_refusals_do_not() -> None:
     counted = {kind for kind, rule in FAILURES.items() if rule.node_fault}
-    assert counted == {"connect", "timeout", "server", "protocol"}
+    assert counted == {"connect", "timeout", "dropped", "unavailable", "server", "protocol"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "healthy"), [("rejected", False), ("rejected", True), ("server", True)]
+)
+def test_a_request_caused_failure_is_tried_once_more_then_502_with_the_ses_reason(
+    kind: FailureKind, healthy: bool
+) -> None:
+    w = walk()
+    attempt, _ = w.begin(A)
+    first = w.failed(attempt, failure(kind), replayable=True, now=0.0, node_healthy=healthy)
+    assert not first.node_fault
+    assert isinstance(first.decision, Retry)
+    attempt, _ = w.begin(B)
+    second = w.failed(attempt, failure(kind), replayable=True, now=0.0, node_healthy=healthy)
+    assert not second.node_fault
+    assert isinstance(second.decision, GiveUp)
+    error = second.decision.error
+    assert (error.status, error.code) == (502, "storage_failed")
+    assert f"refused the upload: {kind} happened" in error.message
+    assert not any(name == b"retry-after" for name, _ in error.headers)
+
+
+def test_a_5xx_from_a_node_that_fails_its_probe_is_the_nodes_fault() -> None:
+    w = walk()
+    for _ in range(RETRY.max_attempts):
+        attempt, _ = w.begin(A)
+        verdict = w.failed(attempt, failure("server"), replayable=True, now=0.0, node_healthy=False)
+        assert verdict.node_fault
+    assert isinstance(verdict.decision, GiveUp)
+    assert verdict.decision.error.code == "no_storage_available"
 
 
 @pytest.mark.parametrize(
@@ -53,19 +84,21 @@ def test_a_failure_no_other_node_can_help_gives_up_at_once(
 ) -> None:
     w = walk()
     attempt, _ = w.begin(A)
-    decision = w.failed(attempt, failure(kind), replayable=True, now=0.0)
+    decision = w.failed(attempt, failure(kind), replayable=True, now=0.0).decision
     assert isinstance(decision, GiveUp)
     assert (decision.error.status, decision.error.code) == (status, code)
     assert f"{kind} happened" in decision.error.message
 
 
-@pytest.mark.parametrize("kind", ["connect", "timeout", "server", "protocol", "refused", "full"])
+@pytest.mark.parametrize(
+    "kind", ["connect", "timeout", "unavailable", "server", "protocol", "refused", "full"]
+)
 def test_a_failure_another_node_may_fix_is_retried_after_a_jittered_backoff(
     kind: FailureKind,
 ) -> None:
     w = walk()
     attempt, _ = w.begin(A)
-    decision = w.failed(attempt, failure(kind), replayable=True, now=0.0)
+    decision = w.failed(attempt, failure(kind), replayable=True, now=0.0).decision
     assert isinstance(decision, Retry)
     assert 0.0 <= decision.delay <= 0.1  # the first retry's ceiling is the base
     assert w.tried == ["a"]
@@ -74,7 +107,7 @@ def test_a_failure_another_node_may_fix_is_retried_after_a_jittered_backoff(
 def test_a_failure_past_the_replay_buffer_is_a_503_that_says_retry() -> None:
     w = walk()
     attempt, _ = w.begin(A)
-    decision = w.failed(attempt, failure("server"), replayable=False, now=0.0)
+    decision = w.failed(attempt, failure("server"), replayable=False, now=0.0).decision
     assert isinstance(decision, GiveUp)
     assert (decision.error.status, decision.error.code) == (503, "storage_failed_mid_upload")
     assert (b"retry-after", b"5") in decision.error.headers
@@ -91,7 +124,7 @@ def test_after_the_last_attempt_the_last_failure_decides_the_answer(
     decisions = []
     for _ in range(RETRY.max_attempts):
         attempt, _ = w.begin(A)
-        decisions.append(w.failed(attempt, failure(kind), replayable=True, now=0.0))
+        decisions.append(w.failed(attempt, failure(kind), replayable=True, now=0.0).decision)
     assert all(isinstance(d, Retry) for d in decisions[:-1])
     last = decisions[-1]
     assert isinstance(last, GiveUp)
@@ -101,7 +134,7 @@ def test_after_the_last_attempt_the_last_failure_decides_the_answer(
 def test_no_retry_starts_past_the_deadline() -> None:
     w = walk()
     attempt, _ = w.begin(A)
-    decision = w.failed(attempt, failure("timeout"), replayable=True, now=9.99)
+    decision = w.failed(attempt, failure("timeout"), replayable=True, now=9.99).decision
     assert isinstance(decision, GiveUp)
     assert decision.error.code == "no_storage_available"
 

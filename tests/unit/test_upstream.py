@@ -53,23 +53,27 @@ def test_no_field_value_adds_a_part_to_the_form(name: str, value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "kind"),
+    ("status", "text", "raw", "kind"),
     [
-        (507, "full"),
-        (413, "too_large"),
-        (400, "refused"),
-        (409, "refused"),
-        (401, "unauthorized"),
-        (403, "unauthorized"),
-        (500, "server"),
-        (503, "server"),
-        (302, "protocol"),
+        (507, "why", b"", "full"),
+        (413, "why", b"", "too_large"),
+        (400, "storage element is in mode 'ro'", b"", "refused"),  # the Python SE
+        (409, "not writable", b'{"error":{"code":"MODE_NOT_ALLOWED"}}', "refused"),  # Go SE
+        (400, "invalid file_id", b"", "rejected"),
+        (409, "file exists", b"", "rejected"),
+        (422, "why", b"", "rejected"),
+        (401, "why", b"", "unauthorized"),
+        (403, "why", b"", "unauthorized"),
+        (503, "why", b"", "unavailable"),
+        (500, "why", b"", "server"),
+        (502, "why", b"", "server"),
+        (302, "why", b"", "protocol"),
     ],
 )
-def test_se_statuses_map_to_failure_kinds(status: int, kind: str) -> None:
-    error = classify_status(status, "why")
+def test_se_statuses_map_to_failure_kinds(status: int, text: str, raw: bytes, kind: str) -> None:
+    error = classify_status(status, text, raw)
     assert (error.kind, error.status) == (kind, status)
-    assert error.message == f"storage element answered {status}: why"
+    assert error.message == f"storage element answered {status}: {text}"
 
 
 @pytest.mark.parametrize(
@@ -153,7 +157,7 @@ def test_an_se_that_does_not_answer_in_time_is_a_timeout() -> None:
 
 def test_a_connection_lost_mid_request_is_a_server_failure() -> None:
     error = upload(aiohttp.ServerDisconnectedError())
-    assert isinstance(error, UpstreamError) and error.kind == "server"
+    assert isinstance(error, UpstreamError) and error.kind == "dropped"
 
 
 def test_a_reply_that_is_not_the_contracts_is_a_protocol_failure() -> None:

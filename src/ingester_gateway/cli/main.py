@@ -104,6 +104,7 @@ def _storage_element(args: argparse.Namespace) -> int:
         mode=args.mode,
         priority=args.priority,
         registration=registration,
+        fail_empty_files=args.fail_empty_files,
     )
     _run_plain(app, args.host, args.port, log_config=None)
     return 0
@@ -217,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--priority", type=int, default=100)
     se.add_argument("--public-key-file", required=True)
     se.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    se.add_argument(
+        "--fail-empty-files",
+        action="store_true",
+        help="answer 500 to a 0-byte file, as the real artStore SE does (for tests)",
+    )
     se.add_argument("--redis-url", help="register in this Redis and keep the record alive")
     se.add_argument(
         "--public-url", type=_http_url, help="the URL gateways use to reach this SE (with Redis)"

@@ -96,6 +96,10 @@ class NodeDirectory:
     def abandoned(self, node_id: str) -> None:
         self.breaker(node_id).release()
 
+    async def healthy(self, node: NodeRecord) -> bool:
+        """Does the node answer its health probe right now?"""
+        return await self._prober.check(node)
+
     def breaker_states(self) -> dict[str, BreakerState]:
         return {node_id: b.state for node_id, b in self._breakers.items()}
 

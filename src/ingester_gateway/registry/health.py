@@ -62,6 +62,12 @@ class HealthProber:
             out.append(node if answer is None else apply_probe(node, *answer))
         return out
 
+    async def check(self, node: NodeRecord) -> bool:
+        """Probe one node now; True when it answers healthy."""
+        reply = await self._probe(node)
+        self._answers[node.id] = (reply, self._clock())
+        return apply_probe(node, reply, self._clock()).status == "ok"
+
     async def probe(self, nodes: list[NodeRecord]) -> None:
         replies = await asyncio.gather(*(self._probe(n) for n in nodes))
         now = self._clock()

@@ -337,12 +337,15 @@ class UploadDriver:
                     try:
                         reply = await self._attempt(transfer, attempt, body(attempt))
                     except UpstreamError as exc:
-                        if FAILURES[exc.kind].node_fault:
+                        # A 5xx is this request's doing if the node is otherwise fine.
+                        healthy = FAILURES[exc.kind].ask_the_probe and await svc.nodes.healthy(node)
+                        verdict = walk.failed(attempt, exc, replayable(), svc.clock(), healthy)
+                        if verdict.node_fault:
                             svc.nodes.failed(node.id)
                         else:
                             svc.nodes.abandoned(node.id)
                         svc.metrics.child(svc.metrics.node_uploads, node.id, "failed_over").inc()
-                        decision = walk.failed(attempt, exc, replayable(), svc.clock())
+                        decision = verdict.decision
                         if not isinstance(decision, GiveUp):
                             svc.log.warning(
                                 "upload_attempt_failed",

@@ -3,8 +3,13 @@ randomness and the retry policy are passed in; the driver does the I/O.
 
 One table says, for each kind of failure, whether it counts against the node, whether
 another node (or another try) may help, and what the client is told when no node is
-left. The walk keeps the reservation ledger: the upload's bytes are reserved on
-exactly one node at a time, the one being tried.
+left. A failure the request causes (a refusal any SE would give it, or a 5xx that a
+healthy node answers) is tried at most once more, never counts against a node, and
+is answered 502 with the SE's reason: a bad request must not open the circuit of a
+good node for everyone, nor be told "no storage available".
+
+The walk keeps the reservation ledger: the upload's bytes are reserved on exactly one
+node at a time, the one being tried.
 """
 
 from __future__ import annotations
@@ -26,21 +31,35 @@ class FailureRule:
     node_fault: bool  # counts against the node's circuit breaker
     next_node_helps: bool  # another node, or a later try, may succeed
     final: Problem  # the answer when no node is left (or none can help)
+    # Caused by the request when the node answers its health probe: then no node fault.
+    ask_the_probe: bool = False
+    request_caused: bool = False  # whatever the node's health
 
 
 FAILURES: dict[FailureKind, FailureRule] = {
     "connect": FailureRule(True, True, errors.NO_STORAGE_AVAILABLE),
     "timeout": FailureRule(True, True, errors.NO_STORAGE_AVAILABLE),
-    "server": FailureRule(True, True, errors.NO_STORAGE_AVAILABLE),
+    "dropped": FailureRule(True, True, errors.NO_STORAGE_AVAILABLE),
+    "unavailable": FailureRule(True, True, errors.NO_STORAGE_AVAILABLE),
     "protocol": FailureRule(True, True, errors.NO_STORAGE_AVAILABLE),
+    "server": FailureRule(True, True, errors.NO_STORAGE_AVAILABLE, ask_the_probe=True),
     "refused": FailureRule(False, True, errors.NO_STORAGE_AVAILABLE),  # mode not writable
     "full": FailureRule(False, True, errors.INSUFFICIENT_STORAGE),
     "too_large": FailureRule(False, False, errors.PAYLOAD_TOO_LARGE),
     "unauthorized": FailureRule(False, False, errors.STORAGE_FAILED),
+    "rejected": FailureRule(False, True, errors.STORAGE_FAILED, request_caused=True),
 }
 
 
-def final_error(failure: UpstreamError) -> ApiError:
+def request_caused(kind: FailureKind, node_healthy: bool) -> bool:
+    """Would any node refuse this request the same way?"""
+    rule = FAILURES[kind]
+    return rule.request_caused or (rule.ask_the_probe and node_healthy)
+
+
+def final_error(failure: UpstreamError, caused_by_request: bool = False) -> ApiError:
+    if caused_by_request:
+        return errors.STORAGE_FAILED(f"the storage element refused the upload: {failure.message}")
     problem = FAILURES[failure.kind].final
     if problem is errors.NO_STORAGE_AVAILABLE:
         return problem(f"no storage element could take the upload: {failure.message}")
@@ -85,6 +104,12 @@ class GiveUp:
 Decision = Retry | GiveUp
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    node_fault: bool  # the node's breaker counts this failure
+    decision: Decision
+
+
 def _new_file_id() -> str:
     return str(uuid.uuid4())
 
@@ -104,6 +129,8 @@ class Failover:
     tried: list[str] = field(default_factory=list)
     reserved_on: str | None = None
     last_failure: UpstreamError | None = None
+    last_caused_by_request: bool = False
+    request_failures: int = 0  # failures the request caused, on any node
 
     def begin(self, node: NodeRecord) -> tuple[Attempt, list[tuple[str, int]]]:
         """Start a try on `node`; also the reservation changes to apply, as
@@ -125,22 +152,37 @@ class Failover:
         return [(node_id, -self.reservation)]
 
     def failed(
-        self, attempt: Attempt, failure: UpstreamError, replayable: bool, now: float
-    ) -> Decision:
+        self,
+        attempt: Attempt,
+        failure: UpstreamError,
+        replayable: bool,
+        now: float,
+        node_healthy: bool = False,
+    ) -> Verdict:
         """The try on `attempt.node` failed with `failure`; `replayable` says the bytes
-        sent so far can still be sent again."""
-        self.last_failure = failure
+        sent so far can still be sent again; `node_healthy` what the node's health
+        probe says now (asked only for failures that need it)."""
+        caused = request_caused(failure.kind, node_healthy)
+        self.last_failure, self.last_caused_by_request = failure, caused
+        node_fault = FAILURES[failure.kind].node_fault and not caused
+        if caused:
+            self.request_failures += 1
+            if self.request_failures > 1:  # the second time: it is the request
+                return Verdict(False, GiveUp(final_error(failure, caused_by_request=True)))
         if not FAILURES[failure.kind].next_node_helps:
-            return GiveUp(final_error(failure))
+            return Verdict(node_fault, GiveUp(final_error(failure)))
         if not replayable:
-            return GiveUp(
-                errors.STORAGE_FAILED_MID_UPLOAD(
-                    "a storage element failed mid-upload and the upload is too large to"
-                    " replay on another node; retry it, or use resumable upload for large"
-                    " files"
-                )
+            return Verdict(
+                node_fault,
+                GiveUp(
+                    errors.STORAGE_FAILED_MID_UPLOAD(
+                        "a storage element failed mid-upload and the upload is too large to"
+                        " replay on another node; retry it, or use resumable upload for"
+                        " large files"
+                    )
+                ),
             )
-        return self._next(attempt.node, now)
+        return Verdict(node_fault, self._next(attempt.node, now))
 
     def skipped(self, node: NodeRecord, now: float) -> Decision:
         """The node's circuit refused the try before it was sent."""
@@ -158,4 +200,4 @@ class Failover:
             return errors.NO_STORAGE_AVAILABLE(
                 "no storage element could take the upload (all circuits open)"
             )
-        return final_error(self.last_failure)
+        return final_error(self.last_failure, self.last_caused_by_request)

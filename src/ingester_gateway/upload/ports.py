@@ -56,6 +56,10 @@ class NodePool(Protocol):
         """The acquired request says nothing about the node's health."""
         ...
 
+    async def healthy(self, node: NodeRecord) -> bool:
+        """Does the node answer its health probe right now?"""
+        ...
+
 
 class StorageNodes(Protocol):
     """Store and delete on a Storage Element."""

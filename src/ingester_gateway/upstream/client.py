@@ -27,11 +27,14 @@ from ingester_gateway.upstream.wire import (
 FailureKind = Literal[
     "connect",  # never reached the SE: connection refused, DNS, connect timeout
     "timeout",  # the SE stopped answering mid-request
+    "dropped",  # the connection broke mid-request
     "refused",  # mode not writable (400 from the Python SE, 409 from the Go SE)
     "full",  # 507
     "too_large",  # 413
     "unauthorized",  # 401/403: the SE does not accept our credential
-    "server",  # 5xx
+    "rejected",  # another 4xx: the SE refuses this request, as any SE would
+    "unavailable",  # 503
+    "server",  # another 5xx: the node's fault, or this request's (ask its probe)
     "protocol",  # an answer we cannot use
 ]
 
@@ -54,16 +57,21 @@ class Endpoint(Protocol):
     def url(self) -> str: ...
 
 
-def classify_status(status: int, text: str) -> UpstreamError:
+def classify_status(status: int, text: str, raw: bytes = b"") -> UpstreamError:
+    """The failure an SE's error answer stands for; `text` is its one-line reason."""
     kind: FailureKind
     if status == 507:
         kind = "full"
     elif status == 413:
         kind = "too_large"
-    elif status in (400, 409):
-        kind = "refused"
+    elif status in (400, 409) and ("mode" in text.lower() or b"MODE_NOT_ALLOWED" in raw):
+        kind = "refused"  # the Python SE's 400 names the mode; the Go SE's 409 a code
     elif status in (401, 403):
         kind = "unauthorized"
+    elif 400 <= status < 500:
+        kind = "rejected"
+    elif status == 503:
+        kind = "unavailable"
     elif status >= 500:
         kind = "server"
     else:
@@ -121,13 +129,13 @@ class StorageClient:
             ) as resp:
                 raw = await resp.read()
                 if resp.status not in (200, 201):
-                    raise classify_status(resp.status, describe_error(raw))
+                    raise classify_status(resp.status, describe_error(raw), raw)
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError("connect", f"cannot connect to {node.id}: {exc.os_error}") from None
         except (aiohttp.ServerTimeoutError, TimeoutError):
             raise UpstreamError("timeout", f"{node.id} did not answer in time") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError("server", f"{node.id} connection failed: {exc}") from None
+            raise UpstreamError("dropped", f"{node.id} connection failed: {exc}") from None
         try:
             return stored_file_decoder.decode(raw)
         except msgspec.DecodeError as exc:

@@ -71,6 +71,7 @@ class StorageElementApp:
         priority: int = 100,
         max_upload_bytes: int = 1 << 40,
         registration: Registration | None = None,
+        fail_empty_files: bool = False,
     ) -> None:
         self.store = store
         self.verifier = verifier
@@ -81,6 +82,8 @@ class StorageElementApp:
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="se-io")
         self.started_at = time.time()
         self.registration = registration
+        # Answer a 0-byte file with 500, as the real artStore SE does (a test switch).
+        self.fail_empty_files = fail_empty_files
         self._heartbeat: NodeHeartbeat | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -187,6 +190,8 @@ class StorageElementApp:
                     await loop.run_in_executor(self.executor, partial.write, block)
             if partial is None:
                 raise SeError(400, "no file part")
+            if self.fail_empty_files and partial.size == 0:
+                raise SeError(500, "Internal server error: empty file cannot be stored")
             attrs = FileAttributes(
                 file_id=partial.file_id,
                 original_filename=filename,
