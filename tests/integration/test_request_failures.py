@@ -3,6 +3,7 @@ reason, tried at most once more, and never opens the node's circuit for everyone
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from ingester_gateway.reference.processes import (
     ServerProcess,
+    free_port,
     gateway,
     running,
     se_entry,
@@ -19,6 +21,7 @@ from ingester_gateway.reference.processes import (
 )
 from tests.conftest import DevKeys, assert_error_envelope, http_call
 from tests.integration.cluster import metric
+from tests.integration.test_registry_write import eventually
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +55,30 @@ def test_an_empty_file_the_se_refuses_with_500_is_a_502_and_the_circuit_stays_cl
     assert metric(gw, "ingester_node_uploads_total", node="se-1", outcome="failed_over") == 6
     answer = http_call(gw.url, "PUT", "/api/v1/files/next.txt", b"not empty", keys.auth())
     assert answer.status == 201, answer.body
+
+
+def test_with_no_writable_node_a_client_waiting_for_100_continue_gets_503_and_sends_nothing(
+    tmp_path: Path, keys: DevKeys
+) -> None:
+    """`100 Continue` goes out only once a writable node is known: a client that waits
+    for it is told 503 + Retry-After at once and never uploads its body."""
+    dead = {"id": "se-gone", "url": f"http://127.0.0.1:{free_port()}", "mode": "rw"}
+    gw = gateway(tmp_path, keys.public_path, [dead])
+    gw.ready_path = "/health/live"  # it is never ready: no writable node
+    with gw:
+        eventually(lambda: metric(gw, "ingester_node_healthy", node="se-gone") == 0, 10, "probe")
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            token = keys.token()
+            sock.sendall(
+                b"PUT /api/v1/files/big.bin HTTP/1.1\r\nHost: gw\r\n"
+                + f"Authorization: Bearer {token}\r\n".encode()
+                + b"Content-Length: 1073741824\r\nExpect: 100-continue\r\n\r\n"
+            )
+            reply = b""
+            while chunk := sock.recv(65536):  # the answer, then the gateway closes
+                reply += chunk
+        status_line = reply.split(b"\r\n", 1)[0]
+        assert status_line == b"HTTP/1.1 503 Service Unavailable", reply[:300]
+        assert b"100 Continue" not in reply
+        assert b"retry-after: 5" in reply.lower()
+        assert b'"no_storage_available"' in reply

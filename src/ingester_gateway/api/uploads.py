@@ -28,6 +28,7 @@ from ingester_gateway.pipeline.digest import claimed_sha256
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
 from ingester_gateway.runtime.asgi import send_json
 from ingester_gateway.upload.driver import UploadDriver, new_progress
+from ingester_gateway.upload.failover import no_node_error
 from ingester_gateway.upload.plan import UploadRequest, check_filename
 from ingester_gateway.upload.progress import valid_upload_id
 from ingester_gateway.upload.sources import ClientStream
@@ -137,6 +138,14 @@ class UploadEndpoint:
             limit = gw.settings.max_upload_bytes
             if length is not None and length > limit:
                 raise errors.PAYLOAD_TOO_LARGE(f"upload exceeds the limit of {limit} bytes")
+            # Before the first receive() (which sends `100 Continue`): a client that
+            # waits for it uploads nothing when no node could take the upload anyway.
+            if gw.nodes.select("permanent", length or 0) is None:
+                raise no_node_error(
+                    gw.nodes.any_usable("permanent"),
+                    gw.nodes.could_fit_anywhere("permanent", length or 0),
+                    length or 0,
+                )
             body = RequestBody(
                 receive,
                 content_length=length,
