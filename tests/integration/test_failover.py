@@ -20,22 +20,28 @@ from ingester_gateway.reference.processes import (
     service_account_env,
     storage_element,
 )
-from tests.conftest import DevKeys, assert_error_envelope, http_call
-from tests.faults import StorageElementProxy
-from tests.integration.cluster import (
-    Cluster,
+from tests.faults import StorageElementProxy, se_upload_reply, server_error
+from tests.kit import (
+    AS_SENT,
+    DevKeys,
     MiB,
+    assert_error_envelope,
+    eventually,
+    http_call,
     log_events,
     metric,
-    node_view,
-    paced_put,
     put,
-    redis_gateway,
-    registered_se,
     sha256_hex,
 )
-from tests.integration.test_failures import se_upload_reply, server_error
-from tests.integration.test_registry_write import eventually, nodes, redis_url
+from tests.stack import (
+    Cluster,
+    node_view,
+    nodes,
+    paced_put,
+    redis_gateway,
+    redis_url,
+    registered_se,
+)
 
 NODES = ("se-a", "se-b")
 
@@ -125,7 +131,7 @@ def test_se_killed_mid_body_replays_a_small_upload_on_the_other_node(
     def kill_the_receiving_se(sent: int) -> None:
         if killed or (se_id := receiving_se(cluster)) is None:
             return
-        if cluster.partial_bytes(se_id) >= 3 * MiB:
+        if cluster.files(se_id).partial_bytes() >= 3 * MiB:
             cluster.ses[se_id].kill()
             killed.append(se_id)
 
@@ -165,7 +171,7 @@ def test_se_killed_mid_body_past_the_replay_buffer_is_503_retry_later(
     def kill_past_the_replay_buffer(sent: int) -> None:
         if killed or (se_id := receiving_se(cluster)) is None:
             return
-        if cluster.partial_bytes(se_id) >= 10 * MiB:
+        if cluster.files(se_id).partial_bytes() >= 10 * MiB:
             cluster.ses[se_id].kill()
             killed.append(se_id)
 
@@ -223,7 +229,7 @@ def test_se_killed_after_storing_moves_the_upload_and_its_copy_is_deleted_once_i
 
             proxy.rewrite = die_after_storing
             data = os.urandom(MiB)
-            answer = put(cluster.gw, keys.auth(), data, name="after-store.bin")
+            answer = put(cluster.gw, keys.auth(), data, name="after-store.bin", query=AS_SENT)
             proxy.rewrite = None
             assert answer.status == 201, answer.body
             result = answer.json()
@@ -277,7 +283,7 @@ def test_a_retry_on_the_same_node_is_not_undone_by_the_earlier_tries_late_delete
         gw = gateway(cluster.workdir, keys.public_path, entries, env=env, name="one-node-gw")
         with gw:
             data = os.urandom(64 * 1024)
-            answer = put(gw, keys.auth(), data, name="retried.bin")
+            answer = put(gw, keys.auth(), data, name="retried.bin", query=AS_SENT)
             assert answer.status == 201, answer.body
             result = answer.json()
             assert len(proxy.uploads()) == 2, "the upload was not retried on the same node"
@@ -312,7 +318,7 @@ def test_full_se_answering_507_moves_the_upload_to_the_next_node(
         )
         data = os.urandom(3 * MiB)
         pieces = (data[i : i + 256 * 1024] for i in range(0, len(data), 256 * 1024))
-        answer = put(cluster.gw, keys.auth(), pieces, name="full.bin")
+        answer = put(cluster.gw, keys.auth(), pieces, name="full.bin", query=AS_SENT)
         assert answer.status == 201, answer.body
         result = answer.json()
         assert result["storage_element_id"] in NODES
@@ -351,7 +357,9 @@ def test_se_refusing_the_mode_moves_the_upload_to_the_next_node(
                 5,
                 "the probe's view of se-ro",
             )
-            answer = put(cluster.gw, keys.auth(), os.urandom(100_000), name="ro-1.bin")
+            answer = put(
+                cluster.gw, keys.auth(), os.urandom(100_000), name="ro-1.bin", query=AS_SENT
+            )
             assert answer.status == 201, answer.body
             assert answer.json()["storage_element_id"] in NODES
             assert proxy.uploads() == [], "an upload was sent to a node known to be ro"
@@ -365,7 +373,9 @@ def test_se_refusing_the_mode_moves_the_upload_to_the_next_node(
             eventually(
                 lambda: node_view(cluster.gw)["se-ro"]["mode"] == "rw", 5, "se-ro claiming rw"
             )
-            answer = put(cluster.gw, keys.auth(), os.urandom(100_000), name="ro-2.bin")
+            answer = put(
+                cluster.gw, keys.auth(), os.urandom(100_000), name="ro-2.bin", query=AS_SENT
+            )
             assert answer.status == 201, answer.body
             assert answer.json()["storage_element_id"] in NODES
             assert [u.status for u in proxy.uploads()] == [400], "se-ro was not tried first"
@@ -384,7 +394,9 @@ def test_all_ses_down_is_a_fast_503_with_retry_after(healthy: Cluster, keys: Dev
 
     def fast_503() -> None:
         started = time.monotonic()
-        answer = put(cluster.gw, keys.auth(), os.urandom(256 * 1024), name="nowhere.bin")
+        answer = put(
+            cluster.gw, keys.auth(), os.urandom(256 * 1024), name="nowhere.bin", query=AS_SENT
+        )
         assert time.monotonic() - started < 1.5, "a dead cluster made the client wait"
         assert_error_envelope(answer, 503, "no_storage_available")
         assert int(answer.headers["retry-after"]) > 0
@@ -424,7 +436,7 @@ def test_breaker_opens_after_three_failures_and_a_half_open_probe_closes_it(
         with gw:
 
             def upload() -> str:
-                answer = put(gw, keys.auth(), os.urandom(64 * 1024), name="b.bin")
+                answer = put(gw, keys.auth(), os.urandom(64 * 1024), name="b.bin", query=AS_SENT)
                 assert answer.status == 201, answer.body
                 return str(answer.json()["storage_element_id"])
 
@@ -483,7 +495,9 @@ def test_drained_node_takes_no_new_uploads_and_finishes_the_one_in_flight(
         drained.append(se_id)
         eventually(lambda: node_view(cluster.gw)[se_id]["draining"], 2, "the drain seen")
         for n in range(4):
-            answer = put(cluster.gw, keys.auth(), os.urandom(100_000), name=f"m{n}.bin")
+            answer = put(
+                cluster.gw, keys.auth(), os.urandom(100_000), name=f"m{n}.bin", query=AS_SENT
+            )
             assert answer.status == 201, answer.body
             meanwhile.append(answer.json()["storage_element_id"])
 

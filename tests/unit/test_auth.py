@@ -32,16 +32,7 @@ from ingester_gateway.auth.verify import (
 )
 from ingester_gateway.errors import ApiError
 from ingester_gateway.reference.tokens import generate_keypair, mint_token
-from tests.conftest import DevKeys
-from tests.kit import run
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.kit import DevKeys, FakeClock, run
 
 
 class CountingKeySource:
@@ -371,14 +362,14 @@ def test_a_repeated_token_is_verified_once(keys: DevKeys) -> None:
 
 
 def test_a_cached_token_is_refused_once_it_expires(keys: DevKeys) -> None:
-    clock = Clock(time.time())
+    clock = FakeClock(time.time())
     source = CountingKeySource(static_source(keys))
     v = TokenVerifier(source, leeway=10, clock=clock)
     token = mint_token(keys.private_pem, sub="alice", ttl=60)
     accepted(v, token)
-    clock.now += 65
+    clock.advance(65)
     accepted(v, token)
-    clock.now += 10
+    clock.advance(10)
     error = refused(v, token)
     assert "expired" in error.message
     assert source.lookups == 1
@@ -499,7 +490,7 @@ class JwksServer:
 
 @asynccontextmanager
 async def jwks_source(
-    server: JwksServer, clock: Clock, **kwargs: Any
+    server: JwksServer, clock: FakeClock, **kwargs: Any
 ) -> AsyncIterator[JwksKeySource]:
     async with server.running(), aiohttp.ClientSession() as session:
         yield JwksKeySource(server.url, lambda: session, clock=clock, **kwargs)
@@ -516,7 +507,7 @@ def test_jwks_keys_are_found_by_kid(keys: DevKeys, other_keys: DevKeys) -> None:
     server = JwksServer([jwk_of(keys, "k1"), jwk_of(other_keys, "k2")])
 
     async def scenario() -> None:
-        async with jwks_source(server, Clock(1000.0)) as source:
+        async with jwks_source(server, FakeClock()) as source:
             v = TokenVerifier(source)
             first = await v.verify(mint_token(keys.private_pem, sub="a", kid="k1"))
             second = await v.verify(mint_token(other_keys.private_pem, sub="b", kid="k2"))
@@ -533,7 +524,7 @@ def test_a_single_jwks_key_serves_tokens_without_kid(keys: DevKeys) -> None:
     server = JwksServer([jwk_of(keys, "only")])
 
     async def scenario() -> None:
-        async with jwks_source(server, Clock(1000.0)) as source:
+        async with jwks_source(server, FakeClock()) as source:
             principal = await TokenVerifier(source).verify(mint_token(keys.private_pem, sub="a"))
             assert principal.sub == "a"
 
@@ -542,14 +533,14 @@ def test_a_single_jwks_key_serves_tokens_without_kid(keys: DevKeys) -> None:
 
 def test_an_unknown_kid_triggers_exactly_one_refresh(keys: DevKeys, other_keys: DevKeys) -> None:
     server = JwksServer([jwk_of(keys, "k1")])
-    clock = Clock(1000.0)
+    clock = FakeClock()
 
     async def scenario() -> None:
         async with jwks_source(server, clock, min_refresh_interval=10.0) as source:
             await source.key_for("k1")
             assert server.fetches == 1
             server.document["keys"].append(jwk_of(other_keys, "k2"))  # the Admin rotates
-            clock.now += 11
+            clock.advance(11)
             found = await asyncio.gather(*(source.key_for("k2") for _ in range(20)))
             assert server.fetches == 2
             assert all(key is found[0] for key in found)
@@ -561,12 +552,12 @@ def test_an_unknown_kid_triggers_exactly_one_refresh(keys: DevKeys, other_keys: 
 
 def test_concurrent_lookups_of_a_made_up_kid_fetch_once(keys: DevKeys) -> None:
     server = JwksServer([jwk_of(keys, "k1")])
-    clock = Clock(1000.0)
+    clock = FakeClock()
 
     async def scenario() -> None:
         async with jwks_source(server, clock, min_refresh_interval=10.0) as source:
             await source.key_for("k1")
-            clock.now += 11
+            clock.advance(11)
             results = await asyncio.gather(
                 *(source.key_for("made-up") for _ in range(20)), return_exceptions=True
             )
@@ -578,16 +569,16 @@ def test_concurrent_lookups_of_a_made_up_kid_fetch_once(keys: DevKeys) -> None:
 
 def test_refreshes_are_rate_limited(keys: DevKeys) -> None:
     server = JwksServer([jwk_of(keys, "k1")])
-    clock = Clock(1000.0)
+    clock = FakeClock()
 
     async def scenario() -> None:
         async with jwks_source(server, clock, min_refresh_interval=10.0) as source:
             await source.key_for("k1")
             for _ in range(5):
                 await unknown_key(source, "nope")
-                clock.now += 1
+                clock.advance(1)
             assert server.fetches == 1  # the interval had not passed yet
-            clock.now += 10
+            clock.advance(10)
             await unknown_key(source, "nope")
             assert server.fetches == 2
             await unknown_key(source, "still-nope")
@@ -598,15 +589,15 @@ def test_refreshes_are_rate_limited(keys: DevKeys) -> None:
 
 def test_stale_keys_are_refetched_after_max_age(keys: DevKeys) -> None:
     server = JwksServer([jwk_of(keys, "k1")])
-    clock = Clock(1000.0)
+    clock = FakeClock()
 
     async def scenario() -> None:
         async with jwks_source(server, clock, max_age=300.0) as source:
             await source.key_for("k1")
-            clock.now += 100
+            clock.advance(100)
             await source.key_for("k1")
             assert server.fetches == 1
-            clock.now += 250
+            clock.advance(250)
             await source.key_for("k1")
             assert server.fetches == 2
 
@@ -615,13 +606,13 @@ def test_stale_keys_are_refetched_after_max_age(keys: DevKeys) -> None:
 
 def test_a_failed_refresh_keeps_the_known_keys(keys: DevKeys) -> None:
     server = JwksServer([jwk_of(keys, "k1")])
-    clock = Clock(1000.0)
+    clock = FakeClock()
 
     async def scenario() -> None:
         async with jwks_source(server, clock, max_age=300.0) as source:
             key = await source.key_for("k1")
             server.status = 500
-            clock.now += 400
+            clock.advance(400)
             assert await source.key_for("k1") is key
             assert server.fetches == 2
 
@@ -648,7 +639,7 @@ def test_non_rsa_and_non_signing_keys_in_the_set_are_ignored(
     )
 
     async def scenario() -> None:
-        async with jwks_source(server, Clock(1000.0)) as source:
+        async with jwks_source(server, FakeClock()) as source:
             assert (await source.key_for("good")).to_dict()["kty"] == "RSA"
             for kid in ("ec", "hmac", "enc", "rs512"):
                 await unknown_key(source, kid)
