@@ -37,8 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import aiohttp
 import brotli
+import yarl
 import zstandard
+from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingester_gateway.reference.tokens import generate_keypair, mint_token
@@ -236,6 +239,86 @@ def curl(*args: str, stdin: Any = None, timeout: float = 120.0) -> CurlAnswer:
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
     trace = done.stderr.decode("latin-1")
     return CurlAnswer(int(status_line.split()[1]), headers, body, trace, int(float(uploaded)))
+
+
+# -- an aiohttp session without a network ------------------------------------------------
+
+Route = Callable[[str, Mapping[str, Any]], Awaitable[tuple[int, bytes]]]
+
+
+class FakeResponse:
+    """What `FakeSession` answers: the parts of aiohttp's ClientResponse the gateway uses."""
+
+    def __init__(self, method: str, url: str, status: int, body: bytes) -> None:
+        self.method, self.url, self.status, self.body = method, url, status, body
+
+    async def read(self) -> bytes:
+        return self.body
+
+    async def json(self) -> Any:
+        return json.loads(self.body)
+
+    def raise_for_status(self) -> None:
+        if self.status >= 400:
+            info = aiohttp.RequestInfo(
+                yarl.URL(self.url), self.method, CIMultiDictProxy(CIMultiDict())
+            )
+            raise aiohttp.ClientResponseError(info, (), status=self.status, message="fake")
+
+    async def __aenter__(self) -> FakeResponse:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class FakeSession:
+    """An in-process stand-in for `aiohttp.ClientSession` (unit tests have no socket):
+    `routes[(method, url)]` is an async `(url, kwargs) -> (status, body)`; a request to
+    any other URL fails as a refused connection would. Every request is recorded.
+
+    (aioresponses would do this with a real ClientSession, but its 0.7.x releases do not
+    build responses for aiohttp 3.14: `ClientResponse` wants a `stream_writer` now.)"""
+
+    def __init__(self, routes: Mapping[tuple[str, str], Route] | None = None) -> None:
+        self.routes = dict(routes or {})
+        self.requests: list[tuple[str, str]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> _Pending:
+        return _Pending(self, method.upper(), str(url), kwargs)
+
+    def get(self, url: str, **kwargs: Any) -> _Pending:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> _Pending:
+        return self.request("POST", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> _Pending:
+        return self.request("DELETE", url, **kwargs)
+
+
+class _Pending:
+    """`session.get(...)`: awaited or used as `async with`, like aiohttp's."""
+
+    def __init__(self, session: FakeSession, method: str, url: str, kwargs: Any) -> None:
+        self.session, self.method, self.url, self.kwargs = session, method, url, kwargs
+
+    async def _send(self) -> FakeResponse:
+        self.session.requests.append((self.method, self.url))
+        route = self.session.routes.get((self.method, self.url))
+        if route is None:
+            raise aiohttp.ClientConnectionError(f"no route to {self.method} {self.url}")
+        status, body = await route(self.url, self.kwargs)
+        return FakeResponse(self.method, self.url, status, body)
+
+    def __await__(self) -> Any:
+        return self._send().__await__()
+
+    async def __aenter__(self) -> FakeResponse:
+        return await self._send()
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 # -- multipart bodies ----------------------------------------------------------------------
