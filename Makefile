@@ -33,14 +33,15 @@ run: install
 
 # The whole suite under coverage (branch, every Python process the tests start: see
 # [tool.coverage.run] in pyproject.toml); then the figures by package. Reports in
-# build/coverage/ (html/, coverage.xml). Fails when a test fails. `make test ARGS=tests/unit`
+# build/coverage/ (html/, coverage.xml); the last line repeats pytest's count. Fails when
+# a test fails. `make test ARGS=tests/unit`
 # runs a part.
 COV := $(PY) -m coverage
 test: install system-deps
 	@rm -rf build/coverage
-	@status=0; $(COV) run -m pytest $(ARGS) || status=$$?; \
+	@status=0; $(COV) run -m pytest --junitxml=build/coverage/junit.xml $(ARGS) || status=$$?; \
 	{ $(COV) combine -q && $(COV) json -q && $(COV) xml -q && $(COV) html -q \
-	  && $(PY) tests/coverage_summary.py build/coverage/coverage.json; } \
+	  && $(PY) tests/coverage_summary.py build/coverage; } \
 	  || { [ $$status -ne 0 ] || status=1; }; \
 	exit $$status
 

@@ -1,14 +1,16 @@
 """Branch coverage of src/ingester_gateway by package, from `coverage json`'s report.
 
 `make test` runs it after combining the data of every process the suite ran (pytest and
-the gateways, SEs, token services and CLIs it started). Usage:
-    python tests/coverage_summary.py [build/coverage/coverage.json]
+the gateways, SEs, token services and CLIs it started). Its last line repeats pytest's
+count (from junit.xml), so that `make test` still ends on the test result. Usage:
+    python tests/coverage_summary.py [build/coverage]
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,7 +31,8 @@ def percent(totals: dict[str, int]) -> float:
     return 100.0 * done / possible if possible else 100.0
 
 
-def main(report: Path) -> int:
+def main(directory: Path) -> int:
+    report = directory / "coverage.json"
     files = json.loads(report.read_text())["files"]
     packages: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FIELDS, 0))
     for filename, data in files.items():
@@ -42,7 +45,15 @@ def main(report: Path) -> int:
         print(row(name, totals))
     print("-" * len(head))
     print(row("TOTAL", total))
-    print(f"(per file: {report.parent / 'html' / 'index.html'}, {report.parent / 'coverage.xml'})")
+    print(f"(per file: {directory / 'html' / 'index.html'}, {directory / 'coverage.xml'})")
+    junit = directory / "junit.xml"
+    if junit.exists():
+        suite = ET.parse(junit).getroot().find("testsuite")
+        if suite is not None:
+            count = {k: int(suite.get(k, "0")) for k in ("tests", "failures", "errors", "skipped")}
+            failed = count["failures"] + count["errors"]
+            passed = count["tests"] - failed - count["skipped"]
+            print(f"tests: {passed} passed, {failed} failed")
     return 0
 
 
@@ -56,4 +67,4 @@ def row(name: str, totals: dict[str, int]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "build/coverage/coverage.json")))
+    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "build/coverage")))
