@@ -1,8 +1,9 @@
 """`results/latest.png`: every charted figure as a horizontal bar against its target.
 
 A "ratio" row draws gateway/reference; an "absolute" row (peak RSS, first-byte delay)
-draws value/limit, so its target is 1. The target is the black tick on each row; the
-bar is green when the target is met, red when not, grey when there is none. "≥" rows
+draws value/limit, so its target is 1. Each target (`targets.py`) is a black tick on
+its row; the bar is green when its targets are met, red when not, grey when there is
+none. "≥" rows
 must reach past their tick, "≤" rows stay short of it. Log scale: the ratios span
 0.01 (CPU per small upload) to ~1.
 """
@@ -10,55 +11,72 @@ must reach past their tick, "≤" rows stay short of it. Log scale: the ratios s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.targets import SIGNS
+
 if TYPE_CHECKING:
-    from benchmarks.report import Figure, Machine
+    from benchmarks.machine import Machine
+    from benchmarks.targets import Row
 
 GREEN, RED, GREY = "#2e9e44", "#d0383b", "#9a9a9a"
 
 
-def _points(figures: list[Figure]) -> list[tuple[str, float, float | None, str, bool | None]]:
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    value: float
+    ticks: tuple[float, ...]  # the targets, on the bar's scale
+    met: bool | None
+
+
+def _bars(rows: list[Row]) -> list[Bar]:
     out = []
-    for f in figures:
-        value = f.chart_value
-        if f.chart is None or value is None or value <= 0:
+    for row in rows:
+        r = row.reading
+        value = r.value
+        if r.chart is None or value is None or value <= 0:
             continue
-        limit = f.limit
-        if f.kind == "absolute" and limit:
-            value, limit = value / limit, 1.0
-        sign = {">=": "≥", "<=": "≤"}.get(f.op, "")
-        label = f.chart.replace("\\n", "\n") + (f"  ({sign} {limit:g})" if limit else "")
-        out.append((label, value, limit, f.op, f.met))
+        row_targets = [v.target for v in row.verdicts]
+        label = r.chart
+        scale = 1.0
+        if r.kind == "absolute" and row_targets:
+            scale = row_targets[0].limit or 1.0  # drawn as value / limit: the target is 1
+            label += f" / {scale:g}"
+        ticks = tuple(t.limit / scale for t in row_targets)
+        if row_targets:
+            limits = (f"{SIGNS[t.op]} {x:g}" for t, x in zip(row_targets, ticks, strict=True))
+            label += f"  ({', '.join(limits)})"
+        out.append(Bar(label, value / scale, ticks, row.met))
     return out
 
 
-def write_chart(
-    path: Path, figures: list[Figure], machine: Machine, settings: dict[str, Any]
-) -> bool:
-    points = _points(figures)
-    if not points:
+def write_chart(path: Path, rows: list[Row], machine: Machine, settings: dict[str, Any]) -> bool:
+    bars = _bars(rows)
+    if not bars:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    height = 1.0 + 0.55 * len(points)
+    height = 1.0 + 0.55 * len(bars)
     fig, ax = plt.subplots(figsize=(10, height), dpi=110)
-    ys = list(range(len(points)))[::-1]
-    values = [p[1] for p in points]
-    colors = [{True: GREEN, False: RED, None: GREY}[p[4]] for p in points]
+    ys = list(range(len(bars)))[::-1]
+    values = [b.value for b in bars]
+    colors = [{True: GREEN, False: RED, None: GREY}[b.met] for b in bars]
     ax.barh(ys, values, color=colors, height=0.6, zorder=2)
-    for y, (_, value, limit, _, _) in zip(ys, points, strict=True):
-        if limit:
-            ax.plot([limit, limit], [y - 0.42, y + 0.42], color="black", lw=2, zorder=3)
-        ax.text(value * 1.04, y, f"{value:.3g}", va="center", fontsize=8, zorder=4)
+    for y, bar in zip(ys, bars, strict=True):
+        for tick in bar.ticks:
+            if tick > 0:  # a "= 0" target has no place on a log scale
+                ax.plot([tick, tick], [y - 0.42, y + 0.42], color="black", lw=2, zorder=3)
+        ax.text(bar.value * 1.04, y, f"{bar.value:.3g}", va="center", fontsize=8, zorder=4)
     ax.set_yticks(ys)
-    ax.set_yticklabels([p[0] for p in points], fontsize=8)
+    ax.set_yticklabels([b.label for b in bars], fontsize=8)
     ax.set_xscale("log")
-    span = values + [p[2] for p in points if p[2]]
+    span = values + [t for b in bars for t in b.ticks if t > 0]
     lo, hi = min(span) / 1.6, max(span) * 2.0
     left = 10 ** (math.floor(math.log10(lo) * 4) / 4)  # a quarter-decade below the least
     ax.set_xlim(left, hi)

@@ -16,32 +16,20 @@ import sys
 import tempfile
 import time
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from benchmarks.catalogue import FIGURES, SCENARIOS
 from benchmarks.datasets import Datasets
-from benchmarks.issue3 import ALL as SCENARIOS
-from benchmarks.issue3 import zstd_threads_supported
-from benchmarks.report import (
-    ROLES,
-    GiB,
-    Machine,
-    Summary,
-    build_figures,
-    figures_table,
-    human_size,
-    issue2_passed,
-    now_iso,
-    onthefly_table,
-    references_table,
-    report_git,
-    scenarios_table,
-    small_table,
-    targets_line,
-    write_results,
-)
-from benchmarks.scenarios import Bench, Measurement, Options, Skipped
-from benchmarks.stack import GATEWAY_VARIANTS, BenchStack
+from benchmarks.figure import compute_figures
+from benchmarks.machine import Machine, report_git
+from benchmarks.render import figures_table, progress_line, scenario_tables, targets_line
+from benchmarks.results import write_results
+from benchmarks.scenario import Bench, Measurement, Options, Skipped
+from benchmarks.stack import GATEWAY_VARIANTS, BenchStack, zstd_threads_supported
+from benchmarks.summary import GiB, Summary, human_size
+from benchmarks.targets import judge
 from ingester_gateway.config import parse_size
 
 HERE = Path(__file__).resolve().parent
@@ -217,46 +205,6 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def progress_line(m: Measurement) -> str:
-    x = m.extra
-    if "requests_per_s" in x:
-        return (
-            f"{m.key}: {x['requests_per_s']:.0f} req/s, p50 {x['p50_ms']:.1f} ms,"
-            f" p99 {x['p99_ms']:.1f} ms, non-201 {x['non_201']}, stored {x['stored']},"
-            f" CPU-s per 1000: {x['server']} {x['server_cpu_per_1000_s']:.2f},"
-            f" SE {x['cpu_per_1000_s'].get('se', 0):.2f}, wrk {x['cpu_per_1000_s']['client']:.2f}"
-        )
-    if "uncached" in x:
-        return (
-            f"{m.key}: verify_header {x['uncached']['us_per_request']:.1f} µs without the cache,"
-            f" {x['cached']['us_per_request']:.2f} µs with it"
-        )
-    if "ref" in m.cpu_s:
-        ratio = x.get("compression_ratio")
-        comp = f", {ratio:.2f}x" if ratio else ""
-        return f"{m.key}: {m.mb_s:7.1f} MB/s, {m.cpu_per_gib('ref'):.2f} CPU-s/GiB{comp}"
-    if "client" in m.cpu_s:
-        delay = x.get("first_byte_delay_ms")
-        return (
-            f"{m.key}: {x['ok']} x {human_size(x['size_each'])} ok, {m.mb_s:.0f} MB/s"
-            f" ({m.wall_s:.1f} s), gateway peak RSS {(m.gateway_peak_rss or 0) / 2**20:.0f} MiB,"
-            f" CPU-s/GiB client {m.cpu_per_gib('client'):.2f}"
-            f" gateway {m.cpu_per_gib('gateway'):.2f} SE {m.cpu_per_gib('se'):.2f}"
-            + ("" if delay is None else f", first byte at the SE after {delay:.1f} ms")
-        )
-    cells = []
-    for role in ROLES:
-        cell = f"{role} {m.cpu_per_gib(role):.2f}"
-        loop = m.extra.get("gateway_loop_cpu_s")
-        if role == "gateway" and loop is not None and m.cpu_per_gib(role) >= 0.1:
-            cell += f" (loop {loop * GiB / m.payload_bytes:.2f})"
-        cells.append(cell)
-    rss = (
-        "" if m.gateway_peak_rss is None else f", gateway RSS {m.gateway_peak_rss / 2**20:.0f} MiB"
-    )
-    return f"{m.key}: {m.mb_s:7.1f} MB/s ({m.wall_s:.2f} s)  CPU-s/GiB {', '.join(cells)}{rss}"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
@@ -301,7 +249,7 @@ def run(
     args: argparse.Namespace, machine: Machine, stack: BenchStack, workdir: Path, logdir: Path
 ) -> int:
     started = time.monotonic()
-    started_at = now_iso()
+    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     size = args.size_bytes
     opts: Options = args.opts
     keys: list[str] = args.keys
@@ -375,9 +323,9 @@ def run(
         with Profiler(stack.gateway().pid, raw, native=args.profile_native):
             SCENARIOS[key].run(bench)
         with contextlib.suppress(FileNotFoundError):
-            summary = summarize(raw)
-            (logdir / f"profile-{key}.summary.txt").write_text(summary + "\n")
-            say(summary)
+            hot = summarize(raw)
+            (logdir / f"profile-{key}.summary.txt").write_text(hot + "\n")
+            say(hot)
 
     data.remove()  # the rest makes its bytes on the fly; free tmpfs for what the SE stores
     for key in [k for k in once if not SCENARIOS[k].uses_payload]:
@@ -389,7 +337,7 @@ def run(
     summaries = {
         k: Summary(k, SCENARIOS[k].title, v, SCENARIOS[k].table) for k, v in runs.items() if v
     }
-    figures = build_figures(summaries)
+    rows = judge(compute_figures(FIGURES, summaries))
     machine.load_after = os.getloadavg()
     settings = {
         "command": " ".join(["benchmarks/run.py", *(shlex.quote(a) for a in sys.argv[1:])]),
@@ -408,26 +356,16 @@ def run(
         "skipped": skipped,
     }
 
-    for table in (
-        scenarios_table(summaries),
-        references_table(summaries),
-        small_table(summaries),
-        onthefly_table(summaries),
-    ):
-        if table:
-            say("\n" + table)
-    say("\n" + figures_table(figures) + "\n")
-    say(f"issue 3: {targets_line(figures)}")
+    for _, table in scenario_tables(summaries, settings["options"]):
+        say("\n" + table)
+    say("\n" + figures_table(rows) + "\n")
+    say(targets_line(rows))
     for key, reason in skipped.items():
         say(f"skipped {key}: {reason}")
-    verdict = issue2_passed(summaries)
-    say(
-        "bar of issue 2 (c/b >= 0.4, gateway peak RSS <= 100 MiB): "
-        + {None: "not measured (needs b and c)", True: "MET", False: "NOT MET"}[verdict]
-    )
     say(f"run took {settings['run_minutes']:.1f} min")
     if not args.no_write:
-        md, js, png = write_results(args.out, summaries, figures, machine, settings)
+        titles = {key: declared.title for key, declared in SCENARIOS.items()}
+        md, js, png = write_results(args.out, summaries, rows, machine, settings, titles)
         shown = md.relative_to(ROOT) if md.is_relative_to(ROOT) else md
         say(f"wrote {shown}, {js.name}" + (f" and {png.name}" if png else " (nothing to chart)"))
     return 0

@@ -15,6 +15,8 @@ JSON object on stdout.
   tmpfs file into a reused buffer costs ~1 % of it).
 - `jwt`: `ingester_gateway.auth.verify.TokenVerifier.verify_header` on the same token `count`
   times, with `cache_size=0` (an RS256 verify per request) and with the default cache.
+
+The harness side is `run_refwork(...)`: the same arguments, the JSON object back.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
+import subprocess
 import sys
 import time
 import zlib
@@ -31,6 +35,27 @@ from pathlib import Path
 from typing import Any
 
 BLOCK = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
+SUBPROCESS_TIMEOUT_S = 1800
+
+
+def run_refwork(*args: str) -> dict[str, Any]:
+    """`python -m benchmarks.refwork ARGS` in a subprocess of its own; its JSON object."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.refwork", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    if proc.returncode != 0:
+        what = " ".join(args[:2])
+        raise RuntimeError(f"refwork {what} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _blocks(path: Path) -> Any:

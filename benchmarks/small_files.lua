@@ -1,4 +1,4 @@
--- wrk script of the small-file figure (benchmarks/smallfiles.py runs it):
+-- wrk script of the small-file figure (benchmarks/wrk.py runs it):
 --   wrk -t T -c C -d 3600s --timeout 60s -s small_files.lua URL -- TOKENS COUNT SIZE
 -- TOKENS: a file with one JWT per line (64 distinct ones), rotated request by request;
 -- COUNT: uploads in all, split evenly between the threads; SIZE: bytes per file.

@@ -2,34 +2,32 @@
 same SE an nginx, the gateway (1 worker), further gateway instances (see
 `GATEWAY_VARIANTS`) and the FastAPI baseline of
 `baselines/`. Each is started on first use (`server(role)`) and all are stopped by
-`close()`, which the harness calls on every exit path."""
+`close()`, which the harness calls on every exit path. `gateway_settings()` reads the
+gateway's setting defaults as its servers see them."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import http.client
 import json
 import os
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from ingester_gateway.reference.processes import (
-    ServerProcess,
-    free_port,
-    gateway,
-    nginx,
-    redis_server,
-    se_entry,
-    storage_element,
-)
+from ingester_gateway.reference import processes
+from ingester_gateway.reference.processes import ServerProcess
 from ingester_gateway.reference.tokens import generate_keypair, mint_token
 from ingester_gateway.registry.redis import NodeAnnouncement, RedisNodeBook
 from ingester_gateway.runtime.redis_io import redis_client
 
 TOKEN_TTL = 6 * 3600
+ROOT = Path(__file__).resolve().parent.parent
 BASELINES = Path(__file__).resolve().parent / "baselines"
 # Further gateway instances: role -> settings on top of the main gateway's.
 # Instances with the same settings as `gateway` but a history of their own: the
@@ -46,7 +44,40 @@ GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
     # Nodes from a real Redis (issue 4): registry watcher, pub/sub, events, backlog.
     "gateway-redis": {"INGESTER_REGISTRY": "redis"},
 }
-ROLES = ("se", "nginx", "redis", *GATEWAY_VARIANTS, "baseline")
+SERVER_ROLES = ("se", "nginx", "redis", *GATEWAY_VARIANTS, "baseline")
+
+_SETTINGS_PROBE = """
+import json, msgspec
+from ingester_gateway.config import Settings
+print(json.dumps({f.name: f.default for f in msgspec.structs.fields(Settings)
+                  if isinstance(f.default, (int, float, str, bool))}))
+"""
+
+
+@functools.cache
+def gateway_settings() -> dict[str, Any]:
+    """The gateway's setting defaults, read by a subprocess that imports the gateway the
+    way its servers do (so `--src` is honoured)."""
+    result: dict[str, Any] = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", _SETTINGS_PROBE],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+    )
+    return result
+
+
+def gateway_default(name: str) -> Any:
+    """The default of one gateway setting (the references use the same levels)."""
+    return gateway_settings()[name]
+
+
+def zstd_threads_supported() -> bool:
+    """Whether the gateway reads `INGESTER_ZSTD_THREADS` (unknown names are ignored)."""
+    return "zstd_threads" in gateway_settings()
 
 
 async def _announce(url: str, record: NodeAnnouncement) -> None:
@@ -103,7 +134,7 @@ class BenchStack:
         if "se" not in self._servers:
             self._start(
                 "se",
-                storage_element(
+                processes.storage_element(
                     self.logdir, self.public_key, capacity="1TiB", data_dir=self.se_data
                 ),
             )
@@ -112,14 +143,14 @@ class BenchStack:
     def nginx(self) -> ServerProcess:
         if "nginx" not in self._servers:
             se = self.se()
-            self._start("nginx", nginx(self.logdir, f"127.0.0.1:{se.port}"))
+            self._start("nginx", processes.nginx(self.logdir, f"127.0.0.1:{se.port}"))
         return self._servers["nginx"]
 
     def redis(self) -> ServerProcess:
         """A redis-server holding the SE's node record (as an operator would add it)."""
         if "redis" not in self._servers:
             se = self.se()
-            server = self._start("redis", redis_server(self.logdir))
+            server = self._start("redis", processes.redis_server(self.logdir))
             record = NodeAnnouncement(id=se.name, url=se.url, mode="rw")
             asyncio.run(_announce(f"redis://127.0.0.1:{server.port}/0", record))
         return self._servers["redis"]
@@ -133,7 +164,9 @@ class BenchStack:
                 env["INGESTER_REDIS_URL"] = f"redis://127.0.0.1:{self.redis().port}/0"
             self._start(
                 role,
-                gateway(self.logdir, self.public_key, [se_entry(se)], env=env, name=role),
+                processes.gateway(
+                    self.logdir, self.public_key, [processes.se_entry(se)], env=env, name=role
+                ),
             )
         return self._servers[role]
 
@@ -141,7 +174,7 @@ class BenchStack:
         """The FastAPI ingester of `baselines/fastapi_ingester.py` under uvicorn, 1 worker."""
         if "baseline" not in self._servers:
             se = self.se()
-            port = free_port()
+            port = processes.free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")} | {
                 "BASELINE_PUBLIC_KEY_FILE": str(self.public_key),
                 "BASELINE_SE_URL": se.url,
@@ -171,11 +204,8 @@ class BenchStack:
     def start(self, roles: list[str]) -> None:
         """These servers up before the first measurement, so all of them are measured
         (idle ones show what idling costs) and none starts during a run."""
-        for role in sorted(set(roles), key=ROLES.index):
+        for role in sorted(set(roles), key=SERVER_ROLES.index):
             self.server(role)
-
-    def start_all(self) -> None:
-        self.start(["se", "nginx", "gateway"])
 
     def servers(self) -> dict[str, ServerProcess]:
         return dict(self._servers)

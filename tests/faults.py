@@ -51,11 +51,6 @@ def server_error(status: int, body: bytes) -> tuple[int, bytes]:
     return 500, b'{"detail": "Internal Server Error"}'
 
 
-def unreadable(status: int, body: bytes) -> tuple[int, bytes]:
-    """Stored, then a 201 nobody can read."""
-    return status, b"<html>created</html>"
-
-
 class StorageElementProxy:
     """A reverse proxy on loopback in front of a real SE, run by aiohttp in a thread of
     the test process: it records every request it forwards (method, path, status, body

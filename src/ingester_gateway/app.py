@@ -19,12 +19,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from ingester_gateway import errors
+from ingester_gateway.api.openapi import build_openapi
+from ingester_gateway.api.uploads import FILES_PREFIX, UploadEndpoint
 from ingester_gateway.config import Settings
-from ingester_gateway.errors import ApiError, ErrorDetail, ErrorEnvelope
+from ingester_gateway.errors import ApiError, error_body
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.observability import get_logger, request_id_from
-from ingester_gateway.openapi import build_openapi
-from ingester_gateway.upload.endpoint import FILES_PREFIX, UploadEndpoint, error_body
+from ingester_gateway.runtime.asgi import send_json
+from ingester_gateway.runtime.memory import tune_allocator
 
 _encoder = msgspec.json.Encoder()
 _log = get_logger("ingester_gateway.app")
@@ -38,12 +41,13 @@ def _request_id(request: Request) -> str:
     return request_id_from(request.headers.get("x-request-id", "").encode("latin-1") or None)
 
 
-def _error(
-    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> Response:
+def _error(request: Request, error: ApiError) -> Response:
     rid = _request_id(request)
-    body = ErrorEnvelope(ErrorDetail(code, message, rid))
-    return _json(status, body, {"x-request-id": rid, **(headers or {})})
+    headers = {"x-request-id": rid, **{k.decode(): v.decode() for k, v in error.headers}}
+    return Response(error_body(error, rid), error.status, headers, media_type="application/json")
+
+
+_HTTP_PROBLEMS = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}
 
 
 def build_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp:
@@ -70,23 +74,18 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp:
         )
         progress = gw.progress.get(request.path_params["upload_id"], principal.sub)
         if progress is None:
-            raise ApiError(404, "not_found", "no such upload")
+            raise errors.NOT_FOUND("no such upload")
         return _json(200, progress)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return _error(
-            request,
-            exc.status,
-            exc.code,
-            exc.message,
-            {k.decode(): v.decode() for k, v in exc.headers},
-        )
+        return _error(request, exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        problem = _HTTP_PROBLEMS.get(exc.status_code, errors.BAD_REQUEST)
+        headers = [(k.encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+        return _error(request, problem(str(exc.detail), headers))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -145,19 +144,14 @@ class GatewayApp:
         except Exception:
             _log.exception("unhandled_error", path=scope["path"])
             if not started:
-                error = ApiError(500, "internal_error", "internal error")
+                error = errors.INTERNAL_ERROR("internal error")
                 rid = request_id_from(dict(scope["headers"]).get(b"x-request-id"))
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"connection", b"close"),
-                        ],
-                    }
+                await send_json(
+                    send,
+                    error.status,
+                    error_body(error, rid),
+                    [(b"x-request-id", rid.encode()), (b"connection", b"close")],
                 )
-                await send({"type": "http.response.body", "body": error_body(error, rid)})
 
 
 def app_from_environment() -> GatewayApp:
@@ -167,4 +161,5 @@ def app_from_environment() -> GatewayApp:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    tune_allocator()
     return build_app(settings)

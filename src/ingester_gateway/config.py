@@ -13,11 +13,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from ingester_gateway.models import DEFAULT_UPLOAD_ROLES, CodecName, NodeMode, Role
+
 PREFIX = "INGESTER_"
 
-Role = Literal["user", "operator", "admin"]
-Codec = Literal["zstd", "brotli", "gzip", "none"]
-NodeMode = Literal["edit", "rw", "ro", "ar"]
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
@@ -45,7 +44,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     auth_jwks_url: HttpUrl | None = None
     auth_issuer: str | None = None
     auth_audience: str | None = None
-    auth_min_role: Role = "user"
+    auth_upload_roles: list[Role] = msgspec.field(default_factory=lambda: [*DEFAULT_UPLOAD_ROLES])
     auth_leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=300)] = 10
     auth_max_token_bytes: Annotated[int, msgspec.Meta(ge=256, le=65536)] = 8192
     auth_jwks_refresh_seconds: Seconds = 300.0
@@ -75,7 +74,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     block_size: Annotated[int, msgspec.Meta(ge=2**12, le=2**26)] = 2**20
     # Blocks in flight across all uploads; blocks shrink (to 64 KiB) to stay within it.
     buffer_budget_bytes: Annotated[int, msgspec.Meta(ge=2**20)] = 128 * 2**20
-    default_compression: Codec = "zstd"
+    default_compression: CodecName = "zstd"
     zstd_level: Annotated[int, msgspec.Meta(ge=-7, le=22)] = 3
     zstd_threads: Annotated[int, msgspec.Meta(ge=-1, le=64)] = -1  # -1: auto
     brotli_quality: Annotated[int, msgspec.Meta(ge=0, le=11)] = 4
@@ -129,7 +128,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _SIZE_FIELDS = {"max_upload_bytes", "block_size", "buffer_budget_bytes", "replay_buffer_bytes"}
 _JSON_FIELDS = {"storage_elements"}
-_LIST_FIELDS = {"allowed_content_types"}
+_LIST_FIELDS = {"allowed_content_types", "auth_upload_roles"}
 
 
 def parse_size(text: str) -> int:

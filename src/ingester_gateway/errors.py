@@ -1,25 +1,101 @@
-"""The one error type handlers raise, and its JSON envelope."""
+"""The error catalogue: every error the API answers, declared once (tusd's lesson).
+
+Each `Problem` is a status and a code with what it means; an `ApiError` is one problem
+with this request's message. Envelopes, the last-resort 500 and the OpenAPI responses
+are all built from this table.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import msgspec
+
+Header = tuple[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    status: int
+    code: str
+    description: str
+    headers: tuple[Header, ...] = ()  # sent with every answer of this kind
+
+    def __call__(self, message: str, headers: Sequence[Header] = ()) -> ApiError:
+        return ApiError(self, message, headers)
+
+
+CATALOGUE: list[Problem] = []
+
+
+def _problem(status: int, code: str, description: str, *headers: Header) -> Problem:
+    problem = Problem(status, code, description, headers)
+    CATALOGUE.append(problem)
+    return problem
+
+
+_RETRY_AFTER: Header = (b"retry-after", b"5")
+
+BAD_REQUEST = _problem(400, "bad_request", "The request is malformed")
+INVALID_PARAMETER = _problem(400, "invalid_parameter", "An upload option has a bad value")
+INVALID_FILENAME = _problem(400, "invalid_filename", "The file name is empty, too long or unsafe")
+INVALID_DIGEST = _problem(400, "invalid_digest", "A digest header is malformed")
+MALFORMED_MULTIPART = _problem(400, "malformed_multipart", "The multipart body is malformed")
+MISSING_FILE = _problem(400, "missing_file", "The form has no 'file' part")
+FIELD_AFTER_FILE = _problem(400, "field_after_file", "A control field follows the 'file' part")
+LENGTH_MISMATCH = _problem(400, "length_mismatch", "The body does not match its Content-Length")
+UNAUTHORIZED = _problem(
+    401,
+    "unauthorized",
+    "No valid bearer token",
+    (b"www-authenticate", b'Bearer realm="ingester"'),
+)
+FORBIDDEN = _problem(403, "forbidden", "The token's role may not do this")
+INSUFFICIENT_SCOPE = _problem(403, "insufficient_scope", "The token lacks the files:write scope")
+NOT_FOUND = _problem(404, "not_found", "No such resource (or not the caller's)")
+METHOD_NOT_ALLOWED = _problem(405, "method_not_allowed", "The route does not take this method")
+REQUEST_TIMEOUT = _problem(408, "request_timeout", "The client sent no body data for too long")
+UPLOAD_ID_IN_USE = _problem(409, "upload_id_in_use", "X-Upload-Id names another upload")
+LENGTH_REQUIRED = _problem(411, "length_required", "Neither Content-Length nor a chunked body")
+PAYLOAD_TOO_LARGE = _problem(413, "payload_too_large", "The upload exceeds the size limit")
+UNSUPPORTED_MEDIA_TYPE = _problem(415, "unsupported_media_type", "The content type is refused")
+DIGEST_MISMATCH = _problem(422, "digest_mismatch", "The body does not match the client's digest")
+INTERNAL_ERROR = _problem(500, "internal_error", "A bug: reported, never a traceback")
+STORAGE_FAILED = _problem(502, "storage_failed", "The storage element refused or failed")
+STORAGE_TIMEOUT = _problem(502, "storage_timeout", "The storage element stopped taking data")
+STORAGE_CREDENTIALS = _problem(502, "storage_credentials", "No credential for the storage element")
+CHECKSUM_MISMATCH = _problem(
+    502, "checksum_mismatch", "The storage element stored other bytes than were sent"
+)
+NO_STORAGE_AVAILABLE = _problem(
+    503, "no_storage_available", "No storage element can take the upload now", _RETRY_AFTER
+)
+STORAGE_FAILED_MID_UPLOAD = _problem(
+    503,
+    "storage_failed_mid_upload",
+    "A storage element failed past the replay buffer; retry",
+    _RETRY_AFTER,
+)
+INSUFFICIENT_STORAGE = _problem(507, "insufficient_storage", "No storage element has room")
 
 
 class ApiError(Exception):
     """An error answered to the client as `{"error": {code, message, request_id}}`."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
+    def __init__(self, problem: Problem, message: str, headers: Sequence[Header] = ()) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
+        self.problem = problem
         self.message = message
-        self.headers = headers or []
+        self.headers: list[Header] = [*problem.headers, *headers]
+
+    @property
+    def status(self) -> int:
+        return self.problem.status
+
+    @property
+    def code(self) -> str:
+        return self.problem.code
 
 
 class ErrorDetail(msgspec.Struct):
@@ -32,9 +108,18 @@ class ErrorEnvelope(msgspec.Struct):
     error: ErrorDetail
 
 
-def bad_request(message: str, code: str = "bad_request") -> ApiError:
-    return ApiError(400, code, message)
+_encoder = msgspec.json.Encoder()
 
 
-def unavailable(message: str, retry_after: int = 5, code: str = "no_storage_available") -> ApiError:
-    return ApiError(503, code, message, [(b"retry-after", str(retry_after).encode())])
+def error_body(error: ApiError, request_id: str) -> bytes:
+    """The JSON envelope of `error`."""
+    return _encoder.encode(ErrorEnvelope(ErrorDetail(error.code, error.message, request_id)))
+
+
+def by_status(statuses: Sequence[int] | None = None) -> dict[int, list[Problem]]:
+    """The catalogue grouped by status (all, or only `statuses`), for API descriptions."""
+    grouped: dict[int, list[Problem]] = {}
+    for problem in CATALOGUE:
+        if statuses is None or problem.status in statuses:
+            grouped.setdefault(problem.status, []).append(problem)
+    return dict(sorted(grouped.items()))

@@ -33,10 +33,12 @@ from ingester_gateway.registry.health import HealthProber
 from ingester_gateway.registry.static import StaticRegistry
 from ingester_gateway.registry.watch import RedisWatchedRegistry
 from ingester_gateway.resilience import BreakerPolicy, BreakerState, RetryPolicy
-from ingester_gateway.runtime.memory import IdleTrimmer
 from ingester_gateway.runtime.redis_io import redis_client
+from ingester_gateway.upload.budget import UploadBudget
+from ingester_gateway.upload.driver import UploadServices
+from ingester_gateway.upload.plan import PlanRules
 from ingester_gateway.upload.progress import ProgressBook
-from ingester_gateway.upstream.client import StorageClient
+from ingester_gateway.upstream.client import StorageClient, use_vectored_writes
 
 CIRCUIT_LEVEL = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -56,9 +58,9 @@ class Gateway:
         shared = settings.runtime_dir if settings.workers > 1 else None
         self.progress = ProgressBook(shared_dir=Path(shared) / "progress" if shared else None)
         self._mirror: asyncio.Task[None] | None = None
-        self.active_uploads = 0
-        self._trimmer = IdleTrimmer()
-        self._cores = os.cpu_count() or 1
+        self.budget = UploadBudget(
+            settings.buffer_budget_bytes, settings.block_size, settings.replay_buffer_bytes
+        )
         self._session: aiohttp.ClientSession | None = None
         # One client for the registry, events and the backlog; every command is bounded
         # by INGESTER_REDIS_TIMEOUT_SECONDS, so no upload waits long on Redis.
@@ -77,7 +79,7 @@ class Gateway:
             )
         self.verifier = TokenVerifier(
             keys,
-            min_role=settings.auth_min_role,
+            roles=settings.auth_upload_roles,
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
             leeway=settings.auth_leeway_seconds,
@@ -87,9 +89,14 @@ class Gateway:
         self.storage: StorageClient
         self.credentials: UpstreamCredentials
         self.nodes: NodeDirectory
+        self.uploads: UploadServices  # once started
         self.rng = random.Random()
         self.retry_policy = RetryPolicy(
             max_attempts=settings.retry_attempts, deadline_seconds=settings.retry_deadline_seconds
+        )
+        self.plan_rules = PlanRules(
+            default_codec=settings.default_compression,
+            allowed_content_types=tuple(settings.allowed_content_types),
         )
         self.journal = Journal(settings.state_dir)
         self.events = EventPublisher(
@@ -105,6 +112,7 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
+        use_vectored_writes()
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -133,6 +141,22 @@ class Gateway:
             ),
         )
         await self.nodes.start()
+        self.uploads = UploadServices(
+            nodes=self.nodes,
+            storage=self.storage,
+            credentials=self.credentials,
+            compensations=self.backlog,
+            records=self.events,
+            budget=self.budget,
+            codecs=self.codecs,
+            executor=self.executor,
+            rules=self.plan_rules,
+            retry=self.retry_policy,
+            stall_timeout=s.upstream_response_timeout_seconds,
+            metrics=self.metrics,
+            log=self.log,
+            rng=self.rng,
+        )
         self.update_node_metrics()
         self.journal.open()
         await self.backlog.start()
@@ -186,39 +210,6 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-    # About four blocks of an upload are alive at once: filling, encoding, queued, sending.
-    BLOCKS_PER_UPLOAD = 4
-    MIN_BLOCK = 64 * 1024
-
-    # INGESTER_BUFFER_BUDGET_BYTES is shared: half for blocks in flight, half for the
-    # stored bytes held for replay.
-    def block_size(self) -> int:
-        """The configured block size, shrunk so that the uploads in flight together
-        hold about half the buffer budget in blocks."""
-        share = self.settings.buffer_budget_bytes // (
-            2 * self.BLOCKS_PER_UPLOAD * max(1, self.active_uploads)
-        )
-        return max(self.MIN_BLOCK, min(self.settings.block_size, share))
-
-    def replay_limit(self) -> int:
-        """Stored bytes one upload may hold for replay: INGESTER_REPLAY_BUFFER_BYTES, or
-        its share of the other half of the budget when many uploads run."""
-        share = self.settings.buffer_budget_bytes // (2 * max(1, self.active_uploads))
-        return min(self.settings.replay_buffer_bytes, share)
-
-    def upload_started(self) -> None:
-        self.active_uploads += 1
-        self._trimmer.busy()
-
-    def upload_finished(self) -> None:
-        self.active_uploads -= 1
-        if self.active_uploads == 0:
-            self._trimmer.idle()
-
-    def cores_idle(self) -> bool:
-        """Fewer uploads than cores: one may spread its compression over the others."""
-        return self.active_uploads < self._cores
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready when a writable SE answered its health check (or heartbeat) recently."""

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
-from ingester_gateway.errors import bad_request
+from ingester_gateway.errors import INVALID_PARAMETER
 
+# The one spelling of each name the gateway, its reference servers and its CLI share.
 RetentionPolicy = Literal["temporary", "permanent"]
 CodecName = Literal["zstd", "brotli", "gzip", "none"]
+NodeMode = Literal["edit", "rw", "ro", "ar"]  # an SE's mode: edit and rw take uploads
+Role = Literal["super_admin", "admin", "operator", "user", "readonly", "auditor"]
 UploadState = Literal["receiving", "storing", "stored", "failed"]
 
+CODEC_NAMES: tuple[CodecName, ...] = get_args(CodecName)
+NODE_MODES: tuple[NodeMode, ...] = get_args(NodeMode)
+WRITABLE_MODES: frozenset[str] = frozenset({"edit", "rw"})
+ROLES: tuple[Role, ...] = get_args(Role)
+DEFAULT_UPLOAD_ROLES: tuple[Role, ...] = ("super_admin", "admin", "operator", "user")
 RETENTION_BY_MODE: dict[str, RetentionPolicy] = {"edit": "temporary", "rw": "permanent"}
-MODE_BY_RETENTION: dict[RetentionPolicy, str] = {"temporary": "edit", "permanent": "rw"}
+MODE_BY_RETENTION: dict[RetentionPolicy, NodeMode] = {"temporary": "edit", "permanent": "rw"}
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_DESCRIPTION_CHARS = 4096
@@ -54,32 +62,28 @@ def parse_upload_options(fields: Mapping[str, str]) -> UploadOptions:
     mode = raw.pop("storage_mode", None)
     if mode is not None:
         if mode not in RETENTION_BY_MODE:
-            raise bad_request("storage_mode must be 'edit' or 'rw'", "invalid_parameter")
+            raise INVALID_PARAMETER("storage_mode must be 'edit' or 'rw'")
         alias = RETENTION_BY_MODE[mode]
         if raw.get("retention_policy", alias) != alias:
-            raise bad_request("storage_mode and retention_policy disagree", "invalid_parameter")
+            raise INVALID_PARAMETER("storage_mode and retention_policy disagree")
         raw["retention_policy"] = alias
     metadata = raw.pop("metadata", None)
     if metadata is not None and metadata != "":
         if len(metadata) > MAX_METADATA_BYTES:
-            raise bad_request(
-                f"metadata is larger than {MAX_METADATA_BYTES} bytes", "invalid_parameter"
-            )
+            raise INVALID_PARAMETER(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
         try:
             raw["metadata"] = _metadata_decoder.decode(metadata)
         except msgspec.DecodeError:
-            raise bad_request("metadata must be a JSON object", "invalid_parameter") from None
+            raise INVALID_PARAMETER("metadata must be a JSON object") from None
     for name in ("ttl_days", "compress", "compression_algorithm"):
         if raw.get(name) == "":
             del raw[name]
     try:
         options = msgspec.convert(raw, UploadOptions, strict=False)
     except msgspec.ValidationError as exc:
-        raise bad_request(_describe(exc), "invalid_parameter") from None
+        raise INVALID_PARAMETER(_describe(exc)) from None
     if options.ttl_days is not None and options.retention_policy != "temporary":
-        raise bad_request(
-            "ttl_days applies only to retention_policy=temporary", "invalid_parameter"
-        )
+        raise INVALID_PARAMETER("ttl_days applies only to retention_policy=temporary")
     return options
 
 
@@ -125,13 +129,3 @@ class UploadProgress(msgspec.Struct):
     error: str | None = None
     started_at: str = ""
     finished_at: str | None = None
-
-
-class StorageUploadReply(msgspec.Struct):
-    """What a Storage Element answers to a successful upload."""
-
-    file_id: str
-    checksum: str
-    file_size: int | None = None
-    original_filename: str | None = None
-    message: str | None = None

@@ -1,11 +1,27 @@
-"""Circuit breaker and retry policy. Pure: the clock and the randomness are passed in."""
+"""Circuit breaker, retry policy and backoff. Pure: the clock and the randomness are
+passed in."""
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: retry N waits between `floor` and
+    `min(cap, base * 2**(N-1))` seconds. The one backoff of the code base."""
+
+    base: float
+    cap: float
+    floor: float = 0.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The wait before retry number `attempt` (1 = the first retry)."""
+        ceiling = min(self.cap, self.base * 2 ** (max(1, attempt) - 1))
+        return rng.uniform(min(self.floor, ceiling), ceiling)
 
 
 class BreakerState(StrEnum):
@@ -60,8 +76,8 @@ class CircuitBreaker:
         return True
 
     def release(self) -> None:
-        """The acquired request was never sent (e.g. the upload failed on our side):
-        neither a success nor a failure of the node."""
+        """The acquired request said nothing about the node (it failed on our side, or
+        for a reason of its own): neither a success nor a failure."""
         if self.state is BreakerState.HALF_OPEN:
             self._probe_out = False
 
@@ -108,22 +124,17 @@ class CircuitBreaker:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by attempts and one total deadline."""
+    """Backoff between tries, bounded by a number of attempts and one total deadline."""
 
-    base_seconds: float = 0.05
-    cap_seconds: float = 2.0
     max_attempts: int = 4
     deadline_seconds: float = 15.0
-
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Delay before retry number `attempt` (1 = the first retry)."""
-        return rng.uniform(0.0, min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1)))
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=0.05, cap=2.0))
 
     def next_delay(self, attempt: int, elapsed: float, rng: random.Random) -> float | None:
         """The wait before retry `attempt`, or None when the budget is spent."""
         if attempt >= self.max_attempts:
             return None
-        delay = self.backoff(attempt, rng)
+        delay = self.backoff.delay(attempt, rng)
         if elapsed + delay >= self.deadline_seconds:
             return None
         return delay

@@ -38,7 +38,7 @@ BODY = b"not for the storage element " * 64
 @dataclass
 class AuthStack:
     stack: Stack  # SE + gateway with the default minimum role (user)
-    operator_gw: ServerProcess  # same SE, INGESTER_AUTH_MIN_ROLE=operator
+    operator_gw: ServerProcess  # same SE, INGESTER_AUTH_UPLOAD_ROLES without user
     proxy: StorageElementProxy
 
 
@@ -54,7 +54,7 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Itera
             workdir,
             keys.public_path,
             entry,
-            env={"INGESTER_AUTH_MIN_ROLE": "operator"},
+            env={"INGESTER_AUTH_UPLOAD_ROLES": "super_admin,admin,operator"},
             name="gateway-operator",
         )
         with running(gw, operator_gw):
@@ -169,7 +169,7 @@ def test_unknown_or_missing_role_is_403_and_nothing_reaches_the_se(
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_role_below_the_configured_minimum_is_403_and_nothing_reaches_the_se(
+def test_a_role_outside_the_configured_set_is_403_and_nothing_reaches_the_se(
     auth_stack: AuthStack, keys: DevKeys, route: str
 ) -> None:
     uploads_before = len(auth_stack.proxy.uploads())
@@ -179,8 +179,20 @@ def test_role_below_the_configured_minimum_is_403_and_nothing_reaches_the_se(
 
 
 @pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("role", ["readonly", "auditor"])
+def test_readonly_and_auditor_tokens_are_403_and_nothing_reaches_the_se(
+    auth_stack: AuthStack, keys: DevKeys, route: str, role: str
+) -> None:
+    uploads_before = len(auth_stack.proxy.uploads())
+    stored_before = auth_stack.stack.stored_ids()
+    answer = upload(auth_stack.stack.gw, route, "Bearer " + keys.token(role=role))
+    assert_refused_before_storage(auth_stack, answer, 403, uploads_before, stored_before)
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize(
-    ("role", "use_operator_gateway"), [("user", False), ("operator", True), ("admin", True)]
+    ("role", "use_operator_gateway"),
+    [("user", False), ("super_admin", False), ("operator", True), ("admin", True)],
 )
 def test_valid_token_with_enough_role_uploads_through_the_proxy(
     auth_stack: AuthStack, keys: DevKeys, role: str, use_operator_gateway: bool, route: str

@@ -60,7 +60,7 @@ def test_service_account_token_is_a_verified_service_account_and_is_reused(
     first, second, third = asyncio.run(_with_session(body))
     assert first == second
     assert third != first
-    verifier = TokenVerifier(StaticKeySource.from_file(str(keys.public_path)), min_role="admin")
+    verifier = TokenVerifier(StaticKeySource.from_file(str(keys.public_path)), roles=["admin"])
     principal = asyncio.run(verifier.verify(third))
     assert principal.token_type == "service_account"
     assert principal.sub == SERVICE_CLIENT[0]

@@ -18,7 +18,6 @@ from ingester_gateway.reference.processes import (
     free_port,
     gateway,
     service_account_env,
-    storage_element,
 )
 from tests.faults import StorageElementProxy, se_upload_reply, server_error
 from tests.kit import (
@@ -28,7 +27,6 @@ from tests.kit import (
     assert_error_envelope,
     eventually,
     http_call,
-    log_events,
     metric,
     put,
     sha256_hex,
@@ -299,89 +297,6 @@ def test_a_retry_on_the_same_node_is_not_undone_by_the_earlier_tries_late_delete
 
 
 # -- an SE that is full or refuses the mode: the next node, transparently --------------------
-
-
-def test_full_se_answering_507_moves_the_upload_to_the_next_node(
-    healthy: Cluster, keys: DevKeys
-) -> None:
-    """A 1 MiB SE of the best priority is chosen for a chunked 3 MiB upload (its size
-    is unknown up front); it answers 507 mid-body and the upload lands elsewhere."""
-    cluster = healthy
-    workdir = cluster.workdir
-    small = registered_se(workdir, keys, cluster.redis, "se-small", capacity="1MiB", priority=1)
-    cluster.add_se(small)
-    try:
-        eventually(
-            lambda: node_view(cluster.gw).get("se-small", {}).get("status") == "ok",
-            5,
-            "se-small in the gateway's view",
-        )
-        data = os.urandom(3 * MiB)
-        pieces = (data[i : i + 256 * 1024] for i in range(0, len(data), 256 * 1024))
-        answer = put(cluster.gw, keys.auth(), pieces, name="full.bin", query=AS_SENT)
-        assert answer.status == 201, answer.body
-        result = answer.json()
-        assert result["storage_element_id"] in NODES
-        assert cluster.files(result["storage_element_id"]).download(result["file_id"]) == data
-        assert (
-            metric(
-                cluster.gw, "ingester_node_uploads_total", node="se-small", outcome="failed_over"
-            )
-            == 1
-        ), "se-small was never tried"
-        refusals = log_events(cluster.gw, "upload_attempt_failed")
-        assert [e["kind"] for e in refusals if e["node"] == "se-small"] == ["full"]
-        assert cluster.files("se-small").stored_ids() == []
-        assert cluster.files("se-small").settled_partials() == []
-    finally:
-        small.stop()
-        del cluster.ses["se-small"]
-
-
-def test_se_refusing_the_mode_moves_the_upload_to_the_next_node(
-    healthy: Cluster, keys: DevKeys
-) -> None:
-    """An SE started `--mode ro` that an operator listed as rw (`nodes add`), with the
-    best priority. The gateway's probe learns its real mode and never sends it an upload;
-    and when the SE claims rw but refuses (400), the upload moves on transparently."""
-    cluster = healthy
-    ro_se = storage_element(cluster.workdir, keys.public_path, element_id="se-ro", mode="ro")
-    url = redis_url(cluster.redis)
-    with ro_se, StorageElementProxy(ro_se.url, name="se-ro-proxy") as proxy:
-        listing = ["--id", "se-ro", "--url", proxy.url, "--mode", "rw", "--priority", "1"]
-        added = nodes(url, "add", *listing)
-        assert added.returncode == 0, added.stderr
-        try:
-            eventually(
-                lambda: node_view(cluster.gw).get("se-ro", {}).get("mode") == "ro",
-                5,
-                "the probe's view of se-ro",
-            )
-            answer = put(
-                cluster.gw, keys.auth(), os.urandom(100_000), name="ro-1.bin", query=AS_SENT
-            )
-            assert answer.status == 201, answer.body
-            assert answer.json()["storage_element_id"] in NODES
-            assert proxy.uploads() == [], "an upload was sent to a node known to be ro"
-
-            def claims_rw(method: str, path: str, status: int, body: bytes) -> tuple[int, bytes]:
-                if path == "/api/v1/capacity":
-                    return status, json.dumps({**json.loads(body), "mode": "rw"}).encode()
-                return status, body
-
-            proxy.rewrite = claims_rw
-            eventually(
-                lambda: node_view(cluster.gw)["se-ro"]["mode"] == "rw", 5, "se-ro claiming rw"
-            )
-            answer = put(
-                cluster.gw, keys.auth(), os.urandom(100_000), name="ro-2.bin", query=AS_SENT
-            )
-            assert answer.status == 201, answer.body
-            assert answer.json()["storage_element_id"] in NODES
-            assert [u.status for u in proxy.uploads()] == [400], "se-ro was not tried first"
-            assert node_view(cluster.gw)["se-ro"]["circuit"] == "closed", "a refusal is no fault"
-        finally:
-            assert nodes(url, "remove", "--id", "se-ro").returncode == 0
 
 
 def test_all_ses_down_is_a_fast_503_with_retry_after(healthy: Cluster, keys: DevKeys) -> None:

@@ -32,8 +32,6 @@ from ingester_gateway.reference.processes import (
 from tests.faults import (
     StorageElementProxy,
     se_upload_reply,
-    server_error,
-    unreadable,
     wrong_checksum,
 )
 from tests.kit import (
@@ -535,15 +533,6 @@ def upload_through_a_lying_se(
     return file_id, [(d.path, d.status) for d in proxy.deletes()[deletes:]]
 
 
-def test_se_checksum_mismatch_is_502_and_gc_delete_removes_the_file(
-    proxied: ProxiedStack, keys: DevKeys
-) -> None:
-    """Compensation on an rw SE: the gc route, with a service-account token."""
-    token = "Bearer " + keys.token("svc-uploader", token_type="service_account")
-    file_id, deletes = upload_through_a_lying_se(proxied, proxied.rw, proxied.rw_proxy, token)
-    assert deletes == [(f"/api/v1/gc/{file_id}", 200)]
-
-
 def test_se_checksum_mismatch_falls_back_to_the_edit_mode_delete(
     proxied: ProxiedStack, keys: DevKeys
 ) -> None:
@@ -575,84 +564,7 @@ def test_se_checksum_mismatch_with_a_user_token_on_rw_is_compensated_by_the_serv
     assert deletes == [(f"/api/v1/gc/{file_id}", 200)]
 
 
-@pytest.mark.parametrize("lie", [server_error, unreadable], ids=["500", "unreadable_201"])
-def test_se_failing_after_it_stored_the_file_loses_it_and_the_next_node_takes_the_upload(
-    proxied: ProxiedStack, keys: DevKeys, lie: Callable[[int, bytes], tuple[int, bytes]]
-) -> None:
-    """The rw SE stores the file, then answers 500 (or a 201 nobody can read): its copy
-    is removed and the upload moves on to the other writable node, transparently."""
-    token = "Bearer " + keys.token("svc-uploader", token_type="service_account")
-    rw_before, edit_before = proxied.rw.stored_ids(), proxied.edit.stored_ids()
-    deletes_before = len(proxied.rw_proxy.deletes())
-    proxied.rw_proxy.rewrite = se_upload_reply(lie)
-    try:
-        answer = put(proxied.gw, {"Authorization": token}, os.urandom(3 * MiB), "lie.bin")
-    finally:
-        proxied.rw_proxy.rewrite = None
-    assert answer.status == 201, answer.body
-    reply = json.loads(answer.body)
-    assert reply["storage_element_id"] == "se-edit"
-    (lost,) = proxied.rw_proxy.uploads()[-1:]
-    lost_id = json.loads(lost.reply)["file_id"] if lost.status == 201 else reply["file_id"]
-    assert [(d.path, d.status) for d in proxied.rw_proxy.deletes()[deletes_before:]] == [
-        (f"/api/v1/gc/{lost_id}", 200)
-    ]
-    assert proxied.rw.stored_ids() == rw_before
-    assert set(proxied.edit.stored_ids()) == {*edit_before, reply["file_id"]}
-    assert proxied.rw.settled_partials() == []
-
-
-def test_lone_se_failing_after_it_stored_the_file_is_503_and_the_file_removed(
-    tmp_path: Path, keys: DevKeys
-) -> None:
-    """One node, which stores and then answers 500 on every try: after the retries,
-    503 + Retry-After, and no copy is left behind."""
-    data = tmp_path / "rw-data"
-    se = storage_element(tmp_path, keys.public_path, element_id="se-rw", data_dir=data)
-    with running(se), StorageElementProxy(se.url) as proxy:
-        gw = gateway(tmp_path, keys.public_path, [{"id": "se-rw", "url": proxy.url, "mode": "rw"}])
-        with running(gw):
-            proxy.rewrite = se_upload_reply(server_error)
-            token = "Bearer " + keys.token("svc-uploader", token_type="service_account")
-            answer = put(gw, {"Authorization": token}, os.urandom(MiB), "x.bin")
-            assert_error_envelope(answer, 503, "no_storage_available")
-            assert answer.headers.get("retry-after")
-            assert len(proxy.uploads()) >= 2  # it was retried
-            assert all(d.status == 200 for d in proxy.deletes())
-            assert len(proxy.deletes()) == len(proxy.uploads())
-            assert Stack(se, gw, keys, data).stored_ids() == []
-
-
 # -- the SE is down, or full ---------------------------------------------------------------
-
-
-@pytest.fixture
-def lone_se_stack(tmp_path: Path, keys: DevKeys) -> Iterator[Stack]:
-    yield from start_stack(tmp_path, keys)
-
-
-def assert_fast_503(stack: Stack) -> None:
-    started = time.monotonic()
-    answer = stack.put(os.urandom(256 * 1024), query=AS_SENT)
-    assert time.monotonic() - started < 5, "a dead SE must not make the client wait"
-    assert_error_envelope(answer, 503)
-    assert int(answer.headers["retry-after"]) > 0
-
-
-def test_only_se_down_is_a_fast_503_with_retry_after(lone_se_stack: Stack) -> None:
-    """Right after the kill (the registry still believes the SE healthy: connection
-    refused) and once the health check has noticed (no node is eligible)."""
-    stack = lone_se_stack
-    stack.se.kill()
-    assert_fast_503(stack)
-
-    def not_ready() -> bool:
-        return http_call(stack.gw.url, "GET", "/health/ready").status == 503
-
-    eventually(not_ready, what="the health check noticing the SE is gone")
-    assert_fast_503(stack)
-    assert stack.partials() == []
-    assert stack.stored_ids() == []
 
 
 @pytest.fixture(scope="module")

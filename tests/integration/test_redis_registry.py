@@ -101,7 +101,8 @@ def admin_entry(
     se_id: str, url: str, priority: int, *, available: bool = True, writable: bool = True
 ) -> dict[str, Any]:
     return {
-        "id": se_id,
+        "id": int(se_id.rsplit("-", 1)[1]) + 40,  # the Admin's database id, not the identity
+        "element_id": se_id,
         "name": f"Storage {se_id}",
         "api_url": url,
         "mode": "rw",
@@ -118,7 +119,8 @@ def test_artstore_document_drives_selection_and_announced_changes_are_picked_up_
     tmp_path: Path, keys: DevKeys
 ) -> None:
     """INGESTER_REGISTRY=artstore, with a 30 s refresh: only the announcement on
-    artstore:service_discovery can explain a change seen within a second."""
+    artstore:service_discovery can explain a change seen within a second. Nodes are
+    known by their element_id (as the real Ingester knows them), not the database id."""
     with Cluster.running(tmp_path, keys) as cluster:
         ses = {
             se_id: cluster.add_se(storage_element(tmp_path, keys.public_path, element_id=se_id))

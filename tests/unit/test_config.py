@@ -33,7 +33,7 @@ def test_defaults_apply_when_only_the_required_variables_are_set(base: dict[str,
     settings = load_settings(base)
     assert settings.port == 8020
     assert settings.host == "0.0.0.0"
-    assert settings.auth_min_role == "user"
+    assert settings.auth_upload_roles == ["super_admin", "admin", "operator", "user"]
     assert settings.block_size == 2**20
     assert settings.default_compression == "zstd"
     assert settings.log_format == "json"
@@ -54,14 +54,14 @@ def test_values_are_decoded_from_strings(base: dict[str, str]) -> None:
         {
             **base,
             "INGESTER_PORT": "9000",
-            "INGESTER_AUTH_MIN_ROLE": "operator",
+            "INGESTER_AUTH_UPLOAD_ROLES": "admin, operator",
             "INGESTER_LOG_FORMAT": "text",
             "INGESTER_ACCESS_LOG": "true",
             "INGESTER_CLIENT_BODY_TIMEOUT_SECONDS": "2.5",
         }
     )
     assert settings.port == 9000
-    assert settings.auth_min_role == "operator"
+    assert settings.auth_upload_roles == ["admin", "operator"]
     assert settings.log_format == "text"
     assert settings.access_log is True
     assert settings.client_body_timeout_seconds == 2.5
@@ -122,7 +122,7 @@ def test_storage_elements_keep_mode_and_priority(base: dict[str, str]) -> None:
         ("INGESTER_PORT", "http"),
         ("INGESTER_LOG_FORMAT", "xml"),
         ("INGESTER_LOG_LEVEL", "verbose"),
-        ("INGESTER_AUTH_MIN_ROLE", "root"),
+        ("INGESTER_AUTH_UPLOAD_ROLES", "user,root"),
         ("INGESTER_DEFAULT_COMPRESSION", "lzma"),
         ("INGESTER_ACCESS_LOG", "maybe"),
         ("INGESTER_STORAGE_ELEMENTS", '[{"id": "a", "url": "ftp://a.example"}]'),

@@ -9,7 +9,7 @@ import pytest
 
 from ingester_gateway.registry import NodeRecord
 from ingester_gateway.registry.health import HealthProber, apply_probe
-from ingester_gateway.upstream.client import Capacity, CapacityReply
+from ingester_gateway.upstream.wire import Capacity, CapacityReply
 
 NODE = NodeRecord(
     id="se-1",

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from ingester_gateway.api.uploads import UploadEndpoint
 from ingester_gateway.config import load_settings
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.models import UploadProgress
-from ingester_gateway.upload.endpoint import UploadEndpoint
 from ingester_gateway.upload.progress import ProgressBook
 from tests.kit import DevKeys, run
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 import aiohttp
@@ -20,11 +20,15 @@ from jose import jwk, jwt
 from jose.backends.base import Key
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
+from ingester_gateway import errors
 from ingester_gateway.errors import ApiError
+from ingester_gateway.models import DEFAULT_UPLOAD_ROLES, ROLES
 
 ALGORITHM = "RS256"
-ROLE_RANK: dict[str, int] = {"user": 1, "operator": 2, "admin": 3}
 WRITE_SCOPE = "files:write"
+# Token types the Admin Module issues that may act here (`refresh` never may).
+ACCEPTED_TYPES = frozenset({"admin_user", "service_account", "access"})
+ADMIN_ROLES = frozenset({"super_admin", "admin"})
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -40,6 +44,10 @@ class Principal(msgspec.Struct, frozen=True):
 
     def __repr__(self) -> str:  # keep the token out of any accidental log line
         return f"Principal(sub={self.sub!r}, role={self.role!r})"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role in ADMIN_ROLES
 
 
 class Claims(msgspec.Struct):
@@ -57,20 +65,17 @@ class Claims(msgspec.Struct):
 
 
 def _unauthorized(message: str) -> ApiError:
+    error = errors.UNAUTHORIZED(message)
     challenge = f'Bearer realm="ingester", error="invalid_token", error_description="{message}"'
-    return ApiError(401, "unauthorized", message, [(b"www-authenticate", challenge.encode())])
+    error.headers = [(b"www-authenticate", challenge.encode())]  # RFC 6750's detail
+    return error
 
 
-def _forbidden(message: str, code: str = "forbidden") -> ApiError:
-    return ApiError(403, code, message)
+def _forbidden(message: str) -> ApiError:
+    return errors.FORBIDDEN(message)
 
 
-MISSING_TOKEN = ApiError(
-    401,
-    "unauthorized",
-    "missing bearer token",
-    [(b"www-authenticate", b'Bearer realm="ingester"')],
-)
+MISSING_TOKEN = errors.UNAUTHORIZED("missing bearer token")
 
 
 def load_rsa_public_key(pem: bytes) -> Key:
@@ -198,7 +203,7 @@ class TokenVerifier:
         self,
         keys: KeySource,
         *,
-        min_role: str = "user",
+        roles: Collection[str] = DEFAULT_UPLOAD_ROLES,
         issuer: str | None = None,
         audience: str | None = None,
         leeway: int = 10,
@@ -207,7 +212,7 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
-        self._min_rank = ROLE_RANK[min_role]
+        self._roles = frozenset(roles)
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
@@ -295,23 +300,25 @@ class TokenVerifier:
         return self._authorize(claims, token), float(claims.nbf or 0)
 
     def _authorize(self, claims: Claims, token: str) -> Principal:
-        if claims.type == "refresh":
+        token_type = claims.type.lower() if claims.type is not None else None
+        if token_type == "refresh":
             raise _unauthorized("refresh tokens cannot be used to upload")
+        if token_type is not None and token_type not in ACCEPTED_TYPES:
+            raise _unauthorized("unknown token type")
         if claims.role is None:
             raise _forbidden("token carries no role")
-        rank = ROLE_RANK.get(claims.role)
-        if rank is None:
-            raise _forbidden(f"unknown role {claims.role!r}")
-        if rank < self._min_rank:
+        if claims.role not in ROLES:
+            raise _forbidden(f"unknown role {claims.role!r}")  # never promoted
+        if claims.role not in self._roles:
             raise _forbidden(f"role {claims.role!r} may not upload")
         if claims.scope is not None:
             scopes = claims.scope.split() if isinstance(claims.scope, str) else claims.scope
             if WRITE_SCOPE not in scopes:
-                raise _forbidden(f"token lacks scope {WRITE_SCOPE}", "insufficient_scope")
+                raise errors.INSUFFICIENT_SCOPE(f"token lacks scope {WRITE_SCOPE}")
         return Principal(
             sub=claims.sub,
             role=claims.role,
-            token_type=claims.type,
+            token_type=token_type,
             name=claims.name or claims.username,
             client_id=claims.client_id,
             expires_at=claims.exp,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ingester_gateway.config import ConfigError, Settings, load_settings, parse_size
+from ingester_gateway.models import NODE_MODES, ROLES
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -63,7 +64,7 @@ def _run_uvicorn(settings: Settings) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http="ingester_gateway.runtime.http:GatewayHttpProtocol",
         lifespan="on",
         access_log=settings.access_log,
         log_config=None,
@@ -165,7 +166,7 @@ def _run_plain(app: Any, host: str, port: int, **logging: Any) -> None:
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http="ingester_gateway.runtime.http:GatewayHttpProtocol",
         lifespan="on",
         access_log=False,
         server_header=False,
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--host", default="127.0.0.1")
     se.add_argument("--port", type=int, default=8010)
     se.add_argument("--data-dir", required=True)
-    se.add_argument("--mode", choices=["edit", "rw", "ro", "ar"], default="rw")
+    se.add_argument("--mode", choices=NODE_MODES, default="rw")
     se.add_argument("--element-id", default="se-1")
     se.add_argument("--capacity-bytes", default="100GiB", help="bytes, or 500MiB, 2TiB, ...")
     se.add_argument("--priority", type=int, default=100)
@@ -239,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = actions.add_parser("add", help="an operator-managed node (no heartbeat, no expiry)")
     add.add_argument("--id", required=True)
     add.add_argument("--url", required=True, type=_http_url)
-    add.add_argument("--mode", required=True, choices=["edit", "rw", "ro", "ar"])
+    add.add_argument("--mode", required=True, choices=NODE_MODES)
     add.add_argument("--priority", type=int, default=100, help="lower is preferred")
     add.add_argument("--capacity-bytes", type=_size, help="bytes, or 500GiB, 2TiB, ...")
     remove = actions.add_parser("remove", help="delete a node's record")
@@ -266,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print an RS256 token in the Admin Module's format")
     token.add_argument("--private-key", required=True)
     token.add_argument("--sub", required=True)
-    token.add_argument("--role", default="user", choices=["user", "operator", "admin"])
+    token.add_argument("--role", default="user", choices=ROLES)
     token.add_argument("--ttl", type=int, default=3600, help="seconds")
     token.add_argument(
         "--type", default="admin_user", choices=["admin_user", "service_account", "access"]

@@ -27,6 +27,7 @@ from ingester_gateway.observability import Metrics, get_logger
 from ingester_gateway.outbox.events import EventPublisher
 from ingester_gateway.outbox.journal import Journal, PendingCompensation, PendingEvent
 from ingester_gateway.registry import NodeRecord
+from ingester_gateway.resilience import Backoff
 from ingester_gateway.runtime.redis_io import REDIS_ERRORS
 from ingester_gateway.runtime.stopping import StopSignal, stop_tasks
 
@@ -48,9 +49,8 @@ _item = msgspec.json.Decoder(PendingCompensation)
 Deleter = Callable[[NodeRecord, str], Awaitable[bool]]
 
 
-def retry_delay(attempts: int, rng: random.Random) -> float:
-    """Full jitter, 1 s doubling to 5 minutes."""
-    return rng.uniform(0.5, min(300.0, 2.0**attempts))
+# A failed delete waits 0.5-2 s, then up to twice as long each time, at most 5 minutes.
+RETRY_BACKOFF = Backoff(base=2.0, cap=300.0, floor=0.5)
 
 
 class CompensationBacklog:
@@ -179,7 +179,7 @@ class CompensationBacklog:
             return
         attempts = self._local_attempts.get(item.id, 0) + 1
         self._local_attempts[item.id] = attempts
-        self._local_due[item.id] = now + retry_delay(attempts, self._rng)
+        self._local_due[item.id] = now + RETRY_BACKOFF.delay(attempts, self._rng)
 
     async def _work_redis(self) -> None:
         assert self._redis is not None
@@ -212,7 +212,9 @@ class CompensationBacklog:
             _log.info("compensation_done", node=item.node_id, file_id=item.file_id)
             return
         attempts = int(await self._redis.hincrby(ATTEMPTS, item.id, 1))
-        await self._redis.zadd(BACKLOG, {raw: self._clock() + retry_delay(attempts, self._rng)})
+        await self._redis.zadd(
+            BACKLOG, {raw: self._clock() + RETRY_BACKOFF.delay(attempts, self._rng)}
+        )
 
     async def _update_gauges(self) -> None:
         pending = self._journal.pending()

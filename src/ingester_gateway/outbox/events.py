@@ -11,9 +11,11 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from ingester_gateway.auth.verify import Principal
 from ingester_gateway.models import UploadResult
 from ingester_gateway.outbox.journal import FileEvent, Journal, PendingEvent
 from ingester_gateway.runtime.redis_io import REDIS_ERRORS
+from ingester_gateway.upload.ports import RecordUnavailable
 
 EVENT_TYPE = "file.uploaded"
 SENT_MARKER = "ingester:event-sent:{}"
@@ -27,7 +29,7 @@ return false
 """
 
 
-class EventsUnavailable(Exception):
+class EventsUnavailable(RecordUnavailable):
     """The event could neither be added to the stream nor journaled."""
 
 
@@ -74,6 +76,10 @@ class EventPublisher:
     @property
     def enabled(self) -> bool:
         return self._redis is not None
+
+    async def stored(self, result: UploadResult, principal: Principal) -> None:
+        """The upload driver's record of a stored file: its event."""
+        await self.file_uploaded(result, principal.sub)
 
     async def file_uploaded(self, result: UploadResult, uploaded_by: str) -> None:
         """Announce a stored upload; without Redis configured there is no stream."""

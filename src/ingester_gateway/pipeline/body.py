@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import Message, Receive
 
+from ingester_gateway import errors
 from ingester_gateway.errors import ApiError
 
 
@@ -22,7 +23,7 @@ class ClientDisconnected(Exception):
 
 
 def too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"upload exceeds the limit of {limit} bytes")
+    return errors.PAYLOAD_TOO_LARGE(f"upload exceeds the limit of {limit} bytes")
 
 
 class RequestBody:
@@ -82,18 +83,16 @@ class RequestBody:
                         self.content_length is not None
                         and self.bytes_received > self.content_length
                     ):
-                        raise ApiError(400, "length_mismatch", "body longer than Content-Length")
+                        raise errors.LENGTH_MISMATCH("body longer than Content-Length")
                     yield piece
             if self.content_length is not None and self.bytes_received != self.content_length:
-                raise ApiError(400, "length_mismatch", "body shorter than Content-Length")
+                raise errors.LENGTH_MISMATCH("body shorter than Content-Length")
             self.complete = True
         except asyncio.CancelledError:
             if self.timed_out:
                 if task is not None:
                     task.uncancel()
-                raise ApiError(
-                    408, "request_timeout", f"no body data for {self._idle_timeout:g} s"
-                ) from None
+                raise errors.REQUEST_TIMEOUT(f"no body data for {self._idle_timeout:g} s") from None
             raise
         finally:
             watchdog.discard(self)

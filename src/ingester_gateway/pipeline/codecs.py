@@ -17,6 +17,15 @@ from ingester_gateway.models import CodecName
 
 Buffer = bytes | bytearray | memoryview
 
+# What each codec's stored bytes are called: the SE file's extension and media type.
+EXTENSIONS: dict[CodecName, str] = {"zstd": ".zst", "brotli": ".br", "gzip": ".gz", "none": ""}
+MEDIA_TYPES: dict[CodecName, str] = {
+    "zstd": "application/zstd",
+    "brotli": "application/x-brotli",
+    "gzip": "application/gzip",
+    "none": "application/octet-stream",
+}
+
 
 class Compressor(Protocol):
     def compress(self, data: Buffer) -> bytes: ...
@@ -26,8 +35,6 @@ class Compressor(Protocol):
 
 class CompressionCodec(Protocol):
     name: CodecName
-    media_type: str
-    extension: str
 
     def compressor(self, size_hint: int | None = None, parallel: bool = False) -> Compressor:
         """A compressor for one stream; `size_hint` is the exact input size if known;
@@ -65,8 +72,6 @@ class ZstdCodec:
     A context serves one stream at a time."""
 
     name: CodecName = "zstd"
-    media_type = "application/zstd"
-    extension = ".zst"
     POOL_SIZE = 2
     JOB_SIZE = 1 << 20
 
@@ -137,8 +142,6 @@ class _BrotliCompressor:
 
 class BrotliCodec:
     name: CodecName = "brotli"
-    media_type = "application/x-brotli"
-    extension = ".br"
 
     def __init__(self, quality: int = 4) -> None:
         self.quality = quality
@@ -163,8 +166,6 @@ class _GzipCompressor:
 
 class GzipCodec:
     name: CodecName = "gzip"
-    media_type = "application/gzip"
-    extension = ".gz"
 
     def __init__(self, level: int = 6) -> None:
         self.level = level
@@ -186,8 +187,6 @@ class _Identity:
 
 class IdentityCodec:
     name: CodecName = "none"
-    media_type = "application/octet-stream"
-    extension = ""
 
     def compressor(self, size_hint: int | None = None, parallel: bool = False) -> Compressor:
         return _Identity()

@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 
-from ingester_gateway.errors import bad_request
+from ingester_gateway.errors import INVALID_DIGEST
 
 _CONTENT_DIGEST_ITEM = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*")
 
@@ -22,25 +22,23 @@ def claimed_sha256(content_digest: str | None, checksum_header: str | None) -> b
         for item in content_digest.split(","):
             match = _CONTENT_DIGEST_ITEM.fullmatch(item)
             if match is None:
-                raise bad_request("malformed Content-Digest header", "invalid_digest")
+                raise INVALID_DIGEST("malformed Content-Digest header")
             if match.group(1).lower() != "sha-256":
                 continue
             try:
                 value = base64.b64decode(match.group(2), validate=True)
             except binascii.Error:
-                raise bad_request(
-                    "malformed Content-Digest sha-256 value", "invalid_digest"
-                ) from None
+                raise INVALID_DIGEST("malformed Content-Digest sha-256 value") from None
             if len(value) != 32:
-                raise bad_request("Content-Digest sha-256 must be 32 bytes", "invalid_digest")
+                raise INVALID_DIGEST("Content-Digest sha-256 must be 32 bytes")
             found.append(value)
     if checksum_header:
         text = checksum_header.strip()
         if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
-            raise bad_request("X-Checksum-SHA256 must be 64 hex digits", "invalid_digest")
+            raise INVALID_DIGEST("X-Checksum-SHA256 must be 64 hex digits")
         found.append(bytes.fromhex(text))
     if not found:
         return None
     if any(value != found[0] for value in found):
-        raise bad_request("Content-Digest and X-Checksum-SHA256 disagree", "invalid_digest")
+        raise INVALID_DIGEST("Content-Digest and X-Checksum-SHA256 disagree")
     return found[0]

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import multipart
 
-from ingester_gateway.errors import ApiError, bad_request
+from ingester_gateway import errors
+from ingester_gateway.errors import ApiError
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 64
@@ -30,18 +31,18 @@ def boundary_from(content_type: str) -> bytes:
     """The boundary of a `multipart/form-data` Content-Type, or a 400/415."""
     media, options = multipart.parse_options_header(content_type)
     if media != "multipart/form-data":
-        raise ApiError(415, "unsupported_media_type", "expected multipart/form-data")
+        raise errors.UNSUPPORTED_MEDIA_TYPE("expected multipart/form-data")
     boundary = options.get("boundary", "")
     if not boundary or len(boundary) > 200:
-        raise bad_request("multipart/form-data needs a boundary of 1 to 200 characters")
+        raise errors.BAD_REQUEST("multipart/form-data needs a boundary of 1 to 200 characters")
     try:
         return str(boundary).encode("latin-1")
     except UnicodeEncodeError:
-        raise bad_request("invalid multipart boundary") from None
+        raise errors.BAD_REQUEST("invalid multipart boundary") from None
 
 
 def malformed(exc: Exception) -> ApiError:
-    return bad_request(f"malformed multipart body: {exc}", "malformed_multipart")
+    return errors.MALFORMED_MULTIPART(f"malformed multipart body: {exc}")
 
 
 class MultipartReader:
@@ -91,7 +92,9 @@ class MultipartReader:
             raise malformed(ValueError("unexpected data between parts"))
         # Not `is None`: the non-strict parser reports a missing name as "".
         if event.disposition != "form-data" or not event.name:
-            raise bad_request("every multipart part needs Content-Disposition: form-data; name=")
+            raise errors.BAD_REQUEST(
+                "every multipart part needs Content-Disposition: form-data; name="
+            )
         self._in_part = True
         return PartHeader(event.name, event.filename, event.content_type)
 
@@ -114,12 +117,12 @@ class MultipartReader:
         async for chunk in self.iter_data():
             size += len(chunk)
             if size > limit:
-                raise bad_request(f"form field larger than {limit} bytes")
+                raise errors.BAD_REQUEST(f"form field larger than {limit} bytes")
             chunks.append(chunk)
         try:
             return b"".join(chunks).decode("utf-8")
         except UnicodeDecodeError:
-            raise bad_request("form field is not valid UTF-8") from None
+            raise errors.BAD_REQUEST("form field is not valid UTF-8") from None
 
     async def _expect_end(self) -> None:
         """Consume the rest of the body (an epilogue) so length checks still run."""

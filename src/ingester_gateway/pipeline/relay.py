@@ -50,10 +50,6 @@ class Relay:
         self._trailer = trailer
         self._produced_event.set()
 
-    @property
-    def finished(self) -> bool:
-        return self._trailer is not None
-
     # -- sender --------------------------------------------------------------------
 
     @property

@@ -6,8 +6,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from ingester_gateway.models import WRITABLE_MODES
+
 NodeStatus = Literal["ok", "degraded", "down", "unknown"]
-WRITABLE_MODES = frozenset({"edit", "rw"})
 
 
 class NodeRecord(msgspec.Struct, frozen=True):

@@ -14,9 +14,10 @@ CHANNEL = "artstore:service_discovery"
 _AVAILABLE = frozenset({"online", "ok", "healthy", "active", "available", "up"})
 
 
-class AdminStorageElement(msgspec.Struct):
-    id: str | int
+class AdminStorageElement(msgspec.Struct, kw_only=True):
+    id: str | int  # the Admin's database id: not the node's identity
     api_url: str
+    element_id: str | None = None  # the SE's own id ("se-local-01"): the node's identity
     mode: str
     name: str | None = None
     status: str | None = None
@@ -56,7 +57,7 @@ def parse_document(raw: bytes) -> list[NodeRecord]:
             free = max(0, se.capacity_bytes - se.used_bytes)
         records.append(
             NodeRecord(
-                id=str(se.id),
+                id=se.element_id or str(se.id),
                 url=se.api_url,
                 mode=mode,
                 status=status,

@@ -93,6 +93,9 @@ class NodeDirectory:
     def failed(self, node_id: str) -> None:
         self.breaker(node_id).record_failure(self._clock())
 
+    def abandoned(self, node_id: str) -> None:
+        self.breaker(node_id).release()
+
     def breaker_states(self) -> dict[str, BreakerState]:
         return {node_id: b.state for node_id, b in self._breakers.items()}
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from ingester_gateway.registry import NodeRecord, NodeStatus
-from ingester_gateway.upstream.client import CapacityReply
+from ingester_gateway.upstream.wire import CapacityReply
 
 Probe = Callable[[NodeRecord], Awaitable[CapacityReply | None]]
 

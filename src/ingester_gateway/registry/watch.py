@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from ingester_gateway.observability import get_logger
 from ingester_gateway.registry import NodeRecord
+from ingester_gateway.resilience import Backoff
 from ingester_gateway.runtime.redis_io import REDIS_ERRORS
 from ingester_gateway.runtime.stopping import StopSignal, stop_tasks
 
@@ -22,6 +23,8 @@ Loader = Callable[[aioredis.Redis], Awaitable[list[NodeRecord]]]
 _log = get_logger("ingester_gateway.registry")
 # ValueError: a malformed node document
 _LOAD_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, ValueError)
+# Redis away: reconnect after 0.05-0.2 s, doubling up to 5 s.
+_BACKOFF = Backoff(base=0.2, cap=5.0, floor=0.05)
 
 
 class RedisWatchedRegistry:
@@ -40,6 +43,7 @@ class RedisWatchedRegistry:
         self._channel = channel
         self._interval = refresh_interval
         self._clock = clock
+        self._rng = random.Random()
         self.name = name
         self._nodes: list[NodeRecord] = []
         self._last_ok: float | None = None
@@ -86,50 +90,32 @@ class RedisWatchedRegistry:
         return True
 
     async def _refresh_loop(self) -> None:
-        backoff = _Backoff()
+        failures = 0
         while not self._stop.is_set:
+            wait = _BACKOFF.delay(failures, self._rng) if failures else self._interval
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff.current or self._interval):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             self._wake.clear()
             if self._stop.is_set:
                 return
-            if await self.refresh():
-                backoff.reset()
-            else:
-                backoff.grow()
+            failures = 0 if await self.refresh() else failures + 1
 
     async def _listen_loop(self) -> None:
-        backoff = _Backoff()
+        failures = 0
         while not self._stop.is_set:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
-                backoff.reset()
+                failures = 0
                 self._wake.set()  # changes may have been missed while disconnected
                 while not self._stop.is_set:
                     message = await pubsub.get_message(timeout=self._interval)
                     if message is not None:
                         self._wake.set()
             except REDIS_ERRORS:
-                backoff.grow()
-                await self._stop.sleep(backoff.current)
+                failures += 1
+                await self._stop.sleep(_BACKOFF.delay(failures, self._rng))
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-class _Backoff:
-    """Exponential backoff with full jitter between 0.1 s and 5 s."""
-
-    def __init__(self) -> None:
-        self._attempt = 0
-        self.current = 0.0
-
-    def grow(self) -> None:
-        self._attempt += 1
-        self.current = random.uniform(0.05, min(5.0, 0.1 * 2**self._attempt))
-
-    def reset(self) -> None:
-        self._attempt = 0
-        self.current = 0.0

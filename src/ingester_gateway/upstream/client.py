@@ -1,21 +1,28 @@
 """aiohttp client for Storage Elements: the streaming upload, deletes, capacity.
 
 One shared `ClientSession` (connection pooling, keep-alive). The upload is one
-chunked multipart POST whose body is an async iterator we feed block by block.
+multipart POST whose body is either bytes (Content-Length) or an async iterator fed
+block by block (chunked).
 """
 
 from __future__ import annotations
 
-import secrets
+import asyncio
 from collections.abc import AsyncIterable
-from typing import Literal
+from typing import Literal, Protocol
 
 import aiohttp
 import msgspec
 import yarl
+from aiohttp import http_writer
 
-from ingester_gateway.models import StorageUploadReply
-from ingester_gateway.registry import NodeRecord
+from ingester_gateway.upstream.wire import (
+    CapacityReply,
+    StoredFile,
+    capacity_decoder,
+    describe_error,
+    stored_file_decoder,
+)
 
 FailureKind = Literal[
     "connect",  # never reached the SE: connection refused, DNS, connect timeout
@@ -37,71 +44,14 @@ class UpstreamError(Exception):
         self.message = message
 
 
-class Capacity(msgspec.Struct):
-    total: int
-    used: int
-    available: int
-    percent_used: float | None = None
+class Endpoint(Protocol):
+    """A Storage Element as this client needs it (a registry's node record is one)."""
 
+    @property
+    def id(self) -> str: ...
 
-class CapacityReply(msgspec.Struct):
-    storage_id: str | None = None
-    mode: str | None = None
-    capacity: Capacity | None = None
-    health: str | None = None
-
-
-class _Detail(msgspec.Struct):
-    detail: object = None
-    error: object = None
-
-
-_reply_decoder = msgspec.json.Decoder(StorageUploadReply)
-_capacity_decoder = msgspec.json.Decoder(CapacityReply)
-_detail_decoder = msgspec.json.Decoder(_Detail)
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "")
-
-
-class MultipartFraming:
-    """The bytes around the file part of the upload body; we write them ourselves so the
-    file data can be streamed as it is produced."""
-
-    def __init__(self) -> None:
-        self.boundary = "ingester-" + secrets.token_hex(16)
-        self.content_type = f"multipart/form-data; boundary={self.boundary}"
-
-    def field(self, name: str, value: str) -> bytes:
-        return (
-            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"'
-            f"\r\n\r\n{value}\r\n"
-        ).encode()
-
-    def file_header(self, filename: str, content_type: str) -> bytes:
-        return (
-            f'--{self.boundary}\r\nContent-Disposition: form-data; name="file"; '
-            f'filename="{_quote(filename)}"\r\nContent-Type: {content_type}\r\n\r\n'
-        ).encode()
-
-    def file_end(self) -> bytes:
-        return b"\r\n"
-
-    def closing(self) -> bytes:
-        return f"--{self.boundary}--\r\n".encode()
-
-
-def describe_error_body(raw: bytes) -> str:
-    """One line from an SE error body: `{"detail": ...}` (Python) or `{"error": ...}` (Go)."""
-    try:
-        body = _detail_decoder.decode(raw)
-    except msgspec.DecodeError:
-        return raw[:200].decode("utf-8", "replace")
-    detail = body.detail if body.detail is not None else body.error
-    if isinstance(detail, dict):
-        detail = detail.get("message") or detail.get("code") or detail
-    return str(detail)[:300]
+    @property
+    def url(self) -> str: ...
 
 
 def classify_status(status: int, text: str) -> UpstreamError:
@@ -119,6 +69,16 @@ def classify_status(status: int, text: str) -> UpstreamError:
     else:
         kind = "protocol"
     return UpstreamError(kind, f"storage element answered {status}: {text}", status)
+
+
+def use_vectored_writes() -> None:
+    """On Python < 3.12.9 aiohttp joins each chunk's size line, data and CRLF into one
+    new bytes object before writing (a copy of every byte sent), because asyncio's own
+    writelines had CVE-2024-12254 there. uvloop's writelines is its own (a writev of
+    the pieces, with flow control, not affected): under uvloop, let aiohttp use it."""
+    loop = asyncio.get_running_loop()
+    if type(loop).__module__.startswith("uvloop") and hasattr(http_writer, "SKIP_WRITELINES"):
+        http_writer.SKIP_WRITELINES = False
 
 
 class StorageClient:
@@ -144,11 +104,11 @@ class StorageClient:
 
     async def upload(
         self,
-        node: NodeRecord,
+        node: Endpoint,
         body: bytes | AsyncIterable[bytes],
         content_type: str,
         headers: dict[str, str],
-    ) -> StorageUploadReply:
+    ) -> StoredFile:
         url = self._upload_url(node)
         send_headers = {**headers, "Content-Type": content_type}
         try:
@@ -161,7 +121,7 @@ class StorageClient:
             ) as resp:
                 raw = await resp.read()
                 if resp.status not in (200, 201):
-                    raise classify_status(resp.status, describe_error_body(raw))
+                    raise classify_status(resp.status, describe_error(raw))
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError("connect", f"cannot connect to {node.id}: {exc.os_error}") from None
         except (aiohttp.ServerTimeoutError, TimeoutError):
@@ -169,11 +129,11 @@ class StorageClient:
         except aiohttp.ClientError as exc:
             raise UpstreamError("server", f"{node.id} connection failed: {exc}") from None
         try:
-            return _reply_decoder.decode(raw)
+            return stored_file_decoder.decode(raw)
         except msgspec.DecodeError as exc:
             raise UpstreamError("protocol", f"{node.id} sent an unusable reply: {exc}") from None
 
-    def _upload_url(self, node: NodeRecord) -> yarl.URL:
+    def _upload_url(self, node: Endpoint) -> yarl.URL:
         """Parsed once per node URL, not once per upload."""
         url = self._upload_urls.get(node.url)
         if url is None:
@@ -182,7 +142,7 @@ class StorageClient:
             )
         return url
 
-    async def delete(self, node: NodeRecord, file_id: str, headers: dict[str, str]) -> bool:
+    async def delete(self, node: Endpoint, file_id: str, headers: dict[str, str]) -> bool:
         """Remove a stored file: the gc route (any mode, service accounts), then the
         edit-mode route. True when the file is gone (or never was)."""
         base = node.url.rstrip("/")
@@ -198,13 +158,13 @@ class StorageClient:
                 return False
         return False
 
-    async def capacity(self, node: NodeRecord) -> CapacityReply | None:
+    async def capacity(self, node: Endpoint) -> CapacityReply | None:
         try:
             async with self._session.get(
                 node.url.rstrip("/") + "/api/v1/capacity", timeout=self._short_timeout
             ) as resp:
                 if resp.status != 200:
                     return None
-                return _capacity_decoder.decode(await resp.read())
+                return capacity_decoder.decode(await resp.read())
         except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError):
             return None

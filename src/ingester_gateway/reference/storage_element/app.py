@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from ingester_gateway.auth.verify import Principal, TokenVerifier
 from ingester_gateway.errors import ApiError
+from ingester_gateway.models import WRITABLE_MODES
 from ingester_gateway.pipeline.blocks import BlockReader
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
@@ -39,8 +40,15 @@ from ingester_gateway.reference.storage_element.store import (
 from ingester_gateway.registry.redis import NodeAnnouncement, RedisNodeBook
 from ingester_gateway.runtime.asgi import send_json
 from ingester_gateway.runtime.redis_io import redis_client
+from ingester_gateway.upstream.wire import (
+    Capacity,
+    CapacityReply,
+    DeleteReply,
+    ElementInfo,
+    ErrorReply,
+    StoredFile,
+)
 
-WRITABLE = frozenset({"edit", "rw"})
 BLOCK = 1 << 20
 _encoder = msgspec.json.Encoder()
 
@@ -84,9 +92,9 @@ class StorageElementApp:
         try:
             await self._route(scope, receive, send)
         except SeError as exc:
-            await _json(send, exc.status, {"detail": exc.detail})
+            await _json(send, exc.status, ErrorReply(detail=exc.detail))
         except ApiError as exc:
-            await _json(send, exc.status, {"detail": exc.message})
+            await _json(send, exc.status, ErrorReply(detail=exc.message))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -142,7 +150,7 @@ class StorageElementApp:
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal = await self._auth(scope)
-        if self.mode not in WRITABLE:
+        if self.mode not in WRITABLE_MODES:
             raise SeError(400, f"storage element is in mode '{self.mode}' and accepts no uploads")
         headers = dict(scope["headers"])
         length_header = headers.get(b"content-length")
@@ -206,13 +214,13 @@ class StorageElementApp:
         await _json(
             send,
             201,
-            {
-                "file_id": attrs.file_id,
-                "original_filename": attrs.original_filename,
-                "file_size": attrs.file_size,
-                "checksum": attrs.checksum,
-                "message": "File uploaded successfully",
-            },
+            StoredFile(
+                file_id=attrs.file_id,
+                checksum=attrs.checksum,
+                file_size=attrs.file_size,
+                original_filename=attrs.original_filename,
+                message="File uploaded successfully",
+            ),
         )
 
     # -- read, delete ---------------------------------------------------------
@@ -263,7 +271,7 @@ class StorageElementApp:
         if attrs.uploaded_by != principal.sub and principal.role != "admin":
             raise SeError(403, "only the uploader or an admin may delete this file")
         self.store.delete(file_id)
-        await _json(send, 200, {"status": "deleted", "file_id": file_id})
+        await _json(send, 200, DeleteReply("deleted", file_id))
 
     async def _gc_delete(self, scope: Scope, send: Send, file_id: str) -> None:
         principal = await self._auth(scope)
@@ -272,22 +280,20 @@ class StorageElementApp:
         if not valid_file_id(file_id):
             raise SeError(400, "invalid file_id")
         deleted = self.store.delete(file_id)
-        await _json(
-            send, 200, {"status": "deleted" if deleted else "already_deleted", "file_id": file_id}
-        )
+        await _json(send, 200, DeleteReply("deleted" if deleted else "already_deleted", file_id))
 
     # -- status ---------------------------------------------------------------
 
-    def _info(self) -> dict[str, Any]:
-        return {
-            "element_id": self.element_id,
-            "mode": self.mode,
-            "status": "ok",
-            "priority": self.priority,
-            "capacity_bytes": self.store.capacity,
-            "used_bytes": self.store.used,
-            "file_count": self.store.file_count,
-        }
+    def _info(self) -> ElementInfo:
+        return ElementInfo(
+            element_id=self.element_id,
+            mode=self.mode,
+            status="ok",
+            priority=self.priority,
+            capacity_bytes=self.store.capacity,
+            used_bytes=self.store.used,
+            file_count=self.store.file_count,
+        )
 
     def _announcement(self, registration: Registration) -> NodeAnnouncement:
         """This SE's record in the gateways' Redis registry, with its capacity right now."""
@@ -304,20 +310,20 @@ class StorageElementApp:
             ttl=registration.ttl,
         )
 
-    def _capacity(self) -> dict[str, Any]:
+    def _capacity(self) -> CapacityReply:
         total = self.store.capacity
         used = self.store.used
-        return {
-            "storage_id": self.element_id,
-            "mode": self.mode,
-            "capacity": {
-                "total": total,
-                "used": used,
-                "available": self.store.available,
-                "percent_used": round(100.0 * used / total, 2) if total else 100.0,
-            },
-            "health": "healthy",
-        }
+        return CapacityReply(
+            storage_id=self.element_id,
+            mode=self.mode,
+            capacity=Capacity(
+                total=total,
+                used=used,
+                available=self.store.available,
+                percent_used=round(100.0 * used / total, 2) if total else 100.0,
+            ),
+            health="healthy",
+        )
 
 
 async def _stamp_first(chunks: AsyncIterator[bytes], stamp: list[float]) -> AsyncIterator[bytes]:

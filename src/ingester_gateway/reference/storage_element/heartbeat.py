@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ingester_gateway.observability import get_logger
 from ingester_gateway.registry.redis import NODE_KEY, Event, NodeAnnouncement, RedisNodeBook
-from ingester_gateway.resilience import RetryPolicy
+from ingester_gateway.resilience import Backoff
 from ingester_gateway.runtime.redis_io import REDIS_ERRORS
 
 _log = get_logger("ingester_gateway.reference.storage_element")
@@ -47,7 +47,7 @@ class NodeHeartbeat:
         self._describe = describe
         self._interval = interval
         self._deregister_timeout = deregister_timeout
-        self._retry = RetryPolicy(base_seconds=interval, cap_seconds=max(interval, 5.0))
+        self._backoff = Backoff(base=interval, cap=max(interval, 5.0))
         self._rng = rng or random.Random()
         self._announced: NodeAnnouncement | None = None  # None until Redis holds our record
         self._failures = 0
@@ -100,7 +100,7 @@ class NodeHeartbeat:
                 self._failures += 1
                 if self._failures == 1:
                     _log.warning("registry_heartbeat_failed", error=str(exc))
-                await self._pause(self._retry.backoff(self._failures, self._rng))
+                await self._pause(self._backoff.delay(self._failures, self._rng))
                 continue
             if self._failures:
                 _log.info("registry_heartbeat_restored", failed_beats=self._failures)

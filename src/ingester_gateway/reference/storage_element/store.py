@@ -10,7 +10,6 @@ import re
 import secrets
 import threading
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -198,15 +197,9 @@ class FileStore:
         self.fsync_dir()
         return True
 
-    def partials(self) -> list[str]:
-        return sorted(p.name for p in self.tmp.iterdir())
-
     @staticmethod
     def _decode(path: Path) -> FileAttributes | None:
         try:
             return msgspec.json.decode(path.read_bytes(), type=FileAttributes)
         except (FileNotFoundError, msgspec.DecodeError):
             return None
-
-    def info(self) -> dict[str, Any]:
-        return {"used": self.used, "available": self.available, "files": self.file_count}

@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 from urllib.parse import parse_qsl
 
 import msgspec
 from starlette.types import Receive, Scope, Send
 
+from ingester_gateway import errors
 from ingester_gateway.auth.verify import Principal
-from ingester_gateway.errors import ApiError, ErrorDetail, ErrorEnvelope, bad_request
+from ingester_gateway.errors import ApiError, error_body
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.models import iso_utc, parse_upload_options
 from ingester_gateway.observability import request_id_from
@@ -26,8 +27,10 @@ from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drai
 from ingester_gateway.pipeline.digest import claimed_sha256
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
 from ingester_gateway.runtime.asgi import send_json
-from ingester_gateway.upload.driver import UploadRequest, UploadSaga, validate_filename
+from ingester_gateway.upload.driver import UploadDriver, new_progress
+from ingester_gateway.upload.plan import UploadRequest, check_filename
 from ingester_gateway.upload.progress import valid_upload_id
+from ingester_gateway.upload.sources import ClientStream
 
 Outcome = Literal["stored", "rejected", "failed", "aborted"]
 
@@ -78,7 +81,7 @@ class Exchange:
         if raw is None:
             return None
         if not raw.isdigit() or len(raw) > 19:
-            raise bad_request("invalid Content-Length")
+            raise errors.BAD_REQUEST("invalid Content-Length")
         return int(raw)
 
     @property
@@ -102,10 +105,6 @@ def _upload_id_from(header: bytes | None) -> str:
     return uuid.uuid4().hex
 
 
-def error_body(error: ApiError, request_id: str) -> bytes:
-    return _encoder.encode(ErrorEnvelope(ErrorDetail(error.code, error.message, request_id)))
-
-
 class UploadEndpoint:
     """Shared skeleton of both upload routes: auth, options, saga, answer, accounting."""
 
@@ -125,41 +124,40 @@ class UploadEndpoint:
         ex = Exchange(scope)
         started = time.perf_counter()
         body: RequestBody | None = None
-        saga: UploadSaga | None = None
+        driver: UploadDriver | None = None
         status = 201
         outcome: Outcome = "stored"
         gw.metrics.in_flight.inc()
-        gw.upload_started()
+        gw.budget.started()
         try:
             principal = await gw.verifier.verify_header(ex.headers.get(b"authorization"))
             length = ex.content_length()
             if length is None and not ex.chunked:
-                raise ApiError(411, "length_required", "send Content-Length or a chunked body")
+                raise errors.LENGTH_REQUIRED("send Content-Length or a chunked body")
             limit = gw.settings.max_upload_bytes
             if length is not None and length > limit:
-                raise ApiError(
-                    413, "payload_too_large", f"upload exceeds the limit of {limit} bytes"
-                )
+                raise errors.PAYLOAD_TOO_LARGE(f"upload exceeds the limit of {limit} bytes")
             body = RequestBody(
                 receive,
                 content_length=length,
                 limit=limit,
                 idle_timeout=gw.settings.client_body_timeout_seconds,
             )
-            request, pieces, after_data = await source(ex, body, principal)
-            saga = UploadSaga(gw, request)
+            request, stream = await source(ex, body, principal)
+            progress = new_progress(request)
             if not gw.progress.open(
-                ex.upload_id, principal.sub, saga.progress, named=ex.upload_id_named
+                ex.upload_id, principal.sub, progress, named=ex.upload_id_named
             ):
-                saga = None  # the id is another upload's: its entry is not ours to close
-                raise ApiError(409, "upload_id_in_use", "X-Upload-Id is already in use")
-            result = await saga.run(pieces, after_data)
+                # The id is another upload's: its entry is not ours to close.
+                raise errors.UPLOAD_ID_IN_USE("X-Upload-Id is already in use")
+            driver = UploadDriver(gw.uploads, request, progress)
+            result = await driver.run(stream)
             if await body.client_gone():
                 # Nobody will see the 201: keep no file that no one knows was stored.
-                await saga.undo()
+                await driver.undo()
                 raise ClientDisconnected()
-            saga.progress.state = "stored"
-            saga.progress.finished_at = iso_utc(time.time())
+            driver.progress.state = "stored"
+            driver.progress.finished_at = iso_utc(time.time())
             await send_json(send, 201, _encoder.encode(result), ex.response_headers)
             gw.metrics.child(gw.metrics.compression_ratio, result.compression_algorithm).observe(
                 result.compression_ratio
@@ -182,18 +180,18 @@ class UploadEndpoint:
         except ApiError as exc:
             status = exc.status
             outcome = "rejected" if status < 500 else "failed"
-            self._mark_failed(saga, exc.message)
+            self._mark_failed(driver, exc.message)
             await self._answer_error(ex, receive, send, body, exc)
         except ClientDisconnected:
             status, outcome = 499, "aborted"
-            self._mark_failed(saga, "client disconnected")
+            self._mark_failed(driver, "client disconnected")
             gw.log.info("upload_aborted", request_id=ex.request_id, upload_id=ex.upload_id)
         finally:
             gw.metrics.in_flight.dec()
-            gw.upload_finished()
-            if saga is not None:
+            gw.budget.finished()
+            if driver is not None:
                 gw.progress.close(ex.upload_id)
-                node = saga.progress.storage_element_id
+                node = driver.progress.storage_element_id
                 if node is not None:
                     gw.metrics.child(gw.metrics.node_uploads, node, outcome).inc()
             if body is not None:
@@ -202,11 +200,11 @@ class UploadEndpoint:
             gw.metrics.child(gw.metrics.duration, outcome).observe(time.perf_counter() - started)
 
     @staticmethod
-    def _mark_failed(saga: UploadSaga | None, message: str) -> None:
-        if saga is not None:
-            saga.progress.state = "failed"
-            saga.progress.error = message
-            saga.progress.finished_at = iso_utc(time.time())
+    def _mark_failed(driver: UploadDriver | None, message: str) -> None:
+        if driver is not None:
+            driver.progress.state = "failed"
+            driver.progress.error = message
+            driver.progress.finished_at = iso_utc(time.time())
 
     async def _answer_error(
         self, ex: Exchange, receive: Receive, send: Send, body: RequestBody | None, exc: ApiError
@@ -234,9 +232,9 @@ class UploadEndpoint:
 
     async def _raw_source(
         self, ex: Exchange, body: RequestBody, principal: Principal
-    ) -> tuple[UploadRequest, AsyncIterator[bytes], Callable[[], Awaitable[None]]]:
+    ) -> tuple[UploadRequest, ClientStream]:
         path: str = ex.scope["path"]
-        filename = validate_filename(path[len(FILES_PREFIX) :])
+        filename = check_filename(path[len(FILES_PREFIX) :])
         request = UploadRequest(
             upload_id=ex.upload_id,
             request_id=ex.request_id,
@@ -250,11 +248,11 @@ class UploadEndpoint:
                 ex.text(b"content-digest"), ex.text(b"x-checksum-sha256")
             ),
         )
-        return request, body.__aiter__(), _nothing_after
+        return request, ClientStream(body)
 
     async def _multipart_source(
         self, ex: Exchange, body: RequestBody, principal: Principal
-    ) -> tuple[UploadRequest, AsyncIterator[bytes], Callable[[], Awaitable[None]]]:
+    ) -> tuple[UploadRequest, ClientStream]:
         boundary = boundary_from(ex.text(b"content-type") or "")
         claimed = claimed_sha256(ex.text(b"content-digest"), ex.text(b"x-checksum-sha256"))
         reader = MultipartReader(body, boundary)
@@ -262,17 +260,19 @@ class UploadEndpoint:
         while True:
             part = await reader.next_part()
             if part is None:
-                raise bad_request("the form has no 'file' part", "missing_file")
+                raise errors.MISSING_FILE("the form has no 'file' part")
             if part.name == "file":
                 break
             if part.filename is not None:
-                raise bad_request(f"unexpected file part {part.name!r}; send the file as 'file'")
+                raise errors.BAD_REQUEST(
+                    f"unexpected file part {part.name!r}; send the file as 'file'"
+                )
             fields[part.name] = await reader.read_value()
         request = UploadRequest(
             upload_id=ex.upload_id,
             request_id=ex.request_id,
             principal=principal,
-            filename=validate_filename(part.filename or fields.get("filename") or "upload.bin"),
+            filename=check_filename(part.filename or fields.get("filename") or "upload.bin"),
             declared_content_type=part.content_type,
             options=parse_upload_options(fields),
             # The request's length bounds the file's; it is what is reserved on the node.
@@ -283,20 +283,14 @@ class UploadEndpoint:
         async def nothing_after_file() -> None:
             trailing = await reader.next_part()
             if trailing is not None:
-                raise bad_request(
+                raise errors.FIELD_AFTER_FILE(
                     f"field {trailing.name!r} comes after the file part; "
-                    "control fields must come before 'file'",
-                    "field_after_file",
+                    "control fields must come before 'file'"
                 )
 
-        return request, reader.iter_data(), nothing_after_file
+        return request, ClientStream(reader.iter_data(), nothing_after_file)
 
 
 _SourceFactory = Callable[
-    [Exchange, RequestBody, Principal],
-    Awaitable[tuple[UploadRequest, AsyncIterator[bytes], Callable[[], Awaitable[None]]]],
+    [Exchange, RequestBody, Principal], Awaitable[tuple[UploadRequest, ClientStream]]
 ]
-
-
-async def _nothing_after() -> None:
-    return None

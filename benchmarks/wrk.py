@@ -1,4 +1,5 @@
-"""Many small multipart uploads from concurrent clients, driven by wrk.
+"""Many small multipart uploads from concurrent clients, driven by wrk (the client of
+the small-file scenarios, `scenarios/small_files.py`).
 
 `wrk -t T -c 64 -s small_files.lua URL -- TOKENS COUNT SIZE T`: 64 keep-alive
 connections, each request a 4 KiB multipart upload with one of 64 distinct JWTs
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.procstat import tree_cpu_seconds
-from benchmarks.scenarios import Bench, Measurement
+from benchmarks.scenario import Bench, Measurement
 
 LUA = Path(__file__).resolve().parent / "small_files.lua"
 SETTLE_S = 0.5

@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from ingester_gateway import __version__
-from ingester_gateway.errors import ErrorEnvelope
+from ingester_gateway import __version__, errors
+from ingester_gateway.errors import ErrorEnvelope, Problem
 from ingester_gateway.models import UploadOptions, UploadProgress, UploadResult
 
 _REF = "#/components/schemas/{name}"
@@ -33,16 +33,33 @@ def _query_parameters() -> list[dict[str, Any]]:
     return params
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    return {
-        str(code): {
-            "description": "error",
-            "content": {
-                "application/json": {"schema": {"$ref": _REF.format(name="ErrorEnvelope")}}
+def _errors(problems: list[Problem]) -> dict[str, Any]:
+    """One response per status, from the error catalogue: the codes it may carry."""
+    responses: dict[str, Any] = {}
+    for problem in sorted(problems, key=lambda p: (p.status, p.code)):
+        entry = responses.setdefault(
+            str(problem.status),
+            {
+                "description": "",
+                "content": {
+                    "application/json": {"schema": {"$ref": _REF.format(name="ErrorEnvelope")}}
+                },
             },
-        }
-        for code in codes
-    }
+        )
+        line = f"`{problem.code}`: {problem.description}"
+        entry["description"] = f"{entry['description']}\n\n{line}" if entry["description"] else line
+        if problem.headers:
+            entry["headers"] = {
+                name.decode().title(): {"schema": {"type": "string"}} for name, _ in problem.headers
+            }
+    return responses
+
+
+# What each route may answer besides its success: everything upload-related, except
+# what only other routes say.
+_NOT_UPLOAD = {errors.NOT_FOUND, errors.METHOD_NOT_ALLOWED}
+UPLOAD_PROBLEMS = [p for p in errors.CATALOGUE if p not in _NOT_UPLOAD]
+PROGRESS_PROBLEMS = [errors.UNAUTHORIZED, errors.FORBIDDEN, errors.NOT_FOUND, errors.INTERNAL_ERROR]
 
 
 def build_openapi() -> dict[str, Any]:
@@ -54,7 +71,7 @@ def build_openapi() -> dict[str, Any]:
             "description": "stored",
             "content": {"application/json": {"schema": {"$ref": _REF.format(name="UploadResult")}}},
         },
-        **_errors(400, 401, 403, 408, 411, 413, 415, 422, 502, 503, 507),
+        **_errors(UPLOAD_PROBLEMS),
     }
     form_fields = {
         name: {"type": "string"}
@@ -139,7 +156,7 @@ def build_openapi() -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_errors(401, 404),
+                        **_errors(PROGRESS_PROBLEMS),
                     },
                 }
             },

@@ -1,4 +1,5 @@
-"""The pure rules of an upload: which codec, and what name the SE gets."""
+"""The plan of an upload (pure): which codec, what name the SE gets, content type,
+exact size, the allow-list."""
 
 from __future__ import annotations
 
@@ -9,10 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ingester_gateway.auth.verify import Principal
 from ingester_gateway.errors import ApiError
 from ingester_gateway.models import CodecName, UploadOptions
 from ingester_gateway.pipeline.sniff import Sniffed
-from ingester_gateway.upload.driver import choose_codec, safe_filename, validate_filename
+from ingester_gateway.upload.plan import (
+    PlanRules,
+    UploadRequest,
+    check_filename,
+    choose_codec,
+    plan_upload,
+    safe_filename,
+    se_fields,
+)
 
 PLAIN = Sniffed("text/plain", compressed=False)
 PACKED = Sniffed("application/zip", compressed=True)
@@ -83,14 +93,14 @@ def test_safe_filename_is_always_a_plain_ascii_basename(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["a.txt", "résumé.pdf", "日本語.txt", "../x", "x" * 1024])
-def test_validate_filename_keeps_a_valid_name_as_is(name: str) -> None:
-    assert validate_filename(name) == name
+def test_check_filename_keeps_a_valid_name_as_is(name: str) -> None:
+    assert check_filename(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "x" * 1025, "a\nb", "a\rb", "a\x00b", "tab\there", "\x7f"])
-def test_validate_filename_refuses_empty_long_or_control_characters(name: str) -> None:
+def test_check_filename_refuses_empty_long_or_control_characters(name: str) -> None:
     with pytest.raises(ApiError) as info:
-        validate_filename(name)
+        check_filename(name)
     assert (info.value.status, info.value.code) == (400, "invalid_filename")
 
 
@@ -108,3 +118,72 @@ def test_incompressible_data_is_stored_as_is_when_the_client_left_it_to_us() -> 
     assert choose_codec(forced, octets, "zstd", random_head) == "zstd"
     # Too little to judge: compress as usual.
     assert choose_codec(left_to_us, octets, "zstd", random_head[:100]) == "zstd"
+
+
+def request(
+    filename: str = "report.txt",
+    declared: str | None = None,
+    options: UploadOptions | None = None,
+    expected_size: int | None = None,
+    exact_size: int | None = None,
+) -> UploadRequest:
+    return UploadRequest(
+        upload_id="u-1",
+        request_id="r-1",
+        principal=Principal("alice", "user", "access", None, None, 2**40),
+        filename=filename,
+        declared_content_type=declared,
+        options=options or UploadOptions(),
+        expected_size=expected_size,
+        exact_size=exact_size,
+    )
+
+
+TEXT = b"2026-12-01 INFO service started on port 8020\n" * 2000
+RULES = PlanRules(default_codec="zstd")
+
+
+def test_a_text_body_is_planned_as_zstd_text_under_a_safe_name() -> None:
+    plan = plan_upload(request("отчёт 1.txt"), TEXT, ended=True, rules=RULES)
+    assert (plan.content_type, plan.codec) == ("text/plain", "zstd")
+    assert plan.storage_name == "1.txt.zst"
+    assert plan.stored_type == "application/zstd"
+
+
+def test_a_body_that_came_whole_has_an_exact_size_and_goes_in_one_request() -> None:
+    plan = plan_upload(request(expected_size=10_000), TEXT[:5000], ended=True, rules=RULES)
+    assert (plan.exact_size, plan.whole, plan.reservation) == (5000, True, 10_000)
+    assert not plan.parallel_worthy
+
+
+def test_a_streamed_body_of_unknown_size_is_worth_several_cores() -> None:
+    plan = plan_upload(request(), TEXT, ended=False, rules=RULES)
+    assert (plan.exact_size, plan.whole, plan.reservation) == (None, False, 0)
+    assert plan.parallel_worthy
+
+
+def test_a_stored_as_is_body_keeps_its_own_type_and_name() -> None:
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
+    plan = plan_upload(request("cat.png", declared="text/plain"), png, ended=True, rules=RULES)
+    assert (plan.content_type, plan.codec) == ("image/png", "none")
+    assert (plan.storage_name, plan.stored_type) == ("cat.png", "image/png")
+
+
+def test_a_content_type_outside_the_allow_list_is_415() -> None:
+    rules = PlanRules(default_codec="zstd", allowed_content_types=("image/*",))
+    with pytest.raises(ApiError) as info:
+        plan_upload(request(), TEXT, ended=True, rules=rules)
+    assert (info.value.status, info.value.code) == (415, "unsupported_media_type")
+    png = b"\x89PNG\r\n\x1a\n" + bytes(100)
+    assert plan_upload(request(), png, ended=True, rules=rules).content_type == "image/png"
+
+
+def test_the_se_is_told_who_uploaded_what_and_the_clients_metadata() -> None:
+    opts = UploadOptions(description="q1", metadata={"k": [1, "v"]})
+    req = request(options=opts)
+    plan = plan_upload(req, TEXT, ended=True, rules=RULES)
+    fields = dict(se_fields(req, plan, "f-1"))
+    assert fields["file_id"] == "f-1" and fields["uploaded_by"] == "alice"
+    assert fields["description"] == "q1" and fields["compression_algorithm"] == "zstd"
+    assert fields["metadata"] == '{"k":[1,"v"]}'
+    assert "metadata" not in dict(se_fields(request(), plan, "f-1"))

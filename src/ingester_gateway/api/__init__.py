@@ -1,0 +1,1 @@
+"""The HTTP edge: the upload routes (raw ASGI) and the API description."""

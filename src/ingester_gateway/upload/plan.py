@@ -1,0 +1,216 @@
+"""The plan of an upload, and its result. Pure: what the request and the first bytes of
+the body say, turned into decisions (content type, allow-list, codec, the name the SE
+gets, exact size), with no I/O and no mutation of the request."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from ingester_gateway import errors
+from ingester_gateway.auth.verify import Principal
+from ingester_gateway.models import CodecName, UploadOptions, UploadResult, iso_utc
+from ingester_gateway.pipeline.codecs import EXTENSIONS, MEDIA_TYPES
+from ingester_gateway.pipeline.sniff import (
+    PROBE_BYTES,
+    Sniffed,
+    content_type_allowed,
+    incompressible,
+    resolve_content_type,
+    sniff,
+)
+from ingester_gateway.upstream.wire import StoredFile
+
+SNIFF_BYTES = 8192
+# The first block is cut early: enough to classify the data, and the SE request (and
+# the SE's first byte) need not wait for a whole block from a slow client.
+FIRST_BLOCK_BYTES = 64 * 1024
+# Smaller than this, a zstd stream is not worth spreading over several cores.
+PARALLEL_MIN_BYTES = 8 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRequest:
+    """What is known of an upload before its body: who, what, and how big."""
+
+    upload_id: str
+    request_id: str
+    principal: Principal
+    filename: str  # already checked (check_filename)
+    declared_content_type: str | None
+    options: UploadOptions
+    expected_size: int | None = None  # an upper bound: what is reserved on the node
+    exact_size: int | None = None  # the file's size, when the request says it exactly
+    claimed_sha256: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRules:
+    """The gateway's settings that plans follow."""
+
+    default_codec: CodecName
+    allowed_content_types: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UploadPlan:
+    content_type: str
+    codec: CodecName
+    storage_name: str  # the safe ASCII name the SE stores, with the codec's extension
+    stored_type: str  # the media type of the stored bytes (the codec's, or the content's)
+    exact_size: int | None
+    reservation: int  # bytes reserved on the chosen node while the upload runs
+    whole: bool  # the whole body came with its first block: one request, no streaming
+    parallel_worthy: bool  # big enough to spread a zstd stream over several cores
+
+
+def plan_upload(request: UploadRequest, first: bytes, ended: bool, rules: PlanRules) -> UploadPlan:
+    """Decide how to store an upload from the request and its first block; `ended` says
+    the first block was the whole body. Raises 415 for a content type not allowed."""
+    head = first[:SNIFF_BYTES]
+    sniffed = sniff(head)
+    content_type = resolve_content_type(sniffed, request.declared_content_type)
+    if not content_type_allowed(content_type, list(rules.allowed_content_types)):
+        raise errors.UNSUPPORTED_MEDIA_TYPE(f"content type {content_type} is not accepted")
+    codec = choose_codec(request.options, sniffed, rules.default_codec, first[:PROBE_BYTES])
+    exact = len(first) if ended and request.exact_size is None else request.exact_size
+    return UploadPlan(
+        content_type=content_type,
+        codec=codec,
+        storage_name=safe_filename(request.filename) + EXTENSIONS[codec],
+        stored_type=MEDIA_TYPES[codec] if codec != "none" else content_type,
+        exact_size=exact,
+        reservation=request.expected_size or 0,
+        whole=ended,
+        parallel_worthy=exact is None or exact >= PARALLEL_MIN_BYTES,
+    )
+
+
+def choose_codec(
+    options: UploadOptions,
+    sniffed: Sniffed,
+    default: CodecName,
+    head: bytes = b"",
+) -> CodecName:
+    """`compress=false` stores as is, `compress=true` compresses whatever it is; left to
+    us, data that is already compressed (by its format, or by a trial on its first
+    bytes when the client named no algorithm either) is stored as is."""
+    if options.compress is False:
+        return "none"
+    algorithm = options.compression_algorithm or default
+    if options.compress is True:
+        return (
+            "zstd" if algorithm == "none" and options.compression_algorithm is None else algorithm
+        )
+    if algorithm == "none" or sniffed.compressed:
+        return "none"
+    if options.compression_algorithm is None and incompressible(head):
+        return "none"
+    return algorithm
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_filename(name: str) -> str:
+    """The client's file name, if it is one we keep (as the original; the SE gets
+    `safe_filename` of it)."""
+    if not name or len(name) > 1024:
+        raise errors.INVALID_FILENAME("filename must be 1 to 1024 characters")
+    if _CONTROL.search(name):
+        raise errors.INVALID_FILENAME("filename contains control characters")
+    return name
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)?")  # already safe
+
+
+def safe_filename(name: str) -> str:
+    """An ASCII basename the SE can store and serve back (the original stays ours)."""
+    if _PLAIN.fullmatch(name):
+        return name
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    stem, _, extension = base.rpartition(".")
+    if not stem.strip("."):  # ".hidden", "..": no extension to keep apart
+        stem, extension = base, ""
+    stem = _ascii_word(stem)[:180] or "file"
+    extension = _ascii_word(extension)[:16]
+    return f"{stem}.{extension}" if extension else stem
+
+
+def _ascii_word(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return _UNSAFE.sub("_", text).strip("._")
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the encoder counted, and where the SE put it."""
+
+    file_id: str
+    node_id: str
+    node_url: str
+    original_size: int
+    original_sha256: str
+    stored_size: int
+    stored_sha256: str
+
+
+def upload_result(
+    request: UploadRequest, plan: UploadPlan, stored: Stored, now: float
+) -> UploadResult:
+    """The 201 body of a stored upload."""
+    ttl_days = request.options.ttl_days
+    return UploadResult(
+        file_id=stored.file_id,
+        original_filename=request.filename,
+        storage_filename=plan.storage_name,
+        content_type=plan.content_type,
+        file_size=stored.original_size,
+        stored_size=stored.stored_size,
+        compressed=plan.codec != "none",
+        compression_algorithm=plan.codec,
+        compression_ratio=round(stored.original_size / stored.stored_size, 4)
+        if stored.stored_size
+        else 1.0,
+        checksum=stored.original_sha256,
+        stored_checksum=stored.stored_sha256,
+        uploaded_at=iso_utc(now),
+        storage_element_id=stored.node_id,
+        storage_element_url=stored.node_url,
+        retention_policy=request.options.retention_policy,
+        ttl_expires_at=iso_utc(now + ttl_days * 86400) if ttl_days else None,
+        upload_id=request.upload_id,
+    )
+
+
+def se_fields(request: UploadRequest, plan: UploadPlan, file_id: str) -> list[tuple[str, str]]:
+    """The control fields the SE receives before the file part."""
+    fields = [
+        ("file_id", file_id),
+        ("description", request.options.description),
+        ("version", "1"),
+        ("retention_policy", request.options.retention_policy),
+        ("content_type", plan.content_type),
+        ("compression_algorithm", plan.codec),
+        ("uploaded_by", request.principal.sub),
+    ]
+    if request.options.metadata:  # the client's metadata travels with the file
+        fields.append(("metadata", _json(request.options.metadata)))
+    return fields
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def stored_as_sent(reply: StoredFile, stored_sha256: str, stored_size: int) -> bool:
+    """Did the SE store exactly the bytes that were sent (by its own checksum)?"""
+    if reply.checksum.lower() != stored_sha256:
+        return False
+    return reply.file_size is None or reply.file_size == stored_size

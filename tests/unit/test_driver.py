@@ -1,0 +1,416 @@
+"""The upload driver against in-memory Storage Elements that answer as scripted
+(tusd's patch_test lesson): every compensation and every answer, with no socket.
+
+The SEs parse the real multipart body the driver sends (with the gateway's own form
+reader), store the file part, and may then fail as a script says."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pytest
+import zstandard
+
+from ingester_gateway.auth.verify import Principal
+from ingester_gateway.config import StorageElementConfig
+from ingester_gateway.errors import ApiError
+from ingester_gateway.models import UploadOptions, UploadResult
+from ingester_gateway.observability import Metrics, get_logger
+from ingester_gateway.pipeline.codecs import build_codecs
+from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
+from ingester_gateway.registry import NodeRecord
+from ingester_gateway.registry.directory import NodeDirectory
+from ingester_gateway.registry.health import HealthProber
+from ingester_gateway.registry.static import StaticRegistry
+from ingester_gateway.resilience import Backoff, BreakerPolicy, BreakerState, RetryPolicy
+from ingester_gateway.upload.budget import UploadBudget
+from ingester_gateway.upload.driver import UploadDriver, UploadServices, new_progress
+from ingester_gateway.upload.plan import PlanRules, UploadRequest
+from ingester_gateway.upload.ports import RecordUnavailable
+from ingester_gateway.upload.sources import ClientStream
+from ingester_gateway.upstream.client import UpstreamError
+from ingester_gateway.upstream.wire import StoredFile
+from tests.kit import pieces_of, run
+
+MiB = 2**20
+PRINCIPAL = Principal(
+    sub="alice", role="user", token_type="access", name=None, client_id=None, expires_at=2**40
+)
+
+# What one SE does with the next upload it gets: "store", "store_then_500", "refuse",
+# "connect", "too_large", "full", "wrong_checksum", "fail_after:<bytes>".
+Step = str
+
+
+@dataclass
+class Upload:
+    node: str
+    fields: dict[str, str]
+    data: bytes
+    whole: bool  # the body came as one bytes object (Content-Length)
+
+
+@dataclass
+class ScriptedSE:
+    """In-memory Storage Elements keyed by node id; each pops its next step per upload."""
+
+    scripts: dict[str, list[Step]]
+    files: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    uploads: list[Upload] = field(default_factory=list)
+    deletes: list[tuple[str, str]] = field(default_factory=list)
+    delete_works: bool = True
+
+    async def upload(
+        self,
+        node: NodeRecord,
+        body: bytes | AsyncIterable[bytes],
+        content_type: str,
+        headers: dict[str, str],
+    ) -> StoredFile:
+        step = self.scripts[node.id].pop(0) if self.scripts[node.id] else "store"
+        if step == "connect":
+            raise UpstreamError("connect", f"cannot connect to {node.id}")
+        if step == "refuse":
+            raise UpstreamError("refused", "storage element answered 400: mode ro", 400)
+        if step == "too_large":
+            raise UpstreamError("too_large", "storage element answered 413: too big", 413)
+        if step == "full":
+            raise UpstreamError("full", "storage element answered 507: full", 507)
+        limit = int(step.split(":")[1]) if step.startswith("fail_after:") else None
+        fields, data = await self._read(body, boundary_from(content_type), limit)
+        if limit is not None:
+            raise UpstreamError("server", f"{node.id} connection failed mid-body")
+        self.uploads.append(Upload(node.id, fields, data, isinstance(body, bytes)))
+        file_id = fields["file_id"]
+        self.files[(node.id, file_id)] = data
+        if step == "store_then_500":
+            raise UpstreamError("server", "storage element answered 500: boom", 500)
+        checksum = hashlib.sha256(data).hexdigest()
+        if step == "wrong_checksum":
+            checksum = "0" * 64
+        return StoredFile(file_id=file_id, checksum=checksum, file_size=len(data))
+
+    async def delete(self, node: NodeRecord, file_id: str, headers: dict[str, str]) -> bool:
+        self.deletes.append((node.id, file_id))
+        if not self.delete_works:
+            return False
+        self.files.pop((node.id, file_id), None)
+        return True
+
+    @staticmethod
+    async def _read(
+        body: bytes | AsyncIterable[bytes], boundary: bytes, limit: int | None
+    ) -> tuple[dict[str, str], bytes]:
+        pieces = pieces_of([body]) if isinstance(body, bytes) else body
+        taken = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal taken
+            async for piece in pieces:
+                taken += len(piece)
+                yield piece
+                if limit is not None and taken >= limit:
+                    return
+
+        reader = MultipartReader(counted(), boundary)
+        fields: dict[str, str] = {}
+        data = bytearray()
+        try:
+            while (part := await reader.next_part()) is not None:
+                if part.name == "file":
+                    async for chunk in reader.iter_data():
+                        data += chunk
+                else:
+                    fields[part.name] = await reader.read_value()
+        except ApiError:
+            if limit is None:
+                raise
+        return fields, bytes(data)
+
+
+@dataclass
+class Recorder:
+    """Compensation and record sinks that remember what they were given."""
+
+    owed: list[tuple[str, str, str]] = field(default_factory=list)
+    recorded: list[UploadResult] = field(default_factory=list)
+    record_works: bool = True
+
+    async def add(self, node: NodeRecord, file_id: str, reason: str) -> None:
+        self.owed.append((node.id, file_id, reason))
+
+    async def stored(self, result: UploadResult, principal: Principal) -> None:
+        if not self.record_works:
+            raise RecordUnavailable("Redis and the journal are gone")
+        self.recorded.append(result)
+
+
+class Credentials:
+    async def for_upload(self, principal: Principal) -> dict[str, str]:
+        return {"Authorization": "Bearer upload"}
+
+    async def for_delete(self, principal: Principal) -> dict[str, str]:
+        return {"Authorization": "Bearer service"}
+
+
+@dataclass
+class Harness:
+    se: ScriptedSE
+    sinks: Recorder
+    nodes: NodeDirectory
+    services: UploadServices
+    metrics: Metrics
+
+    def upload(
+        self,
+        data: bytes | list[bytes],
+        options: UploadOptions | None = None,
+        claimed_sha256: bytes | None = None,
+    ) -> UploadResult:
+        pieces = data if isinstance(data, list) else [data]
+        request = UploadRequest(
+            upload_id="upload-1",
+            request_id="req-1",
+            principal=PRINCIPAL,
+            filename="report.bin",
+            declared_content_type=None,
+            options=options or UploadOptions(compress=False),
+            claimed_sha256=claimed_sha256,
+        )
+        driver = UploadDriver(self.services, request, new_progress(request))
+
+        async def go() -> UploadResult:
+            return await driver.run(ClientStream(pieces_of(pieces)))
+
+        return run(go())
+
+    def reserved(self) -> dict[str, int]:
+        return {k: v for k, v in self.nodes._reserved.items() if v}
+
+
+@pytest.fixture
+def harness() -> Iterator[Callable[..., Harness]]:
+    executor = ThreadPoolExecutor(2)
+
+    def make(
+        scripts: dict[str, list[Step]],
+        replay_bytes: int = 8 * MiB,
+        block_size: int = MiB,
+    ) -> Harness:
+        se = ScriptedSE({node: list(steps) for node, steps in scripts.items()})
+        sinks = Recorder()
+        configured = [StorageElementConfig(id=n, url=f"http://{n}", mode="rw") for n in scripts]
+
+        async def no_probe(node: NodeRecord) -> None:
+            return None
+
+        nodes = NodeDirectory(
+            StaticRegistry(configured),
+            HealthProber(no_probe),
+            BreakerPolicy(failure_threshold=2),
+            rng=random.Random(1),
+        )
+        metrics = Metrics()
+        services = UploadServices(
+            nodes=nodes,
+            storage=se,
+            credentials=Credentials(),
+            compensations=sinks,
+            records=sinks,
+            budget=UploadBudget(256 * MiB, block_size, replay_bytes),
+            codecs=build_codecs(),
+            executor=executor,
+            rules=PlanRules(default_codec="zstd"),
+            retry=RetryPolicy(max_attempts=4, backoff=Backoff(base=0.001, cap=0.002)),
+            stall_timeout=5.0,
+            metrics=metrics,
+            log=get_logger("test"),
+            rng=random.Random(2),
+        )
+        return Harness(se, sinks, nodes, services, metrics)
+
+    yield make
+    executor.shutdown()
+
+
+def blocks(total: int, size: int = MiB) -> list[bytes]:
+    data = os.urandom(total)
+    return [data[i : i + size] for i in range(0, total, size)]
+
+
+def failed_calls(h: Harness, node: str) -> int:
+    return sum(1 for _, ok in h.nodes.breaker(node)._calls if not ok)
+
+
+def error_of(call: Callable[[], object]) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        call()
+    return info.value
+
+
+def test_a_small_upload_is_stored_in_one_request_with_its_digests(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["store"]})
+    result = h.upload(b"hello world")
+    (upload,) = h.se.uploads
+    assert upload.whole and upload.data == b"hello world"
+    assert result.checksum == result.stored_checksum == hashlib.sha256(b"hello world").hexdigest()
+    assert (result.storage_element_id, result.file_id) == ("a", upload.fields["file_id"])
+    assert upload.fields["original_checksum"] == result.checksum
+    assert h.sinks.recorded == [result]
+    assert h.reserved() == {}
+
+
+def test_a_streamed_upload_is_compressed_on_the_way_and_verified(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["store"]})
+    text = [b"a line of a log that repeats itself\n" * 30_000 for _ in range(3)]
+    result = h.upload(text, UploadOptions(compression_algorithm="zstd"))
+    (upload,) = h.se.uploads
+    assert not upload.whole
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(upload.data) == b"".join(text)
+    assert result.compressed and result.stored_size < result.file_size
+    assert result.stored_checksum == hashlib.sha256(upload.data).hexdigest()
+
+
+def test_stored_then_500_owes_a_delete_and_the_next_node_stores_it(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["store_then_500"], "b": ["store"]})
+    data = blocks(3 * MiB)
+    result = h.upload(data)
+    first = h.se.uploads[0]
+    assert ("a", first.fields["file_id"]) in h.se.deletes
+    assert ("a", first.fields["file_id"]) not in h.se.files
+    assert result.storage_element_id == "b" and result.file_id != first.fields["file_id"]
+    assert h.se.files == {("b", result.file_id): b"".join(data)}
+    assert failed_calls(h, "a") == 1
+    assert h.reserved() == {}
+
+
+def test_a_delete_that_fails_goes_to_the_durable_backlog(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["store_then_500"], "b": ["store"]})
+    h.se.delete_works = False
+    h.upload(blocks(2 * MiB))
+    first = h.se.uploads[0]
+    assert h.sinks.owed == [("a", first.fields["file_id"], "upstream_server")]
+    assert h.metrics.compensation_failures.labels("a")._value.get() == 1
+
+
+def test_a_refusal_goes_to_the_next_node_without_counting_against_the_first(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["refuse"], "b": ["store"]})
+    result = h.upload(blocks(2 * MiB))
+    assert result.storage_element_id == "b"
+    assert failed_calls(h, "a") == 0
+    assert h.se.deletes == []  # the refusal came before any commit
+
+
+def test_a_failure_past_the_replay_limit_is_503_and_nothing_is_kept(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": [f"fail_after:{3 * MiB}"], "b": ["store"]}, replay_bytes=MiB)
+    error = error_of(lambda: h.upload(blocks(8 * MiB)))
+    assert (error.status, error.code) == (503, "storage_failed_mid_upload")
+    assert h.se.files == {} and h.se.uploads == []
+    assert failed_calls(h, "a") == 1
+    assert h.reserved() == {}
+
+
+def test_within_the_replay_limit_a_failure_mid_body_is_replayed_on_the_next_node(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": [f"fail_after:{MiB}"], "b": ["store"]}, replay_bytes=16 * MiB)
+    data = blocks(6 * MiB)
+    result = h.upload(data)
+    assert result.storage_element_id == "b"
+    assert h.se.files == {("b", result.file_id): b"".join(data)}
+
+
+def test_a_checksum_mismatch_is_502_and_the_copy_is_removed(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["wrong_checksum"]})
+    error = error_of(lambda: h.upload(blocks(2 * MiB)))
+    assert (error.status, error.code) == (502, "checksum_mismatch")
+    assert "was removed" in error.message
+    assert h.se.files == {}
+    assert h.sinks.recorded == []
+
+
+def test_an_upload_that_cannot_be_recorded_is_removed_and_answered_503(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["store"]})
+    h.sinks.record_works = False
+    error = error_of(lambda: h.upload(b"x" * 1000))
+    assert (error.status, error.code) == (503, "no_storage_available")
+    assert "could not be recorded" in error.message
+    assert h.se.files == {}
+
+
+def test_a_body_that_does_not_match_the_clients_digest_is_never_committed(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["store"]})
+    error = error_of(lambda: h.upload(blocks(3 * MiB), claimed_sha256=b"\x00" * 32))
+    assert (error.status, error.code) == (422, "digest_mismatch")
+    assert h.se.files == {} and h.se.uploads == []
+
+
+def test_an_upload_too_large_for_the_se_is_413_without_trying_elsewhere(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["too_large"], "b": ["too_large"]})
+    error = error_of(lambda: h.upload(blocks(2 * MiB)))
+    assert error.status == 413
+    assert h.se.scripts["b"] == ["too_large"]  # b was never asked
+
+
+def test_when_every_node_is_unreachable_the_answer_is_503_and_the_breakers_count_it(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["connect"] * 4, "b": ["connect"] * 4})
+    error = error_of(lambda: h.upload(b"data"))
+    assert (error.status, error.code) == (503, "no_storage_available")
+    assert (b"retry-after", b"5") in error.headers
+    assert failed_calls(h, "a") + failed_calls(h, "b") == 4
+    assert h.se.deletes == []  # never connected: nothing can be stored
+    assert h.reserved() == {}
+
+
+def test_an_open_circuit_is_skipped(harness: Callable[..., Harness]) -> None:
+    h = harness({"a": ["store"], "b": ["store"]})
+    for _ in range(2):
+        h.nodes.failed("a")
+    assert h.nodes.breaker("a").state is BreakerState.OPEN
+    result = h.upload(b"data")
+    assert result.storage_element_id == "b"
+
+
+def test_a_full_node_passes_the_upload_to_the_next_one(harness: Callable[..., Harness]) -> None:
+    h = harness({"a": ["full"], "b": ["store"]})
+    result = h.upload(blocks(2 * MiB))
+    assert result.storage_element_id == "b"
+    assert failed_calls(h, "a") == 0
+
+
+def test_a_lone_node_failing_after_storing_is_503_and_every_copy_is_removed(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["store_then_500"] * 4})
+    error = error_of(lambda: h.upload(blocks(2 * MiB)))
+    assert (error.status, error.code) == (503, "no_storage_available")
+    assert len(h.se.uploads) == 2  # the breaker (threshold 2) opened after the second
+    assert h.se.files == {}
+    assert sorted(h.se.deletes) == sorted(("a", u.fields["file_id"]) for u in h.se.uploads)
