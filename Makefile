@@ -34,8 +34,7 @@ run: install
 # The whole suite under coverage (branch, every Python process the tests start: see
 # [tool.coverage.run] in pyproject.toml); then the figures by package. Reports in
 # build/coverage/ (html/, coverage.xml); the last line repeats pytest's count. Fails when
-# a test fails. `make test ARGS=tests/unit`
-# runs a part.
+# a test fails. `make test ARGS=tests/unit` runs a part.
 COV := $(PY) -m coverage
 test: install system-deps
 	@rm -rf build/coverage
