@@ -31,8 +31,18 @@ system-deps:
 run: install
 	$(PY) -m ingester_gateway dev --data-dir .data
 
+# The whole suite under coverage (branch, every Python process the tests start: see
+# [tool.coverage.run] in pyproject.toml); then the figures by package. Reports in
+# build/coverage/ (html/, coverage.xml); the last line repeats pytest's count. Fails when
+# a test fails. `make test ARGS=tests/unit` runs a part.
+COV := $(PY) -m coverage
 test: install system-deps
-	$(PY) -m pytest
+	@rm -rf build/coverage
+	@status=0; $(COV) run -m pytest --junitxml=build/coverage/junit.xml $(ARGS) || status=$$?; \
+	{ $(COV) combine -q && $(COV) json -q && $(COV) xml -q && $(COV) html -q \
+	  && $(PY) tests/coverage_summary.py build/coverage; } \
+	  || { [ $$status -ne 0 ] || status=1; }; \
+	exit $$status
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -44,4 +54,4 @@ bench: install system-deps
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache build/coverage

@@ -1,8 +1,10 @@
-"""A misbehaving Storage Element made out of a real one: a recording, rewriting proxy."""
+"""A misbehaving Storage Element made out of a real one: a recording, rewriting proxy,
+and the rewrites of an SE's answers that the tests use."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from ingester_gateway.reference.processes import free_port
+from tests.kit import sha256_hex
 
 
 @dataclass
@@ -23,6 +26,30 @@ class ProxiedRequest:
 
 
 ReplyRewrite = Callable[[str, str, int, bytes], tuple[int, bytes]]
+
+
+def se_upload_reply(rewrite: Callable[[int, bytes], tuple[int, bytes]]) -> ReplyRewrite:
+    """A proxy rewrite that changes only the SE's 201 to an upload."""
+
+    def rewrite_upload(method: str, path: str, status: int, body: bytes) -> tuple[int, bytes]:
+        if method == "POST" and path == "/api/v1/files/upload" and status == 201:
+            return rewrite(status, body)
+        return status, body
+
+    return rewrite_upload
+
+
+def wrong_checksum(status: int, body: bytes) -> tuple[int, bytes]:
+    """The SE claims a checksum of bytes it did not store."""
+    reply = json.loads(body)
+    reply["checksum"] = sha256_hex(b"other bytes")
+    return status, json.dumps(reply).encode()
+
+
+def server_error(status: int, body: bytes) -> tuple[int, bytes]:
+    """Stored, then a 503: the node failing (a 500 from a node whose health probe is
+    fine would be the request's failure, see test_request_failures)."""
+    return 503, b'{"detail": "Service Unavailable"}'
 
 
 class StorageElementProxy:

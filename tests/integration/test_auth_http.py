@@ -10,7 +10,6 @@ import base64
 import hashlib
 import hmac
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,15 +20,17 @@ import pytest
 from jose import jwt
 
 from ingester_gateway.reference.processes import ServerProcess, gateway, running, storage_element
-from tests.conftest import (
+from tests.faults import StorageElementProxy
+from tests.kit import (
     Answer,
     DevKeys,
-    Stack,
     assert_error_envelope,
-    http_call,
+    curl,
     multipart_form,
+    post_form,
+    put,
 )
-from tests.faults import StorageElementProxy
+from tests.stack import Stack
 
 BODY = b"not for the storage element " * 64
 
@@ -126,13 +127,11 @@ ROUTES = ("put", "multipart")
 
 def upload(gw: ServerProcess, route: str, authorization: str | None, data: bytes = BODY) -> Answer:
     headers = {"X-Request-ID": f"auth-{uuid.uuid4().hex[:12]}"}
-    if authorization is not None:
-        headers["Authorization"] = authorization
+    auth = {} if authorization is None else {"Authorization": authorization}
     if route == "put":
-        return http_call(gw.url, "PUT", "/api/v1/files/x.bin", data, headers)
+        return put(gw, auth, data, "x.bin", headers=headers)
     body, content_type = multipart_form({"description": "auth test"}, data)
-    headers["Content-Type"] = content_type
-    return http_call(gw.url, "POST", "/api/v1/files/upload", body, headers)
+    return post_form(gw, auth, body, content_type, headers)
 
 
 def assert_refused_before_storage(
@@ -213,28 +212,16 @@ def curl_upload(
 ) -> tuple[int, int, float]:
     """curl with `Expect: 100-continue` (and 10 s patience for the 100): its status,
     the body bytes it uploaded, and the seconds it took."""
-    argv = [
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{size_upload}",
-        "--expect100-timeout",
-        "10",
-        "-H",
-        "Expect: 100-continue",
-    ]
+    args = ["--expect100-timeout", "10", "-H", "Expect: 100-continue"]
     if authorization is not None:
-        argv += ["-H", f"Authorization: {authorization}"]
+        args += ["-H", f"Authorization: {authorization}"]
     if route == "put":
-        argv += ["-T", str(path), f"{url}/api/v1/files/big.bin"]
+        args += ["-T", str(path), f"{url}/api/v1/files/big.bin"]
     else:
-        argv += ["-F", f"file=@{path}", f"{url}/api/v1/files/upload"]
+        args += ["-F", f"file=@{path}", f"{url}/api/v1/files/upload"]
     started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
-    code, uploaded = done.stdout.split()
-    return int(code), int(float(uploaded)), time.monotonic() - started
+    answer = curl(*args, timeout=60)
+    return answer.status, answer.uploaded, time.monotonic() - started
 
 
 @pytest.fixture(scope="module")

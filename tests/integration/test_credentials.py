@@ -24,21 +24,13 @@ from ingester_gateway.reference.processes import (
     storage_element,
     token_service,
 )
-from tests.conftest import DevKeys, http_call
+from tests.kit import DevKeys, FakeClock, http_call
 
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[ServerProcess]:
     with running(token_service(tmp_path_factory.mktemp("tokens"), keys.private_path)) as (ts,):
         yield ts
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 T = TypeVar("T")
@@ -52,16 +44,16 @@ async def _with_session(body: Callable[[aiohttp.ClientSession], Awaitable[T]]) -
 def test_service_account_token_is_a_verified_service_account_and_is_reused(
     tokens: ServerProcess, keys: DevKeys
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
 
     async def body(session: aiohttp.ClientSession) -> tuple[str, str, str]:
         account = ServiceAccount(
             f"{tokens.url}/api/v1/auth/token", *SERVICE_CLIENT, lambda: session, clock=clock
         )
         first = await account.token()
-        clock.now += 60  # well inside the 3600 s lifetime: the cached token is reused
+        clock.advance(60)  # well inside the 3600 s lifetime: the cached token is reused
         second = await account.token()
-        clock.now += 3000  # past 80 % of the lifetime: renewed
+        clock.advance(3000)  # past 80 % of the lifetime: renewed
         third = await account.token()
         return first, second, third
 

@@ -22,22 +22,29 @@ import pytest
 from ingester_gateway.outbox.events import EVENT_TYPE
 from ingester_gateway.outbox.journal import FileEvent
 from ingester_gateway.reference.processes import ServerProcess, free_port
-from tests.conftest import DevKeys, assert_error_envelope, http_call, multipart_form
-from tests.faults import StorageElementProxy
-from tests.integration.cluster import (
-    AnswerLosingLink,
-    Cluster,
+from tests.faults import StorageElementProxy, se_upload_reply, server_error, wrong_checksum
+from tests.kit import (
+    AS_SENT,
+    DevKeys,
     MiB,
+    assert_error_envelope,
+    eventually,
     log_events,
     metric,
-    node_view,
+    multipart_form,
+    post_form,
     put,
-    redis_gateway,
-    registered_se,
     sha256_hex,
 )
-from tests.integration.test_failures import se_upload_reply, server_error, wrong_checksum
-from tests.integration.test_registry_write import eventually, nodes, redis_url
+from tests.stack import (
+    AnswerLosingLink,
+    Cluster,
+    node_view,
+    nodes,
+    redis_gateway,
+    redis_url,
+    registered_se,
+)
 
 STREAM = "file-events"
 LIMIT = 4 * MiB  # INGESTER_MAX_UPLOAD_BYTES of both gateways
@@ -72,7 +79,7 @@ class Shared:
         stored it under (the gateway owes its deletion)."""
         self.proxy.rewrite = se_upload_reply(wrong_checksum)
         try:
-            answer = put(gw, keys.auth(), os.urandom(MiB), name="lie.bin")
+            answer = put(gw, keys.auth(), os.urandom(MiB), name="lie.bin", query=AS_SENT)
         finally:
             self.proxy.rewrite = None
         assert_error_envelope(answer, 502, "checksum_mismatch")
@@ -166,7 +173,7 @@ def test_file_events_hold_one_event_per_stored_upload_and_none_for_failed_ones(
         stored.append((answer.json(), sub))
 
     # Stored: four ways, by three users.
-    stores(put(gw, keys.auth("alice"), TEXT, name="notes.txt", query=""), "alice")
+    stores(put(gw, keys.auth("alice"), TEXT, name="notes.txt"), "alice")
     form, form_type = multipart_form(
         {
             "retention_policy": "temporary",
@@ -177,11 +184,10 @@ def test_file_events_hold_one_event_per_stored_upload_and_none_for_failed_ones(
         TEXT,
         filename="report.csv",
     )
-    headers = {**keys.auth("bob", role="operator"), "Content-Type": form_type}
-    stores(http_call(gw.url, "POST", "/api/v1/files/upload", form, headers), "bob")
-    stores(put(gw, keys.auth("carol"), os.urandom(300_000), name="raw.bin"), "carol")
+    stores(post_form(gw, keys.auth("bob", role="operator"), form, form_type), "bob")
+    stores(put(gw, keys.auth("carol"), os.urandom(300_000), name="raw.bin", query=AS_SENT), "carol")
     query = "compression_algorithm=brotli&compress=true"
-    stores(put(gw, keys.auth("carol"), TEXT, name="Bericht%20%C3%A4.txt", query=query), "carol")
+    stores(put(gw, keys.auth("carol"), TEXT, name="Bericht ä.txt", query=query), "carol")
 
     # Failed, each in its own way: no event.
     uploads_before = len(env.proxy.uploads())
@@ -189,12 +195,14 @@ def test_file_events_hold_one_event_per_stored_upload_and_none_for_failed_ones(
     bad_codec = put(gw, keys.auth(), b"x", query="compression_algorithm=lzma")
     assert_error_envelope(bad_codec, 400, "invalid_parameter")
     too_big = (os.urandom(256 * 1024) for _ in range(LIMIT // (256 * 1024) + 4))  # chunked
-    assert_error_envelope(put(gw, keys.auth(), too_big), 413, "payload_too_large")
+    assert_error_envelope(put(gw, keys.auth(), too_big, query=AS_SENT), 413, "payload_too_large")
     wrong_digest = {"X-Checksum-SHA256": sha256_hex(b"something else")}
-    assert_error_envelope(put(gw, keys.auth(), TEXT, headers=wrong_digest), 422)
+    assert_error_envelope(put(gw, keys.auth(), TEXT, headers=wrong_digest, query=AS_SENT), 422)
     lied = env.lied_upload(gw, keys)
     env.proxy.rewrite = se_upload_reply(server_error)
-    assert_error_envelope(put(gw, keys.auth(), TEXT, name="e.txt"), 503, "no_storage_available")
+    assert_error_envelope(
+        put(gw, keys.auth(), TEXT, name="e.txt", query=AS_SENT), 503, "no_storage_available"
+    )
     env.proxy.rewrite = None
     tries = [u for u in env.proxy.uploads()[uploads_before:] if u.status == 201]
     failed_ids = {json.loads(u.reply)["file_id"] for u in tries}  # each try has its own id
@@ -221,7 +229,7 @@ def test_an_event_recorded_while_redis_is_frozen_is_delivered_once_when_it_answe
     os.kill(env.cluster.redis.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        answer = put(gw, keys.auth("dave"), TEXT, name="frozen.txt", query="")
+        answer = put(gw, keys.auth("dave"), TEXT, name="frozen.txt")
         assert answer.status == 201, answer.body
         assert time.monotonic() - started < 3, "the upload waited on a frozen Redis"
         result = answer.json()
@@ -248,7 +256,7 @@ def test_an_event_whose_answer_was_lost_is_journaled_and_still_in_the_stream_onc
     before = len(env.events())
     env.link.lose_answers_to = EVENT_TYPE.encode()
     try:
-        answer = put(gw, keys.auth("erin"), TEXT, name="lost.txt", query="")
+        answer = put(gw, keys.auth("erin"), TEXT, name="lost.txt")
         assert answer.status == 201, answer.body
         result = answer.json()
         (pending,) = journal_pending(state_dir(env.cluster, gw))

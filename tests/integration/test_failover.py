@@ -19,21 +19,27 @@ from ingester_gateway.reference.processes import (
     gateway,
     service_account_env,
 )
-from tests.conftest import DevKeys, assert_error_envelope, http_call
-from tests.faults import StorageElementProxy
-from tests.integration.cluster import (
-    Cluster,
+from tests.faults import StorageElementProxy, se_upload_reply, server_error
+from tests.kit import (
+    AS_SENT,
+    DevKeys,
     MiB,
+    assert_error_envelope,
+    eventually,
+    http_call,
     metric,
-    node_view,
-    paced_put,
     put,
-    redis_gateway,
-    registered_se,
     sha256_hex,
 )
-from tests.integration.test_failures import se_upload_reply, server_error
-from tests.integration.test_registry_write import eventually, nodes, redis_url
+from tests.stack import (
+    Cluster,
+    node_view,
+    nodes,
+    paced_put,
+    redis_gateway,
+    redis_url,
+    registered_se,
+)
 
 NODES = ("se-a", "se-b")
 
@@ -123,7 +129,7 @@ def test_se_killed_mid_body_replays_a_small_upload_on_the_other_node(
     def kill_the_receiving_se(sent: int) -> None:
         if killed or (se_id := receiving_se(cluster)) is None:
             return
-        if cluster.partial_bytes(se_id) >= 3 * MiB:
+        if cluster.files(se_id).partial_bytes() >= 3 * MiB:
             cluster.ses[se_id].kill()
             killed.append(se_id)
 
@@ -163,7 +169,7 @@ def test_se_killed_mid_body_past_the_replay_buffer_is_503_retry_later(
     def kill_past_the_replay_buffer(sent: int) -> None:
         if killed or (se_id := receiving_se(cluster)) is None:
             return
-        if cluster.partial_bytes(se_id) >= 10 * MiB:
+        if cluster.files(se_id).partial_bytes() >= 10 * MiB:
             cluster.ses[se_id].kill()
             killed.append(se_id)
 
@@ -221,7 +227,7 @@ def test_se_killed_after_storing_moves_the_upload_and_its_copy_is_deleted_once_i
 
             proxy.rewrite = die_after_storing
             data = os.urandom(MiB)
-            answer = put(cluster.gw, keys.auth(), data, name="after-store.bin")
+            answer = put(cluster.gw, keys.auth(), data, name="after-store.bin", query=AS_SENT)
             proxy.rewrite = None
             assert answer.status == 201, answer.body
             result = answer.json()
@@ -275,7 +281,7 @@ def test_a_retry_on_the_same_node_is_not_undone_by_the_earlier_tries_late_delete
         gw = gateway(cluster.workdir, keys.public_path, entries, env=env, name="one-node-gw")
         with gw:
             data = os.urandom(64 * 1024)
-            answer = put(gw, keys.auth(), data, name="retried.bin")
+            answer = put(gw, keys.auth(), data, name="retried.bin", query=AS_SENT)
             assert answer.status == 201, answer.body
             result = answer.json()
             assert len(proxy.uploads()) == 2, "the upload was not retried on the same node"
@@ -303,7 +309,9 @@ def test_all_ses_down_is_a_fast_503_with_retry_after(healthy: Cluster, keys: Dev
 
     def fast_503() -> None:
         started = time.monotonic()
-        answer = put(cluster.gw, keys.auth(), os.urandom(256 * 1024), name="nowhere.bin")
+        answer = put(
+            cluster.gw, keys.auth(), os.urandom(256 * 1024), name="nowhere.bin", query=AS_SENT
+        )
         assert time.monotonic() - started < 1.5, "a dead cluster made the client wait"
         assert_error_envelope(answer, 503, "no_storage_available")
         assert int(answer.headers["retry-after"]) > 0
@@ -343,7 +351,7 @@ def test_breaker_opens_after_three_failures_and_a_half_open_probe_closes_it(
         with gw:
 
             def upload() -> str:
-                answer = put(gw, keys.auth(), os.urandom(64 * 1024), name="b.bin")
+                answer = put(gw, keys.auth(), os.urandom(64 * 1024), name="b.bin", query=AS_SENT)
                 assert answer.status == 201, answer.body
                 return str(answer.json()["storage_element_id"])
 
@@ -402,7 +410,9 @@ def test_drained_node_takes_no_new_uploads_and_finishes_the_one_in_flight(
         drained.append(se_id)
         eventually(lambda: node_view(cluster.gw)[se_id]["draining"], 2, "the drain seen")
         for n in range(4):
-            answer = put(cluster.gw, keys.auth(), os.urandom(100_000), name=f"m{n}.bin")
+            answer = put(
+                cluster.gw, keys.auth(), os.urandom(100_000), name=f"m{n}.bin", query=AS_SENT
+            )
             assert answer.status == 201, answer.body
             meanwhile.append(answer.json()["storage_element_id"])
 

@@ -14,10 +14,8 @@ import json
 import os
 import re
 import socket
-import subprocess
 import time
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,19 +29,27 @@ from ingester_gateway.reference.processes import (
     storage_element,
     token_service,
 )
-from tests.conftest import (
-    Answer,
-    DevKeys,
-    Stack,
-    assert_error_envelope,
-    http_call,
-    multipart_form,
-    start_stack,
+from tests.faults import (
+    StorageElementProxy,
+    se_upload_reply,
+    wrong_checksum,
 )
-from tests.faults import ReplyRewrite, StorageElementProxy
-
-MiB = 2**20
-
+from tests.kit import (
+    AS_SENT,
+    Answer,
+    CurlAnswer,
+    DevKeys,
+    MiB,
+    assert_error_envelope,
+    curl,
+    eventually,
+    http_call,
+    metric,
+    multipart_form,
+    put,
+    sha256_hex,
+)
+from tests.stack import Stack, start_stack
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -117,45 +123,11 @@ def connect(stack: Stack) -> socket.socket:
     return socket.create_connection(("127.0.0.1", stack.gw.port), timeout=10)
 
 
-def metric(gw: ServerProcess, name: str) -> float:
-    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match is not None, f"{name} not in /metrics"
-    return float(match.group(1))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def put(
-    stack: Stack, data: bytes | Iterable[bytes], headers: dict[str, str] | None = None
-) -> Answer:
-    path = "/api/v1/files/data.bin?compress=false"
-    return http_call(stack.gw.url, "PUT", path, data, {**stack.keys.auth(), **(headers or {})})
-
-
-def post_form(stack: Stack, body: bytes, content_type: str) -> Answer:
-    headers = {**stack.keys.auth(), "Content-Type": content_type}
-    return http_call(stack.gw.url, "POST", "/api/v1/files/upload", body, headers)
-
-
-def curl_put(url: str, path: Path, headers: list[str]) -> tuple[int, int]:
-    """curl -T: (status, body bytes uploaded). check=True: a reset is a curl error."""
-    argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}"]
-    argv += ["--expect100-timeout", "10"]
-    for header in headers:
-        argv += ["-H", header]
-    argv += ["-T", str(path), url]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
-    code, uploaded = done.stdout.split()
-    return int(code), int(float(uploaded))
+def idle(gw: ServerProcess, timeout: float = 5.0) -> None:
+    """Wait until the gateway has no upload in flight."""
+    eventually(
+        lambda: metric(gw, "ingester_uploads_in_flight") == 0, timeout, "no upload in flight"
+    )
 
 
 def process_counts(pid: int) -> tuple[int, int]:
@@ -187,7 +159,7 @@ def test_chunked_upload_growing_past_the_limit_is_413_and_the_partial_removed(
 ) -> None:
     stored = limited.stored_ids()
     pieces = (os.urandom(64 * 1024) for _ in range(48))  # 3 MiB, chunked
-    answer = put(limited, pieces)
+    answer = limited.put(pieces, query=AS_SENT)
     assert_error_envelope(answer, 413, "payload_too_large")
     assert answer.headers.get("connection") == "close"
     assert_nothing_left(limited, stored)
@@ -196,9 +168,16 @@ def test_chunked_upload_growing_past_the_limit_is_413_and_the_partial_removed(
 def test_upload_of_exactly_the_limit_is_stored(limited: Stack) -> None:
     """The control case for the limit: 1 MiB itself is allowed."""
     data = os.urandom(MiB)
-    answer = put(limited, iter([data[: MiB // 2], data[MiB // 2 :]]))
+    answer = limited.put(iter([data[: MiB // 2], data[MiB // 2 :]]), query=AS_SENT)
     assert answer.status == 201, answer.body
     assert limited.download(answer.json()["file_id"]) == data
+
+
+def curl_put(stack: Stack, path: Path, expect: str) -> CurlAnswer:
+    """curl -T with an `Expect` header (10 s patience for a 100): a reset is a curl error."""
+    auth = f"Authorization: Bearer {stack.keys.token()}"
+    url = stack.gw.url + "/api/v1/files/four.bin"
+    return curl("--expect100-timeout", "10", "-H", auth, "-H", expect, "-T", str(path), url)
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +191,8 @@ def test_content_length_over_the_limit_with_expect_is_refused_before_any_body_by
     limited: Stack, four_mib: Path
 ) -> None:
     stored = limited.stored_ids()
-    auth = [f"{k}: {v}" for k, v in limited.keys.auth().items()]
-    url = limited.gw.url + "/api/v1/files/four.bin"
-    assert curl_put(url, four_mib, [*auth, "Expect: 100-continue"]) == (413, 0)
+    answer = curl_put(limited, four_mib, "Expect: 100-continue")
+    assert (answer.status, answer.uploaded) == (413, 0)
     assert_nothing_left(limited, stored)
 
 
@@ -225,10 +203,7 @@ def test_content_length_over_the_limit_without_expect_still_gets_413_not_a_reset
     header, reads (and drops) a bounded amount, then answers 413 and closes, so the
     client reads the answer instead of an ECONNRESET (curl would exit non-zero)."""
     stored = limited.stored_ids()
-    auth = [f"{k}: {v}" for k, v in limited.keys.auth().items()]
-    url = limited.gw.url + "/api/v1/files/four.bin"
-    code, _ = curl_put(url, four_mib, [*auth, "Expect:"])
-    assert code == 413
+    assert curl_put(limited, four_mib, "Expect:").status == 413
     sock = connect(limited)
     with sock:
         sock.sendall(raw_headers(limited, "/api/v1/files/x", {"Content-Length": str(4 * MiB)}))
@@ -266,7 +241,7 @@ def test_body_shorter_than_content_length_then_closed_stores_nothing(limited: St
     with sock:
         sock.sendall(raw_headers(limited, "/api/v1/files/x", {"Content-Length": "1000"}))
         sock.sendall(b"a" * 500)
-    assert wait_for(lambda: metric(limited.gw, "ingester_uploads_in_flight") == 0)
+    idle(limited.gw)
     assert_nothing_left(limited, stored)
     assert http_call(limited.gw.url, "GET", "/health/live").status == 200
 
@@ -286,7 +261,7 @@ def test_body_longer_than_content_length_is_400_and_leaves_nothing(limited: Stac
         received = read_until_close(sock, 10)
     assert b"HTTP/1.1 400 " in received, received[:300]
     assert b"Invalid HTTP request" in received
-    assert wait_for(lambda: metric(limited.gw, "ingester_uploads_in_flight") == 0)
+    idle(limited.gw)
     assert_nothing_left(limited, stored)
 
 
@@ -302,7 +277,7 @@ def test_client_leaving_after_a_complete_body_leaves_nothing(limited: Stack) -> 
         )
         sock.sendall(head + body)
         sock.close()
-    assert wait_for(lambda: metric(limited.gw, "ingester_uploads_in_flight") == 0)
+    idle(limited.gw)
     assert_nothing_left(limited, stored)
 
 
@@ -314,7 +289,7 @@ def test_client_stalling_mid_body_is_408_and_the_se_partial_removed(
     with start_chunked_upload(limited, route) as sock:
         for _ in range(8):  # 512 KiB: eight blocks already streamed to the SE
             sock.sendall(chunk(os.urandom(64 * 1024)))
-        assert wait_for(lambda: limited.partials() != [], 0.9), "the SE request never opened"
+        eventually(lambda: limited.partials(), 0.9, "the SE request opening")
         answer = parse_response(read_until_close(sock, 10))
     assert_error_envelope(answer, 408, "request_timeout")
     assert_nothing_left(limited, stored)
@@ -329,7 +304,7 @@ def abort_chunked_upload(stack: Stack, size: int, route: str = "put") -> None:
         block = os.urandom(256 * 1024)
         for _ in range(size // len(block)):
             sock.sendall(chunk(block))
-        assert wait_for(lambda: stack.partials() != []), "the SE request never opened"
+        eventually(lambda: stack.partials(), what="the SE request opening")
 
 
 def test_client_disconnect_mid_upload_leaves_nothing_and_leaks_nothing(stack: Stack) -> None:
@@ -341,11 +316,11 @@ def test_client_disconnect_mid_upload_leaves_nothing_and_leaks_nothing(stack: St
 
     for _ in range(3):  # warm-up: connection pool, encoder threads
         abort_chunked_upload(stack, 3 * MiB)
-    assert wait_for(settled)
+    eventually(settled, what="the warm-up uploads settled")
     fds_before, threads_before = process_counts(pid)
     for _ in range(20):
         abort_chunked_upload(stack, 3 * MiB)
-    assert wait_for(settled), "an aborted upload is still in flight or left a partial"
+    eventually(settled, what="no aborted upload in flight, no partial")
     fds_after, threads_after = process_counts(pid)
     assert stack.gw.log_path.read_text().count('"upload_aborted"') >= 23
     assert fds_after <= fds_before + 4, (fds_before, fds_after)
@@ -357,7 +332,7 @@ def test_client_disconnect_mid_upload_leaves_nothing_and_leaks_nothing(stack: St
 def test_client_disconnect_mid_multipart_file_part_leaves_nothing(stack: Stack) -> None:
     stored = stack.stored_ids()
     abort_chunked_upload(stack, 3 * MiB, "multipart")
-    assert wait_for(lambda: metric(stack.gw, "ingester_uploads_in_flight") == 0)
+    idle(stack.gw)
     assert_nothing_left(stack, stored)
 
 
@@ -391,8 +366,10 @@ def test_wrong_client_digest_is_422_and_nothing_stored(
     if header == "content-digest":
         headers = {"Content-Digest": content_digest(wrong)}
     else:
-        headers = {"X-Checksum-SHA256": hashlib.sha256(wrong).hexdigest()}
-    assert_error_envelope(put(stack, payload, headers), 422, "digest_mismatch")
+        headers = {"X-Checksum-SHA256": sha256_hex(wrong)}
+    assert_error_envelope(
+        stack.put(payload, query=AS_SENT, headers=headers), 422, "digest_mismatch"
+    )
     assert_nothing_left(stack, stored)
 
 
@@ -401,12 +378,7 @@ def test_wrong_client_digest_on_the_multipart_route_is_422_and_nothing_stored(
 ) -> None:
     stored = stack.stored_ids()
     body, content_type = multipart_form({"compress": "false"}, payload)
-    headers = {
-        **stack.keys.auth(),
-        "Content-Type": content_type,
-        "X-Checksum-SHA256": "0" * 64,
-    }
-    answer = http_call(stack.gw.url, "POST", "/api/v1/files/upload", body, headers)
+    answer = stack.post_form(body, content_type, headers={"X-Checksum-SHA256": "0" * 64})
     assert_error_envelope(answer, 422, "digest_mismatch")
     assert_nothing_left(stack, stored)
 
@@ -414,9 +386,9 @@ def test_wrong_client_digest_on_the_multipart_route_is_422_and_nothing_stored(
 def test_right_client_digest_is_stored(stack: Stack, payload: bytes) -> None:
     headers = {
         "Content-Digest": content_digest(payload),
-        "X-Checksum-SHA256": hashlib.sha256(payload).hexdigest(),
+        "X-Checksum-SHA256": sha256_hex(payload),
     }
-    answer = put(stack, payload, headers)
+    answer = stack.put(payload, query=AS_SENT, headers=headers)
     assert answer.status == 201, answer.body
     assert stack.download(answer.json()["file_id"]) == payload
 
@@ -436,7 +408,7 @@ def test_malformed_digest_header_is_400_and_nothing_stored(
     stack: Stack, payload: bytes, headers: dict[str, str]
 ) -> None:
     stored = stack.stored_ids()
-    assert_error_envelope(put(stack, payload, headers), 400, "invalid_digest")
+    assert_error_envelope(stack.put(payload, query=AS_SENT, headers=headers), 400, "invalid_digest")
     assert_nothing_left(stack, stored)
 
 
@@ -486,10 +458,10 @@ def test_malformed_multipart_is_a_4xx_and_the_gateway_stays_up(
     stack: Stack, body: bytes, content_type: str, status: int
 ) -> None:
     stored = stack.stored_ids()
-    assert_error_envelope(post_form(stack, body, content_type), status)
+    assert_error_envelope(stack.post_form(body, content_type), status)
     assert_nothing_left(stack, stored)
     good_body, good_type = multipart_form({"description": "after"}, b"still here")
-    assert post_form(stack, good_body, good_type).status == 201
+    assert stack.post_form(good_body, good_type).status == 201
 
 
 # -- a Storage Element that lies about the checksum ----------------------------------------
@@ -502,30 +474,6 @@ class ProxiedStack:
     edit: Stack  # edit SE behind `edit_proxy`: retention_policy=temporary lands here
     rw_proxy: StorageElementProxy
     edit_proxy: StorageElementProxy
-
-
-def se_upload_reply(rewrite: Callable[[int, bytes], tuple[int, bytes]]) -> ReplyRewrite:
-    """A proxy rewrite that changes only the SE's 201 to an upload."""
-
-    def rewrite_upload(method: str, path: str, status: int, body: bytes) -> tuple[int, bytes]:
-        if method == "POST" and path == "/api/v1/files/upload" and status == 201:
-            return rewrite(status, body)
-        return status, body
-
-    return rewrite_upload
-
-
-def wrong_checksum(status: int, body: bytes) -> tuple[int, bytes]:
-    """The SE claims a checksum of bytes it did not store."""
-    reply = json.loads(body)
-    reply["checksum"] = hashlib.sha256(b"other bytes").hexdigest()
-    return status, json.dumps(reply).encode()
-
-
-def server_error(status: int, body: bytes) -> tuple[int, bytes]:
-    """Stored, then a 503: the node failing (a 500 from a node whose health probe is
-    fine would be the request's failure, see test_request_failures)."""
-    return 503, b'{"detail": "Service Unavailable"}'
 
 
 @pytest.fixture(scope="module")
@@ -569,10 +517,10 @@ def upload_through_a_lying_se(
     stored = se.stored_ids()
     uploads, deletes = len(proxy.uploads()), len(proxy.deletes())
     policy = "temporary" if se is env.edit else "permanent"
-    path = f"/api/v1/files/lie.bin?retention_policy={policy}"
     proxy.rewrite = se_upload_reply(lie)
     try:
-        answer = http_call(env.gw.url, "PUT", path, os.urandom(3 * MiB), {"Authorization": token})
+        query = f"retention_policy={policy}"
+        answer = put(env.gw, {"Authorization": token}, os.urandom(3 * MiB), "lie.bin", query)
     finally:
         proxy.rewrite = None
     assert_error_envelope(answer, 502, code)
@@ -627,14 +575,14 @@ def small_se(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterato
 def test_full_se_is_507_for_a_chunked_upload_and_nothing_stored(small_se: Stack) -> None:
     """The gateway cannot know the size: the SE refuses mid-stream with 507."""
     pieces = (os.urandom(256 * 1024) for _ in range(12))  # 3 MiB
-    answer = put(small_se, pieces)
+    answer = small_se.put(pieces, query=AS_SENT)
     assert_error_envelope(answer, 507, "insufficient_storage")
     assert_nothing_left(small_se, [])
 
 
 def test_full_se_is_507_for_a_content_length_upload_and_nothing_stored(small_se: Stack) -> None:
     """The gateway knows the size and the SE's free space: no node can take it."""
-    answer = put(small_se, os.urandom(3 * MiB))
+    answer = small_se.put(os.urandom(3 * MiB), query=AS_SENT)
     assert_error_envelope(answer, 507, "insufficient_storage")
     assert_nothing_left(small_se, [])
 
@@ -668,7 +616,7 @@ def test_se_that_stops_reading_is_a_502_after_the_upstream_timeout(
     stored = stack.stored_ids()
     proxy.stall_upload(after_bytes=MiB, seconds=STALL_SECONDS)
     started = time.monotonic()
-    answer = put(stack, (os.urandom(256 * 1024) for _ in range(64)))  # 16 MiB
+    answer = stack.put((os.urandom(256 * 1024) for _ in range(64)), query=AS_SENT)  # 16 MiB
     assert proxy.stalled.is_set()
     assert time.monotonic() - started < STALL_SECONDS, "the gateway waited out the stall"
     assert_error_envelope(answer, 502)
@@ -692,6 +640,6 @@ def test_client_gone_while_the_se_stalls_is_aborted_within_the_upstream_timeout(
                 sock.sendall(block)
         assert proxy.stalled.wait(5)
     stall_began = time.monotonic()
-    assert wait_for(lambda: metric(stack.gw, "ingester_uploads_in_flight") == 0, 10)
+    idle(stack.gw, 10)
     assert time.monotonic() - stall_began < STALL_SECONDS - 1, "aborted only when the SE woke"
     assert_nothing_left(stack, stored, wait=STALL_SECONDS + 5)

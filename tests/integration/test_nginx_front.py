@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ingester_gateway.reference.processes import ServerProcess, nginx
-from tests.conftest import Stack
-from tests.integration.roundtrip import stream_stored_digests
+from tests.kit import curl, sha256_hex
+from tests.stack import Stack, stream_stored_digests
 
 SIZE = 20 * 2**20
 
@@ -24,23 +20,6 @@ SIZE = 20 * 2**20
 def proxy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with nginx(tmp_path_factory.mktemp("nginx"), f"127.0.0.1:{stack.gw.port}") as server:
         yield server
-
-
-def curl(*args: str, stdin: Any = None) -> tuple[int, dict[str, str], dict[str, Any], str]:
-    """curl's status, response headers (lower-case names), JSON body and verbose trace."""
-    proc = subprocess.run(
-        ["curl", "-sS", "-v", "-D", "-", *args],
-        stdin=stdin,
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    head, _, body = proc.stdout.partition(b"\r\n\r\n")
-    if head.startswith(b"HTTP/1.1 100"):  # an interim 100 Continue precedes the answer
-        head, _, body = body.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    return int(status_line.split()[1]), headers, json.loads(body), proc.stderr.decode("latin-1")
 
 
 def test_chunked_20_mib_upload_through_nginx_round_trips(
@@ -53,7 +32,7 @@ def test_chunked_20_mib_upload_through_nginx_round_trips(
     source.write_bytes(data)
     request_id = f"nginx-{uuid.uuid4().hex}"
     with source.open("rb") as stdin:
-        status, headers, body, trace = curl(
+        answer = curl(
             "-T",
             "-",
             "-H",
@@ -64,17 +43,18 @@ def test_chunked_20_mib_upload_through_nginx_round_trips(
             f"{proxy.url}/api/v1/files/big.bin?compression_algorithm=zstd",
             stdin=stdin,
         )
-    assert "Transfer-Encoding: chunked" in trace
-    assert status == 201, body
-    assert headers["x-request-id"] == request_id
-    assert headers["x-upload-id"] == body["upload_id"]
+    assert "Transfer-Encoding: chunked" in answer.trace
+    assert answer.status == 201, answer.body
+    body = answer.json()
+    assert answer.headers["x-request-id"] == request_id
+    assert answer.headers["x-upload-id"] == body["upload_id"]
     assert body["file_size"] == SIZE
     assert body["compression_algorithm"] == "zstd"
     assert body["stored_size"] < SIZE
     stored_hex, decoded_hex, stored_size, decoded_size = stream_stored_digests(
         stack, body["file_id"], body["compression_algorithm"]
     )
-    original_hex = hashlib.sha256(data).hexdigest()
+    original_hex = sha256_hex(data)
     assert (decoded_hex, decoded_size) == (original_hex, SIZE)
     assert body["checksum"] == original_hex
     assert (stored_hex, stored_size) == (body["stored_checksum"], body["stored_size"])
@@ -87,7 +67,7 @@ def test_unauthorized_through_nginx_is_still_the_json_envelope(
     source = tmp_path / "refused.bin"
     source.write_bytes(os.urandom(2 * 2**20))
     with source.open("rb") as stdin:
-        status, headers, body, _ = curl(
+        answer = curl(
             "-T",
             "-",
             "-H",
@@ -95,17 +75,18 @@ def test_unauthorized_through_nginx_is_still_the_json_envelope(
             f"{proxy.url}/api/v1/files/x.bin",
             stdin=stdin,
         )
-    assert status == 401
-    assert headers["content-type"] == "application/json"
-    assert headers["www-authenticate"].startswith("Bearer")
-    assert body["error"]["request_id"] == "nginx-401"
-    assert body["error"]["code"]
-    assert body["error"]["message"]
+    assert answer.status == 401
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    error = answer.json()["error"]
+    assert error["request_id"] == "nginx-401"
+    assert error["code"]
+    assert error["message"]
     assert stack.stored_ids() == before
 
-    status, headers, body, _ = curl(
+    answer = curl(
         "-H", "Authorization: Bearer not.a.token", f"{proxy.url}/api/v1/uploads/whatever-id"
     )
-    assert status == 401
-    assert headers["content-type"] == "application/json"
-    assert set(body["error"]) == {"code", "message", "request_id"}
+    assert answer.status == 401
+    assert answer.headers["content-type"] == "application/json"
+    assert set(answer.json()["error"]) == {"code", "message", "request_id"}

@@ -12,7 +12,6 @@ import gzip
 import itertools
 import json
 import random
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from ingester_gateway.app import GatewayApp, build_app
 from ingester_gateway.config import load_settings
 from ingester_gateway.pipeline.sniff import sniff
 from ingester_gateway.reference.processes import ServerProcess, running, se_entry, storage_element
-from tests.conftest import DevKeys
-from tests.integration.roundtrip import CODECS, assert_result_matches
+from tests.kit import CODEC_NAMES, DevKeys, assert_result_matches, multipart_form
+from tests.stack import se_get
 
 BLOCK_SIZE = 16 * 1024  # small blocks: a few hundred KiB make many, some past the thread hop
 MAX_PAYLOAD = 300 * 1024
@@ -42,11 +41,7 @@ class InProcessGateway:
     keys: DevKeys
 
     def download(self, file_id: str) -> bytes:
-        request = urllib.request.Request(
-            f"{self.se.url}/api/v1/files/{file_id}/download", headers=self.keys.auth()
-        )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return bytes(resp.read())
+        return se_get(self.se, self.keys, f"/api/v1/files/{file_id}/download")
 
 
 @pytest.fixture(scope="module")
@@ -155,32 +150,19 @@ class Upload:
     content_type: str | None
 
 
-def multipart_form(fields: dict[str, str], payload: bytes, boundary: str) -> bytes:
-    out = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, value in fields.items()
-    ]
-    out.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.bin"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n".encode()
-    )
-    out.append(payload + f"\r\n--{boundary}--\r\n".encode())
-    return b"".join(out)
-
-
 @st.composite
 def uploads(draw: st.DrawFn) -> Upload:
     route = draw(st.sampled_from(["raw", "multipart"]))
     payload = draw(payloads)
-    codec = draw(st.sampled_from(CODECS))
+    codec = draw(st.sampled_from(CODEC_NAMES))
     force = draw(st.booleans())
     options = {"compression_algorithm": codec, **({"compress": "true"} if force else {})}
     if route == "raw":
         body, content_type = payload, None
     else:
         boundary = f"----property{uuid.uuid4().hex}"
-        body = multipart_form(options, payload, boundary)
-        content_type = f"multipart/form-data; boundary={boundary}"
+        body, content_type = multipart_form(options, payload, "p.bin", boundary)
+    # Cuts may repeat or sit at either end: empty pieces are part of any chunking.
     cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=32)))
     edges = [0, *cuts, len(body)]
     pieces = [body[a:b] for a, b in itertools.pairwise(edges)]

@@ -14,24 +14,23 @@ from typing import Any
 
 from ingester_gateway.reference.processes import storage_element
 from ingester_gateway.registry.artstore import CHANNEL, DOCUMENT_KEY
-from tests.conftest import DevKeys, assert_error_envelope
-from tests.integration.cluster import (
+from tests.kit import AS_SENT, DevKeys, assert_error_envelope, eventually, metric, put
+from tests.stack import (
     HEARTBEAT_TTL,
     REFRESH_SECONDS,
     Cluster,
-    metric,
     node_view,
-    put,
+    nodes,
     ready,
     redis_gateway,
+    redis_url,
     registered_se,
 )
-from tests.integration.test_registry_write import eventually, nodes, redis_url
 
 
 def stored_on(cluster: Cluster, keys: DevKeys, name: str = "r.bin") -> str | None:
     """Upload 64 KiB: the SE that stored it, or None for a 503."""
-    answer = put(cluster.gw, keys.auth(), os.urandom(64 * 1024), name=name)
+    answer = put(cluster.gw, keys.auth(), os.urandom(64 * 1024), name=name, query=AS_SENT)
     if answer.status == 503:
         assert_error_envelope(answer, 503, "no_storage_available")
         return None

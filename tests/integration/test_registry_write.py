@@ -9,9 +9,9 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
@@ -19,7 +19,6 @@ import redis
 from ingester_gateway.reference.processes import (
     PYTHON,
     ServerProcess,
-    free_port,
     redis_server,
     running,
     storage_element,
@@ -34,23 +33,15 @@ from ingester_gateway.registry.redis import (
     RedisNodeBook,
 )
 from ingester_gateway.runtime.redis_io import redis_client
-from tests.conftest import DevKeys, http_call, multipart_form
-
-T = TypeVar("T")
-TTL = 2.0
-INTERVAL = 0.3
-
-
-def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """The first truthy value of `probe()` within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.05)
+from tests.kit import DevKeys, eventually
+from tests.stack import (
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TTL,
+    nodes,
+    redis_url,
+    registered_se,
+    upload_to_se,
+)
 
 
 class Events:
@@ -95,37 +86,16 @@ def db(redis_proc: ServerProcess) -> Iterator[redis.Redis]:
     client.close()
 
 
-def redis_url(server: ServerProcess) -> str:
-    return f"redis://127.0.0.1:{server.port}"
-
-
-def registered_se(
+def small_se(
     workdir: Path, keys: DevKeys, redis_at: ServerProcess, element_id: str
 ) -> ServerProcess:
-    """An SE of 1 MiB, priority 7, announcing itself every INTERVAL s with a TTL s TTL."""
-    port = free_port()
-    flags = {
-        "--redis-url": redis_url(redis_at),
-        "--public-url": f"http://127.0.0.1:{port}",
-        "--heartbeat-interval": str(INTERVAL),
-        "--heartbeat-ttl": str(TTL),
-        "--priority": "7",
-    }
-    extra = [part for flag in flags.items() for part in flag]
-    return storage_element(
-        workdir, keys.public_path, element_id=element_id, capacity="1MiB", port=port, extra=extra
-    )
+    """A self-registering SE of 1 MiB, priority 7 (heartbeats as `registered_se`)."""
+    return registered_se(workdir, keys, redis_at, element_id, capacity="1MiB", priority=7)
 
 
 def record(db: redis.Redis, node_id: str) -> dict[str, Any] | None:
     raw = db.get(NODE_KEY.format(node_id))
     return None if raw is None else dict(json.loads(raw))
-
-
-def upload_to(se: ServerProcess, keys: DevKeys, data: bytes) -> int:
-    body, content_type = multipart_form({}, data)
-    headers = {**keys.auth(), "Content-Type": content_type}
-    return http_call(se.url, "POST", "/api/v1/files/upload", body, headers).status
 
 
 # -- the SE registers itself -------------------------------------------------------------
@@ -135,20 +105,20 @@ def test_se_registers_heartbeats_and_reports_its_capacity(
     tmp_path: Path, keys: DevKeys, redis_proc: ServerProcess, db: redis.Redis
 ) -> None:
     events = Events(db)
-    with registered_se(tmp_path, keys, redis_proc, "se-hb") as se:
+    with small_se(tmp_path, keys, redis_proc, "se-hb") as se:
         first = eventually(lambda: record(db, "se-hb"), 1.0, "the SE's record")
         assert first["url"] == se.url
         assert (first["mode"], first["status"], first["priority"]) == ("rw", "ok", 7)
         assert first["capacity_total"] == 2**20
         assert first["capacity_used"] == 0
         assert first["capacity_available"] == 2**20
-        assert first["ttl"] == TTL
+        assert first["ttl"] == HEARTBEAT_TTL
         assert abs(first["heartbeat_at"] - time.time()) < 2
-        assert 0 < db.pttl(NODE_KEY.format("se-hb")) <= TTL * 1000
+        assert 0 < db.pttl(NODE_KEY.format("se-hb")) <= HEARTBEAT_TTL * 1000
         assert db.sismember(NODES_INDEX, "se-hb")
         events.expect("registered", "se-hb")
 
-        assert upload_to(se, keys, b"x" * 100_000) == 201
+        assert upload_to_se(se, keys, b"x" * 100_000).status == 201
         later = eventually(
             lambda: (r := record(db, "se-hb")) and r["capacity_used"] == 100_000 and r,
             2.0,
@@ -164,8 +134,8 @@ def test_sigterm_deregisters_at_once_and_sigkill_expires_within_the_ttl(
     tmp_path: Path, keys: DevKeys, redis_proc: ServerProcess, db: redis.Redis
 ) -> None:
     events = Events(db)
-    clean = registered_se(tmp_path, keys, redis_proc, "se-clean").start()
-    crashed = registered_se(tmp_path, keys, redis_proc, "se-crash").start()
+    clean = small_se(tmp_path, keys, redis_proc, "se-clean").start()
+    crashed = small_se(tmp_path, keys, redis_proc, "se-crash").start()
     try:
         eventually(lambda: record(db, "se-clean") and record(db, "se-crash"), 1.0, "both records")
         clean.stop()  # SIGTERM, waits for the exit
@@ -178,8 +148,10 @@ def test_sigterm_deregisters_at_once_and_sigkill_expires_within_the_ttl(
         assert record(db, "se-crash") is not None  # nobody said goodbye
         # The TTL runs from the last heartbeat, before the kill; the slack is for a
         # loaded machine polling late, not for Redis keeping the key.
-        eventually(lambda: record(db, "se-crash") is None, TTL + 1.5, "the record's expiry")
-        assert time.monotonic() - killed_at <= TTL + 1.5
+        eventually(
+            lambda: record(db, "se-crash") is None, HEARTBEAT_TTL + 1.5, "the record's expiry"
+        )
+        assert time.monotonic() - killed_at <= HEARTBEAT_TTL + 1.5
         assert {"event": "deregistered", "id": "se-crash"} not in events.drain()
     finally:
         clean.stop()
@@ -191,16 +163,16 @@ def test_redis_outage_never_stops_uploads_and_the_se_registers_again(
 ) -> None:
     first_redis = redis_server(tmp_path / "redis")
     second_redis = redis_server(tmp_path / "redis", port=first_redis.port)  # same address
-    se = registered_se(tmp_path, keys, first_redis, "se-outage")
+    se = small_se(tmp_path, keys, first_redis, "se-outage")
     client = redis.Redis(port=first_redis.port, decode_responses=True, socket_timeout=5)
     try:
         with running(first_redis, se):
             eventually(lambda: record(client, "se-outage"), 1.0, "the SE's record")
 
             first_redis.kill()
-            time.sleep(3 * INTERVAL)  # a few heartbeats fail
+            time.sleep(3 * HEARTBEAT_INTERVAL)  # a few heartbeats fail
             started = time.monotonic()
-            assert upload_to(se, keys, b"during the outage") == 201
+            assert upload_to_se(se, keys, b"during the outage").status == 201
             assert time.monotonic() - started < 1.0
 
             second_redis.start()  # empty: the SE must register again
@@ -272,18 +244,6 @@ def test_heartbeat_stop_deletes_the_record_whenever_it_comes(
 
 
 # -- the operator's `nodes` command ------------------------------------------------------
-
-
-def nodes(url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")}
-    prefix = ["--redis-url", url] if url else []
-    return subprocess.run(
-        [PYTHON, "-m", "ingester_gateway", "nodes", *prefix, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
 
 
 def test_nodes_add_list_drain_remove_round_trip(redis_proc: ServerProcess, db: redis.Redis) -> None:

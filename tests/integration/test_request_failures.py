@@ -19,9 +19,7 @@ from ingester_gateway.reference.processes import (
     storage_element,
     token_service,
 )
-from tests.conftest import DevKeys, assert_error_envelope, http_call
-from tests.integration.cluster import metric
-from tests.integration.test_registry_write import eventually
+from tests.kit import DevKeys, assert_error_envelope, eventually, http_call, metric
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from tests.conftest import Stack
-from tests.integration.roundtrip import se_metadata
+from tests.stack import Stack, se_metadata
 
 PAUSE_S = 0.6
 

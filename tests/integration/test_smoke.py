@@ -1,19 +1,13 @@
-import json
-import urllib.request
+"""The shortest path through the stack: one raw upload, stored as sent."""
 
-from tests.conftest import Stack, sha256_hex
+from tests.kit import AS_SENT, sha256_hex
+from tests.stack import Stack
 
 
 def test_raw_upload_roundtrip(stack: Stack) -> None:
     data = b"hello " * 1000
-    req = urllib.request.Request(
-        f"{stack.gw.url}/api/v1/files/hello.txt?compress=false",
-        data=data,
-        method="PUT",
-        headers=stack.keys.auth(),
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        assert resp.status == 201
-        body = json.loads(resp.read())
+    answer = stack.put(data, "hello.txt", query=AS_SENT)
+    assert answer.status == 201, answer.body
+    body = answer.json()
     assert body["checksum"] == sha256_hex(data)
     assert stack.download(body["file_id"]) == data

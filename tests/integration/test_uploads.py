@@ -11,29 +11,28 @@ import gzip
 import hashlib
 import json
 import os
-import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from email.message import Message
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import DevKeys, Stack, sha256_hex, start_stack
-from tests.integration.roundtrip import (
-    CODECS,
-    assert_stored,
+from tests.kit import (
+    CODEC_NAMES,
+    DevKeys,
+    curl,
+    eventually,
+    files_path,
+    http_call,
+    multipart_body,
     pseudo_random_blocks,
-    se_metadata,
-    stream_stored_digests,
+    sha256_hex,
 )
+from tests.stack import Stack, assert_stored, se_metadata, start_stack, stream_stored_digests
 
 TEXT = b"".join(
     f"{i:06d} the quick brown fox jumps over the lazy dog\n".encode() for i in range(30_000)
@@ -44,85 +43,11 @@ PROMPT_SECONDS = 1.0
 MAGIC = {"zstd": b"\x28\xb5\x2f\xfd", "gzip": b"\x1f\x8b"}
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: Message
-    body: dict[str, Any]
-
-
-def call(
-    method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
-) -> Reply:
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return Reply(resp.status, resp.headers, json.loads(resp.read()))
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return Reply(exc.code, exc.headers, json.loads(exc.read()))
-
-
 def files_url(stack: Stack, name: str, query: str = "") -> str:
-    url = f"{stack.gw.url}/api/v1/files/{urllib.parse.quote(name, safe='')}"
-    return f"{url}?{query}" if query else url
+    return stack.gw.url + files_path(name, query)
 
 
-def put(
-    stack: Stack,
-    name: str,
-    data: bytes,
-    query: str = "",
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    return call(
-        "PUT", files_url(stack, name, query), data, {**stack.keys.auth(), **(headers or {})}
-    )
-
-
-def curl(*args: str, stdin: Any = None) -> tuple[int, dict[str, Any], str]:
-    """Run curl; its status code, JSON body and verbose trace."""
-    proc = subprocess.run(
-        ["curl", "-sS", "-v", "-w", "\n%{http_code}", *args],
-        stdin=stdin,
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    out, _, code = proc.stdout.rpartition(b"\n")
-    return int(code), json.loads(out), proc.stderr.decode(errors="replace")
-
-
-def multipart_body(parts: list[tuple[str, str | None, bytes]], boundary: str) -> bytes:
-    """A form built by hand: (name, filename or None, payload) in the given order."""
-    out = []
-    for name, filename, payload in parts:
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        out.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode())
-        out.append(payload + b"\r\n")
-    out.append(f"--{boundary}--\r\n".encode())
-    return b"".join(out)
-
-
-def post_form(
-    stack: Stack, parts: list[tuple[str, str | None, bytes]], headers: dict[str, str] | None = None
-) -> Reply:
-    boundary = uuid.uuid4().hex
-    return call(
-        "POST",
-        f"{stack.gw.url}/api/v1/files/upload",
-        multipart_body(parts, boundary),
-        {
-            **stack.keys.auth(),
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-            **(headers or {}),
-        },
-    )
-
-
-async def pieces_of(data: bytes, sizes: Iterator[int], pause: float = 0.0) -> AsyncIterator[bytes]:
+async def sliced(data: bytes, sizes: Iterator[int], pause: float = 0.0) -> AsyncIterator[bytes]:
     at = 0
     while at < len(data):
         size = next(sizes)
@@ -130,16 +55,6 @@ async def pieces_of(data: bytes, sizes: Iterator[int], pause: float = 0.0) -> As
         at += size
         if pause:
             await asyncio.sleep(pause)
-
-
-def eventually(check: Callable[[], bool], seconds: float = 5.0) -> bool:
-    """Whether `check` holds within `seconds` (the SE cleans up after an abort on its own)."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def cycle(*sizes: int) -> Iterator[int]:
@@ -151,23 +66,24 @@ def cycle(*sizes: int) -> Iterator[int]:
 
 
 def test_raw_put_with_content_length_roundtrips(stack: Stack) -> None:
-    reply = put(stack, "text.txt", TEXT)
+    reply = stack.put(TEXT, "text.txt")
     assert reply.status == 201, reply.body
-    assert reply.body["original_filename"] == "text.txt"
-    assert reply.body["compression_algorithm"] == "zstd"  # the default codec
-    assert reply.body["content_type"] == "text/plain"
-    assert reply.body["storage_element_id"] == stack.se.name
-    assert reply.body["storage_element_url"] == stack.se.url
-    assert reply.body["retention_policy"] == "permanent"
-    assert reply.body["stored_size"] < reply.body["file_size"] // 3
-    assert_stored(stack, reply.body, TEXT)
+    result = reply.json()
+    assert result["original_filename"] == "text.txt"
+    assert result["compression_algorithm"] == "zstd"  # the default codec
+    assert result["content_type"] == "text/plain"
+    assert result["storage_element_id"] == stack.se.name
+    assert result["storage_element_url"] == stack.se.url
+    assert result["retention_policy"] == "permanent"
+    assert result["stored_size"] < result["file_size"] // 3
+    assert_stored(stack, result, TEXT)
 
 
 def test_raw_put_chunked_from_curl_stdin_roundtrips(stack: Stack, tmp_path: Path) -> None:
     source = tmp_path / "stdin.txt"
     source.write_bytes(TEXT)
     with source.open("rb") as stdin:
-        status, body, trace = curl(
+        answer = curl(
             "-T",
             "-",
             "-H",
@@ -175,8 +91,9 @@ def test_raw_put_chunked_from_curl_stdin_roundtrips(stack: Stack, tmp_path: Path
             files_url(stack, "from-stdin.txt", "compression_algorithm=gzip"),
             stdin=stdin,
         )
-    assert "Transfer-Encoding: chunked" in trace
-    assert status == 201, body
+    assert "Transfer-Encoding: chunked" in answer.trace
+    assert answer.status == 201, answer.body
+    body = answer.json()
     assert body["compression_algorithm"] == "gzip"
     assert_stored(stack, body, TEXT)
 
@@ -189,7 +106,7 @@ def test_raw_put_chunked_from_async_generator_roundtrips(stack: Stack) -> None:
             aiohttp.ClientSession() as session,
             session.put(
                 files_url(stack, "generated.bin", "compression_algorithm=brotli"),
-                data=pieces_of(data, cycle(1, 65_536, 7, 200_003, 4096)),
+                data=sliced(data, cycle(1, 65_536, 7, 200_003, 4096)),
                 headers=stack.keys.auth(),
             ) as resp,
         ):
@@ -208,7 +125,7 @@ def test_raw_put_chunked_from_async_generator_roundtrips(stack: Stack) -> None:
 def test_multipart_from_curl_form_roundtrips_with_description(stack: Stack, tmp_path: Path) -> None:
     source = tmp_path / "report.txt"
     source.write_bytes(TEXT)
-    status, body, _ = curl(
+    answer = curl(
         "-F",
         "description=x",
         "-F",
@@ -217,7 +134,8 @@ def test_multipart_from_curl_form_roundtrips_with_description(stack: Stack, tmp_
         f"Authorization: Bearer {stack.keys.token()}",
         f"{stack.gw.url}/api/v1/files/upload",
     )
-    assert status == 201, body
+    assert answer.status == 201, answer.body
+    body = answer.json()
     assert body["original_filename"] == "report.txt"
     assert_stored(stack, body, TEXT)
     assert se_metadata(stack, body["file_id"])["description"] == "x"
@@ -251,18 +169,19 @@ def test_multipart_from_python_client_roundtrips_with_options(stack: Stack) -> N
 # -- codecs and sizes ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", CODEC_NAMES)
 def test_each_codec_stores_decodable_bytes(stack: Stack, codec: str) -> None:
-    reply = put(stack, f"text-{codec}.txt", TEXT, f"compression_algorithm={codec}")
+    reply = stack.put(TEXT, f"text-{codec}.txt", query=f"compression_algorithm={codec}")
     assert reply.status == 201, reply.body
-    assert reply.body["compression_algorithm"] == codec
-    stored = assert_stored(stack, reply.body, TEXT)
+    result = reply.json()
+    assert result["compression_algorithm"] == codec
+    stored = assert_stored(stack, result, TEXT)
     if codec == "none":
-        assert reply.body["compression_ratio"] == 1.0
+        assert result["compression_ratio"] == 1.0
     else:
         assert len(stored) < len(TEXT) // 3
-        assert reply.body["compression_ratio"] == pytest.approx(len(TEXT) / len(stored), 1e-3)
-        assert reply.body["storage_filename"].endswith(
+        assert result["compression_ratio"] == pytest.approx(len(TEXT) / len(stored), 1e-3)
+        assert result["storage_filename"].endswith(
             {"zstd": ".zst", "brotli": ".br"}.get(codec, ".gz")
         )
     if codec in MAGIC:
@@ -270,32 +189,36 @@ def test_each_codec_stores_decodable_bytes(stack: Stack, codec: str) -> None:
 
 
 def test_multipart_each_codec_field_is_honoured(stack: Stack) -> None:
-    for codec in CODECS:
-        reply = post_form(
-            stack,
-            [("compression_algorithm", None, codec.encode()), ("file", "t.txt", TEXT[:100_000])],
+    for codec in CODEC_NAMES:
+        reply = stack.post_form(
+            *multipart_body(
+                [("compression_algorithm", None, codec.encode()), ("file", "t.txt", TEXT[:100_000])]
+            )
         )
         assert reply.status == 201, reply.body
-        assert reply.body["compression_algorithm"] == codec
-        assert_stored(stack, reply.body, TEXT[:100_000])
+        result = reply.json()
+        assert result["compression_algorithm"] == codec
+        assert_stored(stack, result, TEXT[:100_000])
 
 
 def test_empty_file_is_stored_raw_and_multipart(stack: Stack) -> None:
-    raw = put(stack, "empty.bin", b"")
-    form = post_form(stack, [("file", "empty.bin", b"")])
+    raw = stack.put(b"", "empty.bin")
+    form = stack.post_form(*multipart_body([("file", "empty.bin", b"")]))
     for reply in (raw, form):
         assert reply.status == 201, reply.body
-        assert reply.body["file_size"] == 0
-        assert reply.body["checksum"] == sha256_hex(b"")
-        assert_stored(stack, reply.body, b"")
+        result = reply.json()
+        assert result["file_size"] == 0
+        assert result["checksum"] == sha256_hex(b"")
+        assert_stored(stack, result, b"")
 
 
 def test_one_byte_file_is_stored(stack: Stack) -> None:
-    for codec in CODECS:
-        reply = put(stack, "one.bin", b"\x07", f"compression_algorithm={codec}")
+    for codec in CODEC_NAMES:
+        reply = stack.put(b"\x07", "one.bin", query=f"compression_algorithm={codec}")
         assert reply.status == 201, reply.body
-        assert reply.body["file_size"] == 1
-        assert_stored(stack, reply.body, b"\x07")
+        result = reply.json()
+        assert result["file_size"] == 1
+        assert_stored(stack, result, b"\x07")
 
 
 def test_file_over_64_mib_streams_through(stack: Stack) -> None:
@@ -329,42 +252,50 @@ def test_file_over_64_mib_streams_through(stack: Stack) -> None:
 
 def test_already_compressed_data_is_stored_as_is(stack: Stack) -> None:
     data = gzip.compress(TEXT)
-    reply = put(stack, "archive.txt.gz", data)
+    reply = stack.put(data, "archive.txt.gz")
     assert reply.status == 201, reply.body
-    assert reply.body["compression_algorithm"] == "none"
-    assert reply.body["compressed"] is False
-    assert reply.body["content_type"] == "application/gzip"
-    assert reply.body["stored_checksum"] == reply.body["checksum"]
-    assert_stored(stack, reply.body, data)
+    result = reply.json()
+    assert result["compression_algorithm"] == "none"
+    assert result["compressed"] is False
+    assert result["content_type"] == "application/gzip"
+    assert result["stored_checksum"] == result["checksum"]
+    assert_stored(stack, result, data)
 
 
 def test_compress_true_forces_zstd_on_compressed_data(stack: Stack) -> None:
     data = gzip.compress(TEXT)
-    reply = put(stack, "archive.txt.gz", data, "compress=true")
+    reply = stack.put(data, "archive.txt.gz", query="compress=true")
     assert reply.status == 201, reply.body
-    assert reply.body["compression_algorithm"] == "zstd"
-    assert assert_stored(stack, reply.body, data).startswith(MAGIC["zstd"])
+    result = reply.json()
+    assert result["compression_algorithm"] == "zstd"
+    assert assert_stored(stack, result, data).startswith(MAGIC["zstd"])
 
 
 @pytest.mark.parametrize(("mode", "policy"), [("edit", "temporary"), ("rw", "permanent")])
 def test_storage_mode_is_an_alias_of_retention_policy(stack: Stack, mode: str, policy: str) -> None:
-    raw = put(stack, "aliased.txt", TEXT[:1000], f"storage_mode={mode}")
-    form = post_form(stack, [("storage_mode", None, mode.encode()), ("file", "a.txt", b"abc")])
+    raw = stack.put(TEXT[:1000], "aliased.txt", query=f"storage_mode={mode}")
+    form = stack.post_form(
+        *multipart_body([("storage_mode", None, mode.encode()), ("file", "a.txt", b"abc")])
+    )
     for reply, data in ((raw, TEXT[:1000]), (form, b"abc")):
         assert reply.status == 201, reply.body
-        assert reply.body["retention_policy"] == policy
-        assert_stored(stack, reply.body, data)
-        assert se_metadata(stack, reply.body["file_id"])["retention_policy"] == policy
+        result = reply.json()
+        assert result["retention_policy"] == policy
+        assert_stored(stack, result, data)
+        assert se_metadata(stack, result["file_id"])["retention_policy"] == policy
 
 
 def test_metadata_travels_with_the_file_to_the_se(stack: Stack) -> None:
     metadata = {"project": "artStore", "tags": ["a", "b"], "n": 3}
     encoded = json.dumps(metadata)
-    raw = put(stack, "meta.txt", b"meta", "metadata=" + urllib.parse.quote(encoded))
-    form = post_form(stack, [("metadata", None, encoded.encode()), ("file", "m.txt", b"meta")])
+    raw = stack.put(b"meta", "meta.txt", query="metadata=" + urllib.parse.quote(encoded))
+    form = stack.post_form(
+        *multipart_body([("metadata", None, encoded.encode()), ("file", "m.txt", b"meta")])
+    )
     for reply in (raw, form):
         assert reply.status == 201, reply.body
-        fields = se_metadata(stack, reply.body["file_id"])["fields"]
+        result = reply.json()
+        fields = se_metadata(stack, result["file_id"])["fields"]
         assert json.loads(fields["metadata"]) == metadata
 
 
@@ -376,35 +307,37 @@ def test_control_field_after_file_part_is_refused_promptly_and_nothing_stored(
 ) -> None:
     before = stack.stored_ids()
     started = time.monotonic()
-    reply = post_form(
-        stack, [("file", "late.txt", TEXT[:50_000]), ("description", None, b"too late")]
+    reply = stack.post_form(
+        *multipart_body([("file", "late.txt", TEXT[:50_000]), ("description", None, b"too late")])
     )
     # The whole body was read: the answer does not wait for more that will never come.
     assert time.monotonic() - started < PROMPT_SECONDS
     assert reply.status == 400
-    error = reply.body["error"]
+    error = reply.json()["error"]
     assert error["code"] == "field_after_file"
     assert "'description'" in error["message"]
     assert "before 'file'" in error["message"]
     assert stack.stored_ids() == before
-    assert eventually(lambda: stack.partials() == [])  # the aborted SE request's partial
+    eventually(lambda: not stack.partials(), what="the aborted SE request's partial gone")
 
 
 def test_content_type_is_judged_from_bytes_not_the_header(stack: Stack) -> None:
-    reply = put(stack, "picture.txt", PNG, headers={"Content-Type": "text/plain"})
+    reply = stack.put(PNG, "picture.txt", headers={"Content-Type": "text/plain"})
     assert reply.status == 201, reply.body
-    assert reply.body["content_type"] == "image/png"
-    assert reply.body["compression_algorithm"] == "none"  # PNG is already compressed
-    assert_stored(stack, reply.body, PNG)
-    assert se_metadata(stack, reply.body["file_id"])["fields"]["content_type"] == "image/png"
+    result = reply.json()
+    assert result["content_type"] == "image/png"
+    assert result["compression_algorithm"] == "none"  # PNG is already compressed
+    assert_stored(stack, result, PNG)
+    assert se_metadata(stack, result["file_id"])["fields"]["content_type"] == "image/png"
 
 
 def test_random_bytes_claiming_png_are_recorded_as_octet_stream(stack: Stack) -> None:
     data = os.urandom(5000)
-    reply = put(stack, "fake.png", data, headers={"Content-Type": "image/png"})
+    reply = stack.put(data, "fake.png", headers={"Content-Type": "image/png"})
     assert reply.status == 201, reply.body
-    assert reply.body["content_type"] == "application/octet-stream"
-    assert_stored(stack, reply.body, data)
+    result = reply.json()
+    assert result["content_type"] == "application/octet-stream"
+    assert_stored(stack, result, data)
 
 
 @pytest.fixture(scope="module")
@@ -419,18 +352,19 @@ def text_only_stack(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> 
 def test_allow_list_refuses_other_types_with_415_and_stores_nothing(
     text_only_stack: Stack,
 ) -> None:
-    refused_raw = put(text_only_stack, "p.txt", PNG, headers={"Content-Type": "text/plain"})
+    refused_raw = text_only_stack.put(PNG, "p.txt", headers={"Content-Type": "text/plain"})
     started = time.monotonic()
-    refused_form = post_form(text_only_stack, [("file", "p.png", PNG)])
+    refused_form = text_only_stack.post_form(*multipart_body([("file", "p.png", PNG)]))
     assert time.monotonic() - started < PROMPT_SECONDS
     for reply in (refused_raw, refused_form):
         assert reply.status == 415, reply.body
-        assert "image/png" in reply.body["error"]["message"]
+        result = reply.json()
+        assert "image/png" in result["error"]["message"]
     assert text_only_stack.stored_ids() == []
-    assert eventually(lambda: text_only_stack.partials() == [])
-    accepted = put(text_only_stack, "t.txt", TEXT[:5000])
+    eventually(lambda: not text_only_stack.partials(), what="no partial left")
+    accepted = text_only_stack.put(TEXT[:5000], "t.txt")
     assert accepted.status == 201, accepted.body
-    assert text_only_stack.stored_ids() == [accepted.body["file_id"]]
+    assert text_only_stack.stored_ids() == [accepted.json()["file_id"]]
 
 
 # -- names and ids ---------------------------------------------------------------------
@@ -443,30 +377,34 @@ def test_allow_list_refuses_other_types_with_415_and_stores_nothing(
 def test_original_name_is_kept_and_the_se_gets_a_safe_ascii_basename(
     stack: Stack, name: str, se_name: str
 ) -> None:
-    raw = put(stack, name, TEXT[:2000], "compress=false")
-    form = post_form(stack, [("compress", None, b"false"), ("file", name, TEXT[:2000])])
+    raw = stack.put(TEXT[:2000], name, query="compress=false")
+    form = stack.post_form(
+        *multipart_body([("compress", None, b"false"), ("file", name, TEXT[:2000])])
+    )
     for reply in (raw, form):
         assert reply.status == 201, reply.body
-        assert reply.body["original_filename"] == name
-        assert reply.body["storage_filename"] == se_name
-        assert_stored(stack, reply.body, TEXT[:2000])
-        assert se_metadata(stack, reply.body["file_id"])["original_filename"] == se_name
+        result = reply.json()
+        assert result["original_filename"] == name
+        assert result["storage_filename"] == se_name
+        assert_stored(stack, result, TEXT[:2000])
+        assert se_metadata(stack, result["file_id"])["original_filename"] == se_name
 
 
 def test_request_id_is_echoed_and_upload_id_matches_the_body(stack: Stack) -> None:
     request_id = f"req-{uuid.uuid4().hex}"
-    reply = put(stack, "ids.txt", b"ids", headers={"X-Request-ID": request_id})
+    reply = stack.put(b"ids", "ids.txt", headers={"X-Request-ID": request_id})
     assert reply.status == 201, reply.body
-    assert reply.headers["X-Request-ID"] == request_id
-    assert reply.headers["X-Upload-Id"] == reply.body["upload_id"]
-    assert len(reply.body["upload_id"]) >= 8
+    result = reply.json()
+    assert reply.headers["x-request-id"] == request_id
+    assert reply.headers["x-upload-id"] == result["upload_id"]
+    assert len(result["upload_id"]) >= 8
 
-    refused = put(
-        stack, "ids.txt", b"ids", headers={"X-Request-ID": request_id, "Authorization": ""}
+    refused = stack.put(
+        b"ids", "ids.txt", headers={"X-Request-ID": request_id, "Authorization": ""}
     )
     assert refused.status == 401
-    assert refused.headers["X-Request-ID"] == request_id
-    assert refused.body["error"]["request_id"] == request_id
+    assert refused.headers["x-request-id"] == request_id
+    assert refused.json()["error"]["request_id"] == request_id
 
 
 # -- progress --------------------------------------------------------------------------
@@ -487,7 +425,7 @@ def test_progress_is_visible_while_uploading_and_after(stack: Stack) -> None:
             async def upload() -> dict[str, Any]:
                 async with session.put(
                     files_url(stack, "slow.bin", "compress=false"),
-                    data=pieces_of(data, cycle(piece), pause=0.3),
+                    data=sliced(data, cycle(piece), pause=0.3),
                     headers={**stack.keys.auth(), "X-Upload-Id": upload_id},
                 ) as resp:
                     assert resp.status == 201
@@ -515,47 +453,48 @@ def test_progress_is_visible_while_uploading_and_after(stack: Stack) -> None:
     assert received == sorted(received)
     assert all(p["upload_id"] == upload_id and p["filename"] == "slow.bin" for p in running)
 
-    done = call("GET", progress_url(stack, upload_id), headers=stack.keys.auth())
-    assert done.status == 200
-    assert done.body["state"] == "stored"
-    assert done.body["file_id"] == body["file_id"]
-    assert done.body["storage_element_id"] == stack.se.name
-    assert done.body["bytes_received"] == len(data)
-    assert done.body["bytes_sent"] == body["stored_size"]
-    assert done.body["error"] is None
-    assert done.body["finished_at"]
+    answer = http_call(stack.gw, "GET", f"/api/v1/uploads/{upload_id}", headers=stack.keys.auth())
+    assert answer.status == 200
+    done = answer.json()
+    assert done["state"] == "stored"
+    assert done["file_id"] == body["file_id"]
+    assert done["storage_element_id"] == stack.se.name
+    assert done["bytes_received"] == len(data)
+    assert done["bytes_sent"] == body["stored_size"]
+    assert done["error"] is None
+    assert done["finished_at"]
     assert_stored(stack, body, data)
 
 
 def test_progress_is_hidden_from_other_users_and_needs_a_token(stack: Stack) -> None:
     upload_id = f"owned-{uuid.uuid4().hex}"
-    reply = put(stack, "owned.txt", b"mine", headers={"X-Upload-Id": upload_id})
+    reply = stack.put(b"mine", "owned.txt", headers={"X-Upload-Id": upload_id})
     assert reply.status == 201
-    assert reply.body["upload_id"] == upload_id
-    url = progress_url(stack, upload_id)
-    assert call("GET", url, headers=stack.keys.auth()).status == 200
-    other = call("GET", url, headers=stack.keys.auth(sub="bob"))
+    assert reply.json()["upload_id"] == upload_id
+    path = f"/api/v1/uploads/{upload_id}"
+    assert http_call(stack.gw, "GET", path, headers=stack.keys.auth()).status == 200
+    other = http_call(stack.gw, "GET", path, headers=stack.keys.auth(sub="bob"))
     assert other.status == 404
-    assert other.body["error"]["code"] == "not_found"
-    anonymous = call("GET", url)
+    assert other.json()["error"]["code"] == "not_found"
+    anonymous = http_call(stack.gw, "GET", path)
     assert anonymous.status == 401
-    assert "error" in anonymous.body
-    assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "error" in anonymous.json()
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
 
 
 def test_failed_upload_shows_failed_with_its_error(stack: Stack) -> None:
     upload_id = f"failing-{uuid.uuid4().hex}"
     before = stack.stored_ids()
-    reply = put(
-        stack,
-        "wrong-digest.txt",
+    reply = stack.put(
         TEXT[:10_000],
+        "wrong-digest.txt",
         headers={"X-Upload-Id": upload_id, "X-Checksum-SHA256": sha256_hex(b"other bytes")},
     )
     assert reply.status == 422, reply.body
-    progress = call("GET", progress_url(stack, upload_id), headers=stack.keys.auth())
-    assert progress.status == 200
-    assert progress.body["state"] == "failed"
-    assert "sha256" in progress.body["error"]
-    assert progress.body["finished_at"]
+    answer = http_call(stack.gw, "GET", f"/api/v1/uploads/{upload_id}", headers=stack.keys.auth())
+    assert answer.status == 200
+    progress = answer.json()
+    assert progress["state"] == "failed"
+    assert "sha256" in progress["error"]
+    assert progress["finished_at"]
     assert stack.stored_ids() == before

@@ -6,26 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import DevKeys, Stack, start_stack
+from tests.kit import DevKeys, metric
+from tests.stack import Stack, start_stack
 
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[Stack]:
     env = {"INGESTER_WORKERS": "2"}
     yield from start_stack(tmp_path_factory.mktemp("workers"), keys, env=env)
-
-
-def metrics_text(stack: Stack) -> str:
-    with urllib.request.urlopen(stack.gw.url + "/metrics", timeout=5) as resp:
-        return resp.read().decode()
 
 
 def worker_pids(stack: Stack) -> set[int]:
@@ -37,7 +31,7 @@ def test_uploads_spread_over_both_workers_and_metrics_count_them_all(
     two_workers: Stack, keys: DevKeys
 ) -> None:
     assert len(worker_pids(two_workers)) >= 2  # the supervisor runs two workers
-    before = _stored_count(metrics_text(two_workers))
+    before = stored_count(two_workers)
 
     async def upload_many(n: int) -> list[int]:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as session:
@@ -57,7 +51,7 @@ def test_uploads_spread_over_both_workers_and_metrics_count_them_all(
     assert statuses == [201] * 120
     # Every scrape, whichever worker serves it, sums the counters of both workers.
     for _ in range(6):
-        assert _stored_count(metrics_text(two_workers)) == before + 120
+        assert stored_count(two_workers) == before + 120
 
 
 def test_progress_is_readable_from_whichever_worker_answers(
@@ -106,8 +100,5 @@ def test_progress_is_readable_from_whichever_worker_answers(
     assert final["bytes_received"] == 12 * 128 * 1024
 
 
-def _stored_count(text: str) -> float:
-    match = re.search(
-        r'^ingester_uploads_total\{outcome="stored",status="201"\} (\S+)$', text, re.M
-    )
-    return float(match.group(1)) if match else 0.0
+def stored_count(stack: Stack) -> float:
+    return metric(stack.gw, "ingester_uploads_total", outcome="stored", status="201") or 0.0

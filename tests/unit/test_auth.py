@@ -8,13 +8,11 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import given
@@ -32,16 +30,7 @@ from ingester_gateway.auth.verify import (
 )
 from ingester_gateway.errors import ApiError
 from ingester_gateway.reference.tokens import generate_keypair, mint_token
-from tests.conftest import DevKeys
-from tests.kit import run
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.kit import DevKeys, FakeClock, FakeSession, run
 
 
 class CountingKeySource:
@@ -387,14 +376,14 @@ def test_a_repeated_token_is_verified_once(keys: DevKeys) -> None:
 
 
 def test_a_cached_token_is_refused_once_it_expires(keys: DevKeys) -> None:
-    clock = Clock(time.time())
+    clock = FakeClock(time.time())
     source = CountingKeySource(static_source(keys))
     v = TokenVerifier(source, leeway=10, clock=clock)
     token = mint_token(keys.private_pem, sub="alice", ttl=60)
     accepted(v, token)
-    clock.now += 65
+    clock.advance(65)
     accepted(v, token)
-    clock.now += 10
+    clock.advance(10)
     error = refused(v, token)
     assert "expired" in error.message
     assert source.lookups == 1
@@ -481,44 +470,32 @@ def jwk_of(keys: DevKeys, kid: str, **extra: Any) -> dict[str, Any]:
     return entry
 
 
-class JwksServer:
-    """A real aiohttp server on loopback serving a mutable JWKS document."""
+JWKS_URL = "http://admin.test/.well-known/jwks.json"
+
+
+class JwksEndpoint:
+    """The Admin Module's JWKS URL, answered in the test process (no socket): a mutable
+    document, a status to answer with, and a count of fetches."""
 
     def __init__(self, keys: list[dict[str, Any]]) -> None:
         self.document: dict[str, Any] = {"keys": keys}
         self.fetches = 0
         self.status = 200
-        self.url = ""
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def answer(self, url: str, request: Mapping[str, Any]) -> tuple[int, bytes]:
         self.fetches += 1
         await asyncio.sleep(0.02)  # long enough for concurrent lookups to overlap
         if self.status != 200:
-            return web.Response(status=self.status)
-        return web.json_response(self.document)
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[JwksServer]:
-        app = web.Application()
-        app.router.add_get("/jwks.json", self.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/jwks.json"
-        try:
-            yield self
-        finally:
-            await runner.cleanup()
+            return self.status, b""
+        return 200, json.dumps(self.document).encode()
 
 
 @asynccontextmanager
 async def jwks_source(
-    server: JwksServer, clock: Clock, **kwargs: Any
+    endpoint: JwksEndpoint, clock: FakeClock, **kwargs: Any
 ) -> AsyncIterator[JwksKeySource]:
-    async with server.running(), aiohttp.ClientSession() as session:
-        yield JwksKeySource(server.url, lambda: session, clock=clock, **kwargs)
+    session = FakeSession({("GET", JWKS_URL): endpoint.answer})
+    yield JwksKeySource(JWKS_URL, lambda: session, clock=clock, **kwargs)  # type: ignore[arg-type,return-value]
 
 
 async def unknown_key(source: JwksKeySource, kid: str | None) -> ApiError:
@@ -529,10 +506,10 @@ async def unknown_key(source: JwksKeySource, kid: str | None) -> ApiError:
 
 
 def test_jwks_keys_are_found_by_kid(keys: DevKeys, other_keys: DevKeys) -> None:
-    server = JwksServer([jwk_of(keys, "k1"), jwk_of(other_keys, "k2")])
+    endpoint = JwksEndpoint([jwk_of(keys, "k1"), jwk_of(other_keys, "k2")])
 
     async def scenario() -> None:
-        async with jwks_source(server, Clock(1000.0)) as source:
+        async with jwks_source(endpoint, FakeClock()) as source:
             v = TokenVerifier(source)
             first = await v.verify(mint_token(keys.private_pem, sub="a", kid="k1"))
             second = await v.verify(mint_token(other_keys.private_pem, sub="b", kid="k2"))
@@ -540,16 +517,16 @@ def test_jwks_keys_are_found_by_kid(keys: DevKeys, other_keys: DevKeys) -> None:
             with pytest.raises(ApiError) as info:  # signed by k2's key, labelled k1
                 await v.verify(mint_token(other_keys.private_pem, sub="c", kid="k1"))
             assert info.value.status == 401
-        assert server.fetches == 1
+        assert endpoint.fetches == 1
 
     run(scenario())
 
 
 def test_a_single_jwks_key_serves_tokens_without_kid(keys: DevKeys) -> None:
-    server = JwksServer([jwk_of(keys, "only")])
+    endpoint = JwksEndpoint([jwk_of(keys, "only")])
 
     async def scenario() -> None:
-        async with jwks_source(server, Clock(1000.0)) as source:
+        async with jwks_source(endpoint, FakeClock()) as source:
             principal = await TokenVerifier(source).verify(mint_token(keys.private_pem, sub="a"))
             assert principal.sub == "a"
 
@@ -557,89 +534,89 @@ def test_a_single_jwks_key_serves_tokens_without_kid(keys: DevKeys) -> None:
 
 
 def test_an_unknown_kid_triggers_exactly_one_refresh(keys: DevKeys, other_keys: DevKeys) -> None:
-    server = JwksServer([jwk_of(keys, "k1")])
-    clock = Clock(1000.0)
+    endpoint = JwksEndpoint([jwk_of(keys, "k1")])
+    clock = FakeClock()
 
     async def scenario() -> None:
-        async with jwks_source(server, clock, min_refresh_interval=10.0) as source:
+        async with jwks_source(endpoint, clock, min_refresh_interval=10.0) as source:
             await source.key_for("k1")
-            assert server.fetches == 1
-            server.document["keys"].append(jwk_of(other_keys, "k2"))  # the Admin rotates
-            clock.now += 11
+            assert endpoint.fetches == 1
+            endpoint.document["keys"].append(jwk_of(other_keys, "k2"))  # the Admin rotates
+            clock.advance(11)
             found = await asyncio.gather(*(source.key_for("k2") for _ in range(20)))
-            assert server.fetches == 2
+            assert endpoint.fetches == 2
             assert all(key is found[0] for key in found)
             await source.key_for("k1")
-            assert server.fetches == 2
+            assert endpoint.fetches == 2
 
     run(scenario())
 
 
 def test_concurrent_lookups_of_a_made_up_kid_fetch_once(keys: DevKeys) -> None:
-    server = JwksServer([jwk_of(keys, "k1")])
-    clock = Clock(1000.0)
+    endpoint = JwksEndpoint([jwk_of(keys, "k1")])
+    clock = FakeClock()
 
     async def scenario() -> None:
-        async with jwks_source(server, clock, min_refresh_interval=10.0) as source:
+        async with jwks_source(endpoint, clock, min_refresh_interval=10.0) as source:
             await source.key_for("k1")
-            clock.now += 11
+            clock.advance(11)
             results = await asyncio.gather(
                 *(source.key_for("made-up") for _ in range(20)), return_exceptions=True
             )
             assert all(isinstance(r, ApiError) and r.status == 401 for r in results)
-            assert server.fetches == 2
+            assert endpoint.fetches == 2
 
     run(scenario())
 
 
 def test_refreshes_are_rate_limited(keys: DevKeys) -> None:
-    server = JwksServer([jwk_of(keys, "k1")])
-    clock = Clock(1000.0)
+    endpoint = JwksEndpoint([jwk_of(keys, "k1")])
+    clock = FakeClock()
 
     async def scenario() -> None:
-        async with jwks_source(server, clock, min_refresh_interval=10.0) as source:
+        async with jwks_source(endpoint, clock, min_refresh_interval=10.0) as source:
             await source.key_for("k1")
             for _ in range(5):
                 await unknown_key(source, "nope")
-                clock.now += 1
-            assert server.fetches == 1  # the interval had not passed yet
-            clock.now += 10
+                clock.advance(1)
+            assert endpoint.fetches == 1  # the interval had not passed yet
+            clock.advance(10)
             await unknown_key(source, "nope")
-            assert server.fetches == 2
+            assert endpoint.fetches == 2
             await unknown_key(source, "still-nope")
-            assert server.fetches == 2
+            assert endpoint.fetches == 2
 
     run(scenario())
 
 
 def test_stale_keys_are_refetched_after_max_age(keys: DevKeys) -> None:
-    server = JwksServer([jwk_of(keys, "k1")])
-    clock = Clock(1000.0)
+    endpoint = JwksEndpoint([jwk_of(keys, "k1")])
+    clock = FakeClock()
 
     async def scenario() -> None:
-        async with jwks_source(server, clock, max_age=300.0) as source:
+        async with jwks_source(endpoint, clock, max_age=300.0) as source:
             await source.key_for("k1")
-            clock.now += 100
+            clock.advance(100)
             await source.key_for("k1")
-            assert server.fetches == 1
-            clock.now += 250
+            assert endpoint.fetches == 1
+            clock.advance(250)
             await source.key_for("k1")
-            assert server.fetches == 2
+            assert endpoint.fetches == 2
 
     run(scenario())
 
 
 def test_a_failed_refresh_keeps_the_known_keys(keys: DevKeys) -> None:
-    server = JwksServer([jwk_of(keys, "k1")])
-    clock = Clock(1000.0)
+    endpoint = JwksEndpoint([jwk_of(keys, "k1")])
+    clock = FakeClock()
 
     async def scenario() -> None:
-        async with jwks_source(server, clock, max_age=300.0) as source:
+        async with jwks_source(endpoint, clock, max_age=300.0) as source:
             key = await source.key_for("k1")
-            server.status = 500
-            clock.now += 400
+            endpoint.status = 500
+            clock.advance(400)
             assert await source.key_for("k1") is key
-            assert server.fetches == 2
+            assert endpoint.fetches == 2
 
     run(scenario())
 
@@ -653,7 +630,7 @@ def test_non_rsa_and_non_signing_keys_in_the_set_are_ignored(
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
         "ES256",
     ).to_dict()
-    server = JwksServer(
+    endpoint = JwksEndpoint(
         [
             {**ec_key, "kid": "ec", "use": "sig"},
             {"kty": "oct", "kid": "hmac", "k": b64url(b"secret"), "alg": "HS256"},
@@ -664,11 +641,11 @@ def test_non_rsa_and_non_signing_keys_in_the_set_are_ignored(
     )
 
     async def scenario() -> None:
-        async with jwks_source(server, Clock(1000.0)) as source:
+        async with jwks_source(endpoint, FakeClock()) as source:
             assert (await source.key_for("good")).to_dict()["kty"] == "RSA"
             for kid in ("ec", "hmac", "enc", "rs512"):
                 await unknown_key(source, kid)
-            assert server.fetches == 1
+            assert endpoint.fetches == 1
 
     run(scenario())
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
 import random
 import zlib
 
 import brotli
 import pytest
-import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,18 +19,7 @@ from ingester_gateway.pipeline.codecs import (
     ZstdCodec,
     build_codecs,
 )
-from tests.kit import split_at
-
-
-def decompress(name: str, stored: bytes) -> bytes:
-    if name == "zstd":
-        return zstandard.ZstdDecompressor().decompressobj().decompress(stored)
-    if name == "brotli":
-        return bytes(brotli.decompress(stored))
-    if name == "gzip":
-        return gzip.decompress(stored)
-    assert name == "none"
-    return stored
+from tests.kit import decompress, split_at
 
 
 def compress_blocks(codec: CompressionCodec, blocks: list[bytes]) -> bytes:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ingester_gateway.pipeline.codecs import CompressionCodec, ZstdCodec, build_codecs
 from ingester_gateway.pipeline.encode import THREAD_MIN_BYTES, BlockEncoder
-from tests.unit.test_codecs import decompress
+from tests.kit import decompress, sha256_hex
 
 CODECS = build_codecs()
 
@@ -44,9 +44,9 @@ def check(codec: CompressionCodec, blocks: list[bytes], executor: Executor | Non
     stored = asyncio.run(encode_all(encoder, blocks))
     original = b"".join(blocks)
     assert decompress(codec.name, stored) == original
-    assert encoder.original_hex == hashlib.sha256(original).hexdigest()
+    assert encoder.original_hex == sha256_hex(original)
     assert encoder.original_digest == hashlib.sha256(original).digest()
-    assert encoder.stored_hex == hashlib.sha256(stored).hexdigest()
+    assert encoder.stored_hex == sha256_hex(stored)
     assert (encoder.original_size, encoder.stored_size) == (len(original), len(stored))
     return encoder
 
@@ -120,4 +120,4 @@ def test_for_none_blocks_pass_through_uncopied() -> None:
 def test_an_empty_upload_has_the_digest_of_nothing() -> None:
     for codec in CODECS.values():
         encoder = check(codec, [], None)
-        assert encoder.original_hex == hashlib.sha256(b"").hexdigest()
+        assert encoder.original_hex == sha256_hex(b"")

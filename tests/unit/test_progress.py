@@ -6,14 +6,7 @@ from pathlib import Path
 
 from ingester_gateway.models import UploadProgress
 from ingester_gateway.upload.progress import ProgressBook
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.kit import FakeClock
 
 
 def progress(upload_id: str) -> UploadProgress:
@@ -39,33 +32,33 @@ def test_an_id_in_use_cannot_be_opened_again() -> None:
 
 
 def test_a_running_upload_is_kept_past_the_retention() -> None:
-    clock = Clock()
+    clock = FakeClock()
     book = ProgressBook(retention=10.0, clock=clock)
     book.open("u1", "alice", progress("u1"))
-    clock.now += 1000
+    clock.advance(1000)
     book.open("u2", "alice", progress("u2"))
     assert book.get("u1", "alice") is not None
 
 
 def test_a_finished_entry_is_kept_for_the_retention_then_expires() -> None:
-    clock = Clock()
+    clock = FakeClock()
     book = ProgressBook(retention=10.0, clock=clock)
     book.open("u1", "alice", progress("u1"))
     book.close("u1")
-    clock.now += 9
+    clock.advance(9)
     assert book.get("u1", "alice") is not None
-    clock.now += 1
+    clock.advance(1)
     assert book.get("u1", "alice") is None
     assert book.open("u1", "alice", progress("u1"))  # the id is free again
 
 
 def test_finished_entries_expire_behind_a_long_running_upload() -> None:
-    clock = Clock()
+    clock = FakeClock()
     book = ProgressBook(retention=10.0, clock=clock)
     book.open("long", "alice", progress("long"))
     book.open("short", "alice", progress("short"))
     book.close("short")
-    clock.now += 11
+    clock.advance(11)
     assert book.get("short", "alice") is None
     assert book.get("long", "alice") is not None
 
@@ -93,17 +86,17 @@ def test_a_full_book_drops_finished_entries_before_running_ones() -> None:
 
 
 def test_closing_an_unknown_id_does_not_shorten_a_later_upload_with_that_id() -> None:
-    clock = Clock()
+    clock = FakeClock()
     book = ProgressBook(retention=10.0, clock=clock)
     book.close("u1")  # e.g. an upload refused before it was opened
     book.open("u1", "alice", progress("u1"))
-    clock.now += 100
+    clock.advance(100)
     book.open("u2", "alice", progress("u2"))
     assert book.get("u1", "alice") is not None  # still running: kept
 
 
 def test_an_entry_evicted_while_running_leaves_no_finish_time_behind() -> None:
-    clock = Clock()
+    clock = FakeClock()
     book = ProgressBook(retention=10.0, max_entries=2, clock=clock)
     for i in range(3):  # u0 is evicted while still running
         book.open(f"u{i}", "alice", progress(f"u{i}"))
@@ -111,7 +104,7 @@ def test_an_entry_evicted_while_running_leaves_no_finish_time_behind() -> None:
     book.close("u1")
     book.close("u2")
     assert book.open("u0", "bob", progress("u0"))  # the id is reused by a new upload
-    clock.now += 100
+    clock.advance(100)
     book.open("u3", "bob", progress("u3"))
     assert book.get("u0", "bob") is not None  # the new upload runs: kept
 

@@ -13,8 +13,7 @@ from ingester_gateway.config import load_settings
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.models import UploadProgress
 from ingester_gateway.upload.progress import ProgressBook
-from tests.conftest import DevKeys
-from tests.kit import run
+from tests.kit import DevKeys, run
 
 
 class Clock:

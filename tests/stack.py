@@ -1,9 +1,12 @@
-"""A small artStore on loopback for the distributed tests: one redis-server, reference
-SEs that register and heartbeat themselves in it, the token service (gc deletes on rw
-SEs need a service account), and gateways reading the Redis node registry.
+"""Everything the tests start: an SE + gateway `Stack`, a Redis `Cluster` of self-
+registering SEs and gateways, the operator's `nodes` command, a slow client, a Redis
+link that loses answers; and the checks that read what an SE holds.
 
-Shared by the failover, Redis registry and events/backlog tests. Heartbeats, TTLs and
-refreshes are short so that every scenario settles in a second or two.
+The process primitives (`ServerProcess`, `storage_element`, `gateway`, `token_service`,
+`redis_server`, `nginx`, `running`, `free_port`) live in
+`ingester_gateway.reference.processes`, shared with `make run` and the benchmarks.
+Heartbeats, TTLs and refreshes here are short so that every scenario settles in a
+second or two.
 """
 
 from __future__ import annotations
@@ -13,34 +16,185 @@ import contextlib
 import hashlib
 import http.client
 import json
+import os
 import select
 import socket
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from ingester_gateway.reference.processes import (
+    PYTHON,
     ServerProcess,
     free_port,
     gateway,
     redis_server,
+    running,
+    se_entry,
     service_account_env,
     storage_element,
     token_service,
 )
-from tests.conftest import Answer, DevKeys, Stack, http_call
-from tests.integration.test_registry_write import redis_url
+from tests.kit import (
+    Answer,
+    DevKeys,
+    assert_result_matches,
+    decompressor,
+    http_call,
+    multipart_form,
+    post_form,
+    put,
+)
 
-MiB = 2**20
-HEARTBEAT_INTERVAL = 0.3
-HEARTBEAT_TTL = 2.0
+HEARTBEAT_INTERVAL = 0.3  # --heartbeat-interval of self-registering SEs
+HEARTBEAT_TTL = 2.0  # --heartbeat-ttl of self-registering SEs
 REFRESH_SECONDS = 0.5  # INGESTER_REGISTRY_REFRESH_SECONDS of the gateways
+
+
+# -- reading a Storage Element --------------------------------------------------------------
+
+
+def se_get(se: ServerProcess, keys: DevKeys, path: str, timeout: float = 30.0) -> bytes:
+    """A GET to the SE as alice; the body (an HTTP error raises)."""
+    request = urllib.request.Request(f"{se.url}{path}", headers=keys.auth())
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return bytes(resp.read())
+
+
+@dataclass
+class Stack:
+    """An SE and a gateway in front of it; the SE's files on disk in `data_dir`."""
+
+    se: ServerProcess
+    gw: ServerProcess
+    keys: DevKeys
+    data_dir: Path
+
+    def stored_ids(self) -> list[str]:
+        files = self.data_dir / "files"
+        return sorted(p.name[: -len(".attr.json")] for p in files.glob("*.attr.json"))
+
+    def partials(self) -> list[str]:
+        return sorted(p.name for p in (self.data_dir / "tmp").iterdir())
+
+    def partial_bytes(self) -> int:
+        total = 0
+        for path in (self.data_dir / "tmp").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
+
+    def settled_partials(self, timeout: float = 5.0) -> list[str]:
+        """The SE's partial files once it has had up to `timeout` s to drop them (it
+        removes a partial asynchronously, after the gateway aborted the request)."""
+        deadline = time.monotonic() + timeout
+        while (left := self.partials()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
+
+    def download(self, file_id: str) -> bytes:
+        return se_get(self.se, self.keys, f"/api/v1/files/{file_id}/download")
+
+    def put(
+        self,
+        data: bytes | Iterable[bytes],
+        name: str = "data.bin",
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        auth: Mapping[str, str] | None = None,
+    ) -> Answer:
+        """A raw upload to the gateway, as alice unless `auth` says otherwise."""
+        return put(self.gw, self.keys.auth() if auth is None else auth, data, name, query, headers)
+
+    def post_form(
+        self,
+        body: bytes | Iterable[bytes],
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+        auth: Mapping[str, str] | None = None,
+    ) -> Answer:
+        """A multipart upload to the gateway, as alice unless `auth` says otherwise."""
+        return post_form(
+            self.gw, self.keys.auth() if auth is None else auth, body, content_type, headers
+        )
+
+
+def assert_stored(stack: Stack, result: Mapping[str, Any], original: bytes) -> bytes:
+    """The SE holds `stored_checksum`/`stored_size` bytes that decode to `original`;
+    returns the stored bytes."""
+    stored = stack.download(result["file_id"])
+    assert_result_matches(result, original, stored)
+    return stored
+
+
+def se_metadata(stack: Stack, file_id: str) -> dict[str, Any]:
+    """What the SE recorded for a file (`GET /api/v1/files/{id}`)."""
+    return dict(json.loads(se_get(stack.se, stack.keys, f"/api/v1/files/{file_id}")))
+
+
+def stream_stored_digests(stack: Stack, file_id: str, algorithm: str) -> tuple[str, str, int, int]:
+    """sha256 of the stored bytes and of their decoding, and both sizes, streamed (a big
+    object is never held twice)."""
+    request = urllib.request.Request(
+        f"{stack.se.url}/api/v1/files/{file_id}/download", headers=stack.keys.auth()
+    )
+    stored_hash, original_hash = hashlib.sha256(), hashlib.sha256()
+    stored_size = original_size = 0
+    step = decompressor(algorithm)
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        while chunk := resp.read(1 << 20):
+            stored_hash.update(chunk)
+            stored_size += len(chunk)
+            out = step(chunk)
+            original_hash.update(out)
+            original_size += len(out)
+    tail = step(b"")
+    original_hash.update(tail)
+    original_size += len(tail)
+    return stored_hash.hexdigest(), original_hash.hexdigest(), stored_size, original_size
+
+
+# -- an SE and a gateway ------------------------------------------------------------------------
+
+
+def start_stack(
+    workdir: Path,
+    keys: DevKeys,
+    *,
+    mode: str = "rw",
+    env: dict[str, str] | None = None,
+    capacity: str = "10GiB",
+    service_account: bool = True,
+) -> Iterator[Stack]:
+    """An SE and a gateway; with `service_account`, also the reference token service, so
+    the gateway can compensate on an rw SE (gc needs a service-account token). A
+    generator for `yield from` in a fixture; `own_stack` is the same as a `with`."""
+    data_dir = workdir / "se-1-data"
+    se = storage_element(workdir, keys.public_path, mode=mode, capacity=capacity, data_dir=data_dir)
+    tokens = token_service(workdir, keys.private_path)
+    services = (se, tokens) if service_account else (se,)
+    with running(*services):
+        gw_env = {**(service_account_env(tokens) if service_account else {}), **(env or {})}
+        gw = gateway(workdir, keys.public_path, [se_entry(se, mode)], env=gw_env)
+        with running(gw):
+            yield Stack(se, gw, keys, data_dir)
+
+
+own_stack = contextlib.contextmanager(start_stack)
+
+
+# -- Redis, self-registering SEs, gateways reading the registry ------------------------------
+
+
+def redis_url(server: ServerProcess) -> str:
+    return f"redis://127.0.0.1:{server.port}"
 
 
 def registered_se(
@@ -147,14 +301,6 @@ class Cluster:
         se = self.ses[se_id]
         return Stack(se, self.gw, self.keys, self.workdir / f"{se_id}-data")
 
-    def partial_bytes(self, se_id: str) -> int:
-        tmp = self.workdir / f"{se_id}-data" / "tmp"
-        total = 0
-        for path in tmp.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                total += path.stat().st_size
-        return total
-
     def stop(self) -> None:
         for server in [*reversed(self.gateways), *reversed(self.ses.values())]:
             server.stop()
@@ -162,19 +308,17 @@ class Cluster:
         self.redis.stop()
 
 
-# -- talking to a gateway -------------------------------------------------------------------
-
-
-def put(
-    gw: ServerProcess,
-    auth: Mapping[str, str],
-    data: bytes | Iterable[bytes],
-    name: str = "data.bin",
-    query: str = "compress=false",
-    headers: Mapping[str, str] | None = None,
-) -> Answer:
-    path = f"/api/v1/files/{name}" + (f"?{query}" if query else "")
-    return http_call(gw.url, "PUT", path, data, {**auth, **(headers or {})})
+def nodes(url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ingester-gateway nodes [--redis-url url] args...`, the operator's command."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")}
+    prefix = ["--redis-url", url] if url else []
+    return subprocess.run(
+        [PYTHON, "-m", "ingester_gateway", "nodes", *prefix, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
 
 
 def ready(gw: ServerProcess) -> dict[str, Any]:
@@ -189,29 +333,13 @@ def node_view(gw: ServerProcess) -> dict[str, dict[str, Any]]:
     return dict(ready(gw)["nodes"])
 
 
-def metric(gw: ServerProcess, name: str, **labels: str) -> float | None:
-    """One sample of the gateway's `/metrics`; None when it is not there."""
-    text = http_call(gw.url, "GET", "/metrics", timeout=5).body.decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return None
+def upload_to_se(se: ServerProcess, keys: DevKeys, data: bytes) -> Answer:
+    """An upload straight to an SE (no gateway), as alice."""
+    body, content_type = multipart_form({}, data)
+    return post_form(se, keys.auth(), body, content_type)
 
 
-def log_events(server: ServerProcess, event: str) -> list[dict[str, Any]]:
-    """The JSON log lines of `server` whose event is `event`."""
-    found = []
-    for line in server.log_path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if isinstance(record, dict) and record.get("event") == event:
-                found.append(record)
-    return found
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+# -- clients and links that misbehave -------------------------------------------------------
 
 
 def _answered(sock: socket.socket | None) -> bool:
