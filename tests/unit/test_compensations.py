@@ -622,3 +622,26 @@ def test_stop_ends_the_loop_promptly(tmp_path: Path) -> None:
         return loop.time() - started
 
     assert in_world(tmp_path, scenario, Deletes()) < 0.5
+
+
+def test_a_compensation_with_a_closed_journal_is_logged_not_raised(tmp_path: Path) -> None:
+    """CompensationBacklog.add catches OSError only (then logs compensation_lost with
+    what to delete); a closed journal raises AssertionError out of add."""
+
+    async def scenario() -> None:
+        server = fakeredis.FakeServer()
+        client = fakeredis.FakeAsyncRedis(server=server)
+        journal = Journal(tmp_path)
+        journal.open()
+        journal.close()
+
+        async def delete(node: NodeRecord, file_id: str) -> bool:
+            return True
+
+        backlog = CompensationBacklog(
+            client, journal, delete, EventPublisher(client, journal), Metrics()
+        )
+        server.connected = False
+        await backlog.add(NodeRecord(id="se-1", url="http://se-1", mode="rw"), "f-1", "x")
+
+    run(scenario())

@@ -261,3 +261,22 @@ def test_without_redis_there_is_no_stream_and_nothing_is_journaled(tmp_path: Pat
             journal.close()
 
     assert run(scenario()) == []
+
+
+def test_a_closed_journal_with_redis_down_is_events_unavailable(tmp_path: Path) -> None:
+    """The driver compensates and answers 503 on EventsUnavailable. A journal that is
+    not open (or already closed by Gateway.stop while an upload finishes) raises
+    AssertionError ('journal not open'; TypeError under -O) instead: the stored file
+    is neither announced nor compensated."""
+
+    async def scenario() -> None:
+        server = fakeredis.FakeServer()
+        journal = Journal(tmp_path)
+        journal.open()
+        journal.close()
+        events = EventPublisher(fakeredis.FakeAsyncRedis(server=server), journal)
+        server.connected = False
+        with pytest.raises(EventsUnavailable):
+            await events.file_uploaded(result(), uploaded_by="alice")
+
+    run(scenario())

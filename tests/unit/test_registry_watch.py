@@ -252,3 +252,24 @@ def test_stop_ends_both_loops_even_while_redis_is_away() -> None:
         return sum(not t.done() for t in loops)
 
     assert watching(0.05, scenario) == 0
+
+
+def test_stop_returns_promptly_while_redis_answers() -> None:
+    """stop() sets the StopSignal, but the listen loop sits in
+    pubsub.get_message(timeout=refresh_interval) and only looks at it when that returns:
+    with the default 2 s interval stop takes ~2 s, with a longer one it takes the whole
+    2 s grace and then relies on cancel (the fallback runtime/stopping.py warns about)."""
+
+    async def scenario() -> float:
+        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        registry = RedisWatchedRegistry(
+            client, redis_registry.load_nodes, redis_registry.CHANNEL, refresh_interval=2.0
+        )
+        await registry.start()
+        await asyncio.sleep(0.2)  # subscribed, waiting for announcements
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await registry.stop()
+        return loop.time() - started
+
+    assert run(scenario()) < 0.5

@@ -3,6 +3,9 @@ gateway writes, how SE answers are classified, and the client's error branches."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import aiohttp
 import pytest
 from hypothesis import given
@@ -13,7 +16,7 @@ from ingester_gateway.registry import NodeRecord
 from ingester_gateway.upstream.client import StorageClient, UpstreamError, classify_status
 from ingester_gateway.upstream.form import SeForm
 from ingester_gateway.upstream.wire import describe_error
-from tests.kit import pieces_of, run
+from tests.kit import FakeSession, Route, pieces_of, run
 
 NODE = NodeRecord(id="se-1", url="http://se-1:8010", mode="rw")
 UPLOAD_URL = "http://se-1:8010/api/v1/files/upload"
@@ -90,48 +93,25 @@ def test_an_se_error_body_becomes_one_line(raw: bytes, text: str) -> None:
     assert describe_error(raw) == text
 
 
-class FakeResponse:
-    def __init__(self, status: int, body: bytes) -> None:
-        self.status = status
-        self._body = body
-
-    async def read(self) -> bytes:
-        return self._body
-
-    async def __aenter__(self) -> FakeResponse:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
 Answer = tuple[int, bytes] | BaseException
 
 
-class FakeSession:
-    """Stands in for aiohttp's session: answers each (method, url) as told, in order."""
+def answering(*answers: Answer) -> Route:
+    """A FakeSession route that gives these answers in turn (raising the exceptions)."""
+    queue = list(answers)
 
-    def __init__(self, answers: dict[tuple[str, str], list[Answer]]) -> None:
-        self.answers = answers
-
-    def _answer(self, method: str, url: object, **_: object) -> FakeResponse:
-        answer = self.answers[(method, str(url))].pop(0)
+    async def route(url: str, kwargs: Mapping[str, Any]) -> tuple[int, bytes]:
+        answer = queue.pop(0)
         if isinstance(answer, BaseException):
             raise answer
-        return FakeResponse(*answer)
+        return answer
 
-    def post(self, url: object, **kwargs: object) -> FakeResponse:
-        return self._answer("POST", url, **kwargs)
-
-    def delete(self, url: object, **kwargs: object) -> FakeResponse:
-        return self._answer("DELETE", url, **kwargs)
-
-    def get(self, url: object, **kwargs: object) -> FakeResponse:
-        return self._answer("GET", url, **kwargs)
+    return route
 
 
 def client(answers: dict[tuple[str, str], list[Answer]]) -> StorageClient:
-    return StorageClient(FakeSession(answers))  # type: ignore[arg-type]
+    session = FakeSession({key: answering(*queue) for key, queue in answers.items()})
+    return StorageClient(session)  # type: ignore[arg-type]
 
 
 def upload(answer: Answer) -> object:

@@ -56,6 +56,11 @@ class Done(msgspec.Struct, tag="done", frozen=True):
     id: str
 
 
+class JournalClosed(OSError):
+    """Nothing can be written: the journal is not open (an OSError, as a full disk is:
+    callers that fall back on the journal handle both alike)."""
+
+
 Entry = PendingEvent | PendingCompensation | Done
 Pending = PendingEvent | PendingCompensation
 _decoder = msgspec.json.Decoder(Entry)
@@ -120,7 +125,8 @@ class Journal:
                 await asyncio.to_thread(self._rewrite)
 
     def _write(self, entries: list[Entry]) -> None:
-        assert self._fd is not None, "journal not open"
+        if self._fd is None:  # not yet opened, or closed by a stop racing an upload
+            raise JournalClosed("the journal is not open")
         data = b"".join(_encoder.encode(e) + b"\n" for e in entries)
         os.write(self._fd, data)
         os.fsync(self._fd)

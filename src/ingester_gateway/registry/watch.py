@@ -25,6 +25,7 @@ _log = get_logger("ingester_gateway.registry")
 _LOAD_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, ValueError)
 # Redis away: reconnect after 0.05-0.2 s, doubling up to 5 s.
 _BACKOFF = Backoff(base=0.2, cap=5.0, floor=0.05)
+STOP_CHECK_SECONDS = 0.2
 
 
 class RedisWatchedRegistry:
@@ -110,7 +111,9 @@ class RedisWatchedRegistry:
                 failures = 0
                 self._wake.set()  # changes may have been missed while disconnected
                 while not self._stop.is_set:
-                    message = await pubsub.get_message(timeout=self._interval)
+                    # Short waits: stop() is noticed within one (CPython #86296 makes
+                    # cancelling a redis-py wait unreliable, see runtime/stopping.py).
+                    message = await pubsub.get_message(timeout=STOP_CHECK_SECONDS)
                     if message is not None:
                         self._wake.set()
             except REDIS_ERRORS:
