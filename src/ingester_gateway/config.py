@@ -6,6 +6,7 @@ A bad value stops start-up with one line that names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -75,11 +76,18 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     # Blocks in flight across all uploads; blocks shrink (to 64 KiB) to stay within it.
     buffer_budget_bytes: Annotated[int, msgspec.Meta(ge=2**20)] = 128 * 2**20
     default_compression: CodecName = "zstd"
+    # Smaller bodies are stored as they are: below one filesystem block, compression
+    # cannot save the SE any disk space (see README for the measurement).
+    compression_min_bytes: Annotated[int, msgspec.Meta(ge=0)] = 4096
+    # A temporary file's lifetime when the client names none (artStore wants 1-365).
+    default_ttl_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 30
     zstd_level: Annotated[int, msgspec.Meta(ge=-7, le=22)] = 3
     zstd_threads: Annotated[int, msgspec.Meta(ge=-1, le=64)] = -1  # -1: auto
     brotli_quality: Annotated[int, msgspec.Meta(ge=0, le=11)] = 4
     gzip_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 6
     allowed_content_types: list[str] = msgspec.field(default_factory=list)
+    # Peers (IPs or CIDRs, e.g. an nginx in front) whose X-Forwarded-For is believed.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
     upstream_credentials: Literal["forward", "service_account"] = "forward"
     service_token_url: HttpUrl | None = None
@@ -115,6 +123,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
                 "INGESTER_UPSTREAM_CREDENTIALS=service_account needs INGESTER_SERVICE_TOKEN_URL,"
                 " INGESTER_SERVICE_CLIENT_ID and INGESTER_SERVICE_CLIENT_SECRET"
             )
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"INGESTER_TRUSTED_PROXIES: {proxy!r} is not an IP address or network"
+                ) from None
         ids = [se.id for se in self.storage_elements]
         if len(ids) != len(set(ids)):
             raise ValueError("INGESTER_STORAGE_ELEMENTS: storage element ids must be unique")
@@ -126,9 +141,15 @@ class ConfigError(Exception):
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-_SIZE_FIELDS = {"max_upload_bytes", "block_size", "buffer_budget_bytes", "replay_buffer_bytes"}
+_SIZE_FIELDS = {
+    "max_upload_bytes",
+    "block_size",
+    "buffer_budget_bytes",
+    "replay_buffer_bytes",
+    "compression_min_bytes",
+}
 _JSON_FIELDS = {"storage_elements"}
-_LIST_FIELDS = {"allowed_content_types", "auth_upload_roles"}
+_LIST_FIELDS = {"allowed_content_types", "auth_upload_roles", "trusted_proxies"}
 
 
 def parse_size(text: str) -> int:

@@ -97,6 +97,8 @@ class Gateway:
         self.plan_rules = PlanRules(
             default_codec=settings.default_compression,
             allowed_content_types=tuple(settings.allowed_content_types),
+            compression_min_bytes=settings.compression_min_bytes,
+            default_ttl_days=settings.default_ttl_days,
         )
         self.journal = Journal(settings.state_dir)
         self.events = EventPublisher(

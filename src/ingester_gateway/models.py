@@ -26,6 +26,7 @@ RETENTION_BY_MODE: dict[str, RetentionPolicy] = {"edit": "temporary", "rw": "per
 MODE_BY_RETENTION: dict[RetentionPolicy, NodeMode] = {"temporary": "edit", "permanent": "rw"}
 
 MAX_METADATA_BYTES = 16 * 1024
+MAX_TTL_DAYS = 365
 MAX_DESCRIPTION_CHARS = 4096
 
 
@@ -34,7 +35,8 @@ class UploadOptions(msgspec.Struct, kw_only=True):
 
     description: Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION_CHARS)] = ""
     retention_policy: RetentionPolicy = "permanent"
-    ttl_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] | None = None
+    # artStore's Admin Module keeps temporary files 1 to 365 days.
+    ttl_days: Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL_DAYS)] | None = None
     compress: bool | None = None  # None: compress unless the data is already compressed
     compression_algorithm: CodecName | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -292,11 +292,22 @@ def test_metadata_travels_with_the_file_to_the_se(stack: Stack) -> None:
     form = stack.post_form(
         *multipart_body([("metadata", None, encoded.encode()), ("file", "m.txt", b"meta")])
     )
-    for reply in (raw, form):
+    for reply, name in ((raw, "meta.txt"), (form, "m.txt")):
         assert reply.status == 201, reply.body
         result = reply.json()
         fields = se_metadata(stack, result["file_id"])["fields"]
-        assert json.loads(fields["metadata"]) == metadata
+        # The SE's own record keeps the client's metadata and what only the gateway
+        # knew of the original, as the real Ingester's fields.
+        assert json.loads(fields["metadata"]) == {
+            "user_metadata": metadata,
+            "original_filename": name,
+            "original_size": 4,
+            "original_sha256": sha256_hex(b"meta"),
+            "compression_algorithm": "none",
+            "stored_size": 4,
+            "stored_sha256": sha256_hex(b"meta"),
+        }
+        assert fields["uploaded_by_id"] == fields["uploaded_by_username"] == "alice"
 
 
 # -- refusals that must leave nothing behind -------------------------------------------

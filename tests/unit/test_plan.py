@@ -3,6 +3,7 @@ exact size, the allow-list."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -21,6 +22,7 @@ from ingester_gateway.upload.plan import (
     choose_codec,
     plan_upload,
     safe_filename,
+    se_closing_fields,
     se_fields,
 )
 
@@ -70,9 +72,11 @@ def test_choose_codec(
         ("dir/sub\\file.txt", "file.txt"),
         ("résumé.pdf", "resume.pdf"),
         ("my file (1).txt", "my_file_1.txt"),
-        ("日本語.txt", "file.txt"),
-        ("файл.tar.gz", "tar.gz"),
-        ("日本語", "file"),
+        ("日本語.txt", "RiBenYu.txt"),  # transliterated, not dropped
+        ("файл.tar.gz", "fayl.tar.gz"),
+        ("отчёт.txt", "otchet.txt"),
+        ("日本語", "RiBenYu"),
+        ("😀", "grinning"),
         ("", "file"),
         ("..", "file"),
         ("../", "file"),
@@ -146,7 +150,7 @@ RULES = PlanRules(default_codec="zstd")
 def test_a_text_body_is_planned_as_zstd_text_under_a_safe_name() -> None:
     plan = plan_upload(request("отчёт 1.txt"), TEXT, ended=True, rules=RULES)
     assert (plan.content_type, plan.codec) == ("text/plain", "zstd")
-    assert plan.storage_name == "1.txt.zst"
+    assert plan.storage_name == "otchet_1.txt.zst"
     assert plan.stored_type == "application/zstd"
 
 
@@ -178,12 +182,50 @@ def test_a_content_type_outside_the_allow_list_is_415() -> None:
     assert plan_upload(request(), png, ended=True, rules=rules).content_type == "image/png"
 
 
-def test_the_se_is_told_who_uploaded_what_and_the_clients_metadata() -> None:
-    opts = UploadOptions(description="q1", metadata={"k": [1, "v"]})
+def test_the_se_is_told_what_the_real_ingester_tells_it() -> None:
+    opts = UploadOptions(description="q1", retention_policy="temporary", ttl_days=7)
     req = request(options=opts)
     plan = plan_upload(req, TEXT, ended=True, rules=RULES)
-    fields = dict(se_fields(req, plan, "f-1"))
-    assert fields["file_id"] == "f-1" and fields["uploaded_by"] == "alice"
-    assert fields["description"] == "q1" and fields["compression_algorithm"] == "zstd"
-    assert fields["metadata"] == '{"k":[1,"v"]}'
-    assert "metadata" not in dict(se_fields(request(), plan, "f-1"))
+    fields = dict(se_fields(req, plan, "f-1", now=0.0))
+    assert fields["file_id"] == "f-1" and fields["description"] == "q1"
+    assert (fields["uploaded_by"], fields["uploaded_by_id"]) == ("alice", "alice")
+    assert fields["uploaded_by_username"] == "alice"  # no name claim: the sub
+    assert fields["retention_policy"] == "temporary" and fields["compression_algorithm"] == "zstd"
+    assert (fields["ttl_days"], fields["ttl_expires_at"]) == ("7", "1970-01-08T00:00:00.000Z")
+    permanent = plan_upload(request(), TEXT, ended=True, rules=RULES)
+    assert "ttl_days" not in dict(se_fields(request(), permanent, "f-1", now=0.0))
+
+
+def test_a_temporary_file_without_a_ttl_gets_the_default() -> None:
+    rules = PlanRules(default_codec="zstd", default_ttl_days=30)
+    temporary = request(options=UploadOptions(retention_policy="temporary"))
+    assert plan_upload(temporary, TEXT, ended=True, rules=rules).ttl_days == 30
+    assert plan_upload(request(), TEXT, ended=True, rules=rules).ttl_days is None
+
+
+def test_after_the_file_the_se_gets_the_originals_name_size_sha256_and_the_users_metadata() -> None:
+    req = request(options=UploadOptions(metadata={"k": [1, "v"]}))
+    plan = plan_upload(req, TEXT, ended=True, rules=RULES)
+    fields = dict(se_closing_fields(req, plan, (100, "a" * 64), (40, "b" * 64)))
+    assert (fields["original_size"], fields["original_checksum"]) == ("100", "a" * 64)
+    assert json.loads(fields["metadata"]) == {
+        "user_metadata": {"k": [1, "v"]},
+        "original_filename": "report.txt",
+        "original_size": 100,
+        "original_sha256": "a" * 64,
+        "compression_algorithm": "zstd",
+        "stored_size": 40,
+        "stored_sha256": "b" * 64,
+    }
+
+
+@pytest.mark.parametrize(
+    ("size", "compress", "codec"),
+    [(4095, None, "none"), (4096, None, "zstd"), (10, True, "zstd"), (10, False, "none")],
+)
+def test_a_body_smaller_than_the_compression_minimum_is_stored_as_is_unless_asked(
+    size: int, compress: bool | None, codec: str
+) -> None:
+    rules = PlanRules(default_codec="zstd", compression_min_bytes=4096)
+    req = request(options=UploadOptions(compress=compress))
+    assert plan_upload(req, TEXT[:size], ended=True, rules=rules).codec == codec

@@ -12,15 +12,17 @@ from ingester_gateway.api.uploads import UploadEndpoint
 from ingester_gateway.config import load_settings
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.models import UploadProgress
+from ingester_gateway.registry import NodeRecord
+from ingester_gateway.registry.directory import NodeDirectory
+from ingester_gateway.registry.health import HealthProber
+from ingester_gateway.registry.static import StaticRegistry
+from ingester_gateway.resilience import BreakerPolicy
 from ingester_gateway.upload.progress import ProgressBook
-from tests.kit import DevKeys, run
+from tests.kit import DevKeys, FakeClock, run
 
 
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+async def no_answer(node: NodeRecord) -> None:
+    return None
 
 
 @pytest.fixture
@@ -41,8 +43,11 @@ def gateway(keys: DevKeys) -> Iterator[Gateway]:
 def test_a_duplicate_upload_id_is_409_and_the_running_upload_keeps_its_entry(
     gateway: Gateway, keys: DevKeys
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     gateway.progress = ProgressBook(retention=10.0, clock=clock)
+    gateway.nodes = NodeDirectory(
+        StaticRegistry(gateway.settings.storage_elements), HealthProber(no_answer), BreakerPolicy()
+    )
     running = UploadProgress(upload_id="upload-0001", state="receiving", filename="a.bin")
     assert gateway.progress.open("upload-0001", "alice", running)
 

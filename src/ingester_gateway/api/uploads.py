@@ -18,6 +18,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from ingester_gateway import errors
+from ingester_gateway.api.forwarded import TrustedProxies
 from ingester_gateway.auth.verify import Principal
 from ingester_gateway.errors import ApiError, error_body
 from ingester_gateway.gateway import Gateway
@@ -50,6 +51,7 @@ _WANTED = frozenset(
         b"content-digest",
         b"x-checksum-sha256",
         b"expect",
+        b"x-forwarded-for",
     }
 )
 
@@ -111,6 +113,12 @@ class UploadEndpoint:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        self.proxies = TrustedProxies(gateway.settings.trusted_proxies)
+
+    def client_address(self, ex: Exchange) -> str | None:
+        client = ex.scope.get("client")
+        peer = client[0] if client else None
+        return self.proxies.client_address(peer, ex.text(b"x-forwarded-for"))
 
     async def put_file(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._handle(scope, receive, send, self._raw_source)
@@ -256,6 +264,7 @@ class UploadEndpoint:
             claimed_sha256=claimed_sha256(
                 ex.text(b"content-digest"), ex.text(b"x-checksum-sha256")
             ),
+            client_address=self.client_address(ex),
         )
         return request, ClientStream(body)
 
@@ -287,6 +296,7 @@ class UploadEndpoint:
             # The request's length bounds the file's; it is what is reserved on the node.
             expected_size=body.content_length,
             claimed_sha256=claimed,
+            client_address=self.client_address(ex),
         )
 
         async def nothing_after_file() -> None:

@@ -52,6 +52,7 @@ from ingester_gateway.upload.plan import (
     UploadPlan,
     UploadRequest,
     plan_upload,
+    se_closing_fields,
     se_fields,
     stored_as_sent,
     upload_result,
@@ -99,14 +100,14 @@ class _Transfer:
     plan: UploadPlan
     form: SeForm
     first_node: NodeRecord
+    started: float  # unix time: the TTL counts from here
     producing: bool = True
     sender_failed: bool = False
 
     def preamble(self, request: UploadRequest, file_id: str) -> bytes:
         plan = self.plan
-        return self.form.preamble(
-            se_fields(request, plan, file_id), plan.storage_name, plan.stored_type
-        )
+        fields = se_fields(request, plan, file_id, self.started)
+        return self.form.preamble(fields, plan.storage_name, plan.stored_type)
 
 
 def new_progress(request: UploadRequest) -> UploadProgress:
@@ -144,20 +145,17 @@ class UploadDriver:
                 svc.nodes.could_fit_anywhere(policy, plan.reservation),
                 plan.reservation,
             )
-        encoder = BlockEncoder(
-            svc.codecs[plan.codec],
-            svc.executor,
-            size_hint=plan.exact_size,
-            parallel=plan.parallel_worthy and svc.budget.cores_idle(),
-        )
-        transfer = _Transfer(plan, SeForm(), node)
+        transfer = _Transfer(plan, SeForm(), node, time.time())
+        encoder = self._encoder(plan)
         try:
             if plan.whole:
-                node, reply = await self._send_whole(transfer, encoder, first, source)
+                encoder, encoded = await self._encode_whole(transfer, encoder, first)
+                node, reply = await self._send_whole(transfer, encoder, encoded, source)
             else:
                 node, reply = await self._send_streaming(transfer, encoder, first, blocks, source)
         finally:
             encoder.close()
+        plan = transfer.plan
         if not stored_as_sent(reply, encoder.stored_hex, encoder.stored_size):
             removed = await self._compensate(node, reply.file_id, "checksum_mismatch")
             raise errors.CHECKSUM_MISMATCH(
@@ -169,6 +167,7 @@ class UploadDriver:
             file_id=reply.file_id,
             node_id=node.id,
             node_url=node.url,
+            storage_filename=reply.original_filename or plan.storage_name,
             original_size=encoder.original_size,
             original_sha256=encoder.original_hex,
             stored_size=encoder.stored_size,
@@ -188,7 +187,15 @@ class UploadDriver:
         node, file_id = self._stored
         await self._compensate(node, file_id, "client_gone")
 
-    async def _seal(self, encoder: BlockEncoder, source: BodySource, form: SeForm) -> bytes:
+    def _encoder(self, plan: UploadPlan) -> BlockEncoder:
+        return BlockEncoder(
+            self.svc.codecs[plan.codec],
+            self.svc.executor,
+            size_hint=plan.exact_size,
+            parallel=plan.parallel_worthy and self.svc.budget.cores_idle(),
+        )
+
+    async def _seal(self, encoder: BlockEncoder, source: BodySource, transfer: _Transfer) -> bytes:
         """The source is all in: check the rest of it and the client's digest, and
         return the bytes that close the upstream body (and commit it on the SE)."""
         await source.finish()
@@ -198,27 +205,41 @@ class UploadDriver:
                 f"the body's sha256 is {encoder.original_hex}, not what the client declared"
             )
         self.progress.state = "storing"
-        return form.closing(
-            [
-                ("original_size", str(encoder.original_size)),
-                ("original_checksum", encoder.original_hex),
-            ]
+        fields = se_closing_fields(
+            self.req,
+            transfer.plan,
+            (encoder.original_size, encoder.original_hex),
+            (encoder.stored_size, encoder.stored_hex),
         )
+        return transfer.form.closing(fields)
 
     # -- sending: the whole body at once, or streamed ------------------------------
 
+    async def _encode_whole(
+        self, transfer: _Transfer, encoder: BlockEncoder, first: bytes
+    ) -> tuple[BlockEncoder, bytes]:
+        """Encode a body that came whole; stored as it is when compression would not
+        have made it smaller (unless the client asked for compression)."""
+        encoded = (await encoder.submit(first) if first else b"") + encoder.finish()
+        plan = transfer.plan
+        if (
+            plan.codec != "none"
+            and not self.req.options.compress
+            and encoder.stored_size >= encoder.original_size
+        ):
+            encoder.close()
+            transfer.plan = plan.stored_as_is(self.req.filename)
+            encoder = self._encoder(transfer.plan)
+            encoded = encoder.encode(first) + encoder.finish()
+        return encoder, encoded
+
     async def _send_whole(
-        self, transfer: _Transfer, encoder: BlockEncoder, first: bytes, source: BodySource
+        self, transfer: _Transfer, encoder: BlockEncoder, encoded: bytes, source: BodySource
     ) -> tuple[NodeRecord, StoredFile]:
         """The data came whole in its first block: check everything first, then one
         request with a Content-Length body (no streaming machinery), as often as
         failover needs."""
-        parts = []
-        if first:
-            parts.append(await encoder.submit(first))
-        parts.append(encoder.finish())
-        parts.append(await self._seal(encoder, source, transfer.form))
-        rest = b"".join(parts)
+        rest = encoded + await self._seal(encoder, source, transfer)
         self.progress.bytes_received = encoder.original_size
         self.progress.bytes_sent = encoder.stored_size
 
@@ -268,7 +289,7 @@ class UploadDriver:
             try:
                 await self._produce(encoder, first, blocks, relay)
                 transfer.producing = False
-                relay.finish(await self._seal(encoder, source, transfer.form))
+                relay.finish(await self._seal(encoder, source, transfer))
             except asyncio.CancelledError:
                 if not transfer.sender_failed:
                     raise

@@ -4,12 +4,13 @@ gets, exact size), with no I/O and no mutation of the request."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
+from anyascii import anyascii
 
 from ingester_gateway import errors
 from ingester_gateway.auth.verify import Principal
@@ -46,6 +47,7 @@ class UploadRequest:
     expected_size: int | None = None  # an upper bound: what is reserved on the node
     exact_size: int | None = None  # the file's size, when the request says it exactly
     claimed_sha256: bytes | None = None
+    client_address: str | None = None  # the uploader's IP (a trusted proxy's word on it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,8 @@ class PlanRules:
 
     default_codec: CodecName
     allowed_content_types: Sequence[str] = ()
+    compression_min_bytes: int = 0  # smaller bodies are stored as they are
+    default_ttl_days: int = 30  # for temporary files whose client named no TTL
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,16 @@ class UploadPlan:
     reservation: int  # bytes reserved on the chosen node while the upload runs
     whole: bool  # the whole body came with its first block: one request, no streaming
     parallel_worthy: bool  # big enough to spread a zstd stream over several cores
+    ttl_days: int | None  # temporary files: the client's TTL, or the default
+
+    def stored_as_is(self, original_name: str) -> UploadPlan:
+        """The same plan with no codec (compression would not have saved anything)."""
+        return dataclasses.replace(
+            self,
+            codec="none",
+            storage_name=safe_filename(original_name),
+            stored_type=self.content_type,
+        )
 
 
 def plan_upload(request: UploadRequest, first: bytes, ended: bool, rules: PlanRules) -> UploadPlan:
@@ -76,8 +90,11 @@ def plan_upload(request: UploadRequest, first: bytes, ended: bool, rules: PlanRu
     content_type = resolve_content_type(sniffed, request.declared_content_type)
     if not content_type_allowed(content_type, list(rules.allowed_content_types)):
         raise errors.UNSUPPORTED_MEDIA_TYPE(f"content type {content_type} is not accepted")
-    codec = choose_codec(request.options, sniffed, rules.default_codec, first[:PROBE_BYTES])
     exact = len(first) if ended and request.exact_size is None else request.exact_size
+    codec = choose_codec(request.options, sniffed, rules.default_codec, first[:PROBE_BYTES])
+    if exact is not None and exact < rules.compression_min_bytes and not request.options.compress:
+        codec = "none"  # too small for compression to save a disk block
+    temporary = request.options.retention_policy == "temporary"
     return UploadPlan(
         content_type=content_type,
         codec=codec,
@@ -87,6 +104,7 @@ def plan_upload(request: UploadRequest, first: bytes, ended: bool, rules: PlanRu
         reservation=request.expected_size or 0,
         whole=ended,
         parallel_worthy=exact is None or exact >= PARALLEL_MIN_BYTES,
+        ttl_days=(request.options.ttl_days or rules.default_ttl_days) if temporary else None,
     )
 
 
@@ -144,8 +162,8 @@ def safe_filename(name: str) -> str:
 
 
 def _ascii_word(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    return _UNSAFE.sub("_", text).strip("._")
+    """Transliterated, not dropped: "отчёт" is "otchet", "日本語" "RiBenYu"."""
+    return _UNSAFE.sub("_", anyascii(text)).strip("._")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +173,7 @@ class Stored:
     file_id: str
     node_id: str
     node_url: str
+    storage_filename: str  # the name the SE says it stored
     original_size: int
     original_sha256: str
     stored_size: int
@@ -165,11 +184,10 @@ def upload_result(
     request: UploadRequest, plan: UploadPlan, stored: Stored, now: float
 ) -> UploadResult:
     """The 201 body of a stored upload."""
-    ttl_days = request.options.ttl_days
     return UploadResult(
         file_id=stored.file_id,
         original_filename=request.filename,
-        storage_filename=plan.storage_name,
+        storage_filename=stored.storage_filename,
         content_type=plan.content_type,
         file_size=stored.original_size,
         stored_size=stored.stored_size,
@@ -184,25 +202,73 @@ def upload_result(
         storage_element_id=stored.node_id,
         storage_element_url=stored.node_url,
         retention_policy=request.options.retention_policy,
-        ttl_expires_at=iso_utc(now + ttl_days * 86400) if ttl_days else None,
+        ttl_expires_at=ttl_expires_at(plan, now),
         upload_id=request.upload_id,
     )
 
 
-def se_fields(request: UploadRequest, plan: UploadPlan, file_id: str) -> list[tuple[str, str]]:
-    """The control fields the SE receives before the file part."""
+def ttl_expires_at(plan: UploadPlan, now: float) -> str | None:
+    return iso_utc(now + plan.ttl_days * 86400) if plan.ttl_days else None
+
+
+def se_fields(
+    request: UploadRequest, plan: UploadPlan, file_id: str, now: float
+) -> list[tuple[str, str]]:
+    """The control fields the SE receives before the file part: those the real
+    artStore Ingester sends, and ours."""
+    principal = request.principal
     fields = [
         ("file_id", file_id),
         ("description", request.options.description),
         ("version", "1"),
         ("retention_policy", request.options.retention_policy),
+        ("uploaded_by", principal.sub),
+        ("uploaded_by_id", principal.sub),
+        ("uploaded_by_username", principal.name or principal.sub),
         ("content_type", plan.content_type),
         ("compression_algorithm", plan.codec),
-        ("uploaded_by", request.principal.sub),
     ]
-    if request.options.metadata:  # the client's metadata travels with the file
-        fields.append(("metadata", _json(request.options.metadata)))
+    expires = ttl_expires_at(plan, now)
+    if plan.ttl_days is not None and expires is not None:
+        fields += [("ttl_days", str(plan.ttl_days)), ("ttl_expires_at", expires)]
     return fields
+
+
+class SeMetadata(msgspec.Struct):
+    """The SE's `metadata` field: the client's own metadata, and what the SE cannot
+    know about the original (its name, size and sha256, and the codec)."""
+
+    user_metadata: dict[str, object]
+    original_filename: str
+    original_size: int
+    original_sha256: str
+    compression_algorithm: CodecName
+    stored_size: int
+    stored_sha256: str
+
+
+def se_closing_fields(
+    request: UploadRequest,
+    plan: UploadPlan,
+    original: tuple[int, str],
+    stored: tuple[int, str],
+) -> list[tuple[str, str]]:
+    """The fields after the file part: only known once all of it was read."""
+    (original_size, original_sha256), (stored_size, stored_sha256) = original, stored
+    metadata = SeMetadata(
+        user_metadata=request.options.metadata,
+        original_filename=request.filename,
+        original_size=original_size,
+        original_sha256=original_sha256,
+        compression_algorithm=plan.codec,
+        stored_size=stored_size,
+        stored_sha256=stored_sha256,
+    )
+    return [
+        ("original_size", str(original_size)),
+        ("original_checksum", original_sha256),
+        ("metadata", _json(metadata)),
+    ]
 
 
 def _json(value: object) -> str:
