@@ -69,6 +69,14 @@ def mint_token(
     return jwt.encode(claims, private_key_pem.decode("ascii"), algorithm="RS256", headers=headers)
 
 
+def public_pem(private_key_pem: bytes) -> bytes:
+    """The public half of a PEM private key, as PEM."""
+    key = load_pem_private_key(private_key_pem, password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def jwks_document(private_key_pem: bytes, kid: str) -> dict[str, Any]:
     """The JWKS (`/.well-known/jwks.json`) publishing the public half of the signing key."""
     key = load_pem_private_key(private_key_pem, password=None)
