@@ -35,6 +35,7 @@ from ingester_gateway.upstream.wire import ElementInfo
 _log = get_logger("ingester_gateway.reference.admin_module")
 _encode = msgspec.json.Encoder().encode
 _info = msgspec.json.Decoder(ElementInfo)
+PROBE_TIMEOUT = 2.0  # seconds an SE has to answer /api/v1/info before it is listed offline
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +168,7 @@ class ElementsPublisher:
 
     async def _probe(self, spec: StorageElementSpec) -> ElementInfo | None:
         assert self._session is not None
-        timeout = aiohttp.ClientTimeout(total=min(2.0, self._interval))
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, msgspec.DecodeError):
             async with self._session.get(f"{spec.api_url}/api/v1/info", timeout=timeout) as resp:
                 if resp.status == 200:
