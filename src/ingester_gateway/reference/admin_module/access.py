@@ -13,26 +13,17 @@ from dataclasses import dataclass
 
 from ingester_gateway.auth.verify import TokenVerifier
 from ingester_gateway.errors import ApiError
+from ingester_gateway.reference.admin_module.validation import HttpError
 
 WRITE_ROLES = frozenset({"admin", "user"})
 DELETE_ROLES = frozenset({"admin"})
 
 
-class Refused(Exception):
-    """401 or 403, answered as `{"detail": ...}`."""
-
-    def __init__(self, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers
-
-
 @dataclass(frozen=True, slots=True)
 class Caller:
     """An authenticated token. `role` and `token_type` are None for a valid token whose
-    role the gateway's verifier does not let upload (`super_admin`, `readonly`,
-    `auditor`): such a caller may read and nothing else."""
+    role the gateway's verifier does not let upload (with today's verifier `super_admin`,
+    `readonly`, `auditor`): such a caller may read and nothing else."""
 
     role: str | None
     token_type: str | None
@@ -46,7 +37,7 @@ class Access:
         self._verifier = verifier
 
     async def caller(self, authorization: bytes | None) -> Caller:
-        """Any valid token; Refused(401) otherwise."""
+        """Any valid token; HttpError(401) otherwise."""
         try:
             principal = await self._verifier.verify_header(authorization)
         except ApiError as exc:
@@ -54,15 +45,15 @@ class Access:
                 # The verifier answers 403 only once the signature, times and type have
                 # passed: the token is valid, its role is just not one it lets upload.
                 return Caller(None, None)
-            raise Refused(401, exc.message, _CHALLENGE) from None
+            raise HttpError(401, exc.message, _CHALLENGE) from None
         return Caller(principal.role, principal.token_type)
 
     async def service_account(self, authorization: bytes | None, roles: frozenset[str]) -> Caller:
-        """A service account with one of `roles`; Refused(401 or 403) otherwise."""
+        """A service account with one of `roles`; HttpError(401 or 403) otherwise."""
         caller = await self.caller(authorization)
         if caller.token_type != "service_account" or caller.role not in roles:
             wanted = " or ".join(sorted(r.upper() for r in roles))
-            raise Refused(
+            raise HttpError(
                 403, f"Insufficient permissions. Required: service account with {wanted} role", []
             )
         return caller

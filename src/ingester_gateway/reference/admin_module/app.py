@@ -25,12 +25,7 @@ import redis.asyncio as aioredis
 from starlette.types import Receive, Scope, Send
 
 from ingester_gateway.observability import get_logger
-from ingester_gateway.reference.admin_module.access import (
-    DELETE_ROLES,
-    WRITE_ROLES,
-    Access,
-    Refused,
-)
+from ingester_gateway.reference.admin_module.access import DELETE_ROLES, WRITE_ROLES, Access
 from ingester_gateway.reference.admin_module.elements import ElementsPublisher, StorageElementSpec
 from ingester_gateway.reference.admin_module.events import (
     STREAM,
@@ -41,6 +36,7 @@ from ingester_gateway.reference.admin_module.records import FileRecord, registra
 from ingester_gateway.reference.admin_module.registry import FileExists, FileRegistry
 from ingester_gateway.reference.admin_module.tokens import TokenIssuer, WrongCredentials
 from ingester_gateway.reference.admin_module.validation import (
+    HttpError,
     Rule,
     ValidationFailed,
     check_fields,
@@ -59,14 +55,6 @@ _DELETE_QUERY = {"deletion_reason": Rule("str", nullable=False, min_length=1, ma
 
 _log = get_logger("ingester_gateway.reference.admin_module")
 _encode = msgspec.json.Encoder().encode
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None):
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +97,6 @@ class AdminModuleApp:
         try:
             await self._route(scope, receive, send)
         except HttpError as exc:
-            await _json(send, exc.status, {"detail": exc.detail}, exc.headers)
-        except Refused as exc:
             await _json(send, exc.status, {"detail": exc.detail}, exc.headers)
         except ValidationFailed as exc:
             await _json(send, 422, {"detail": exc.errors})

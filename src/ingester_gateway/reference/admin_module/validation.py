@@ -1,10 +1,10 @@
-"""Request bodies checked field by field, with errors in FastAPI's 422 shape.
+"""Requests checked field by field, and refused the way FastAPI refuses them.
 
-The real Admin Module is FastAPI + pydantic v2: a bad body is answered 422
-`{"detail": [{"type", "loc", "msg", "input"}, ...]}` listing every bad field, with
-pydantic's types and messages. Clients (and our gateway) read that shape, so the
-reference answers it too. Types are JSON's own: no coercion of "7" into 7.
-Pure code: no I/O, tested without a socket.
+The real Admin Module is FastAPI + pydantic v2: an error is `{"detail": "..."}`, and a
+bad body is answered 422 `{"detail": [{"type", "loc", "msg", "input"}, ...]}` listing
+every bad field, with pydantic's types and messages. Clients (and our gateway) read
+those shapes, so the reference answers them too. Types are JSON's own: no coercion of
+"7" into 7. Pure code: no I/O, tested without a socket.
 """
 
 from __future__ import annotations
@@ -29,6 +29,18 @@ class FieldError(msgspec.Struct, omit_defaults=True):
     msg: str
     input: Any
     ctx: dict[str, Any] | None = None
+
+
+class HttpError(Exception):
+    """An answer `{"detail": detail}` with this status (and headers)."""
+
+    def __init__(
+        self, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or []
 
 
 class ValidationFailed(Exception):
