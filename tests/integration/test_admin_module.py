@@ -19,6 +19,7 @@ import pytest
 import redis
 from jose import jwt
 
+from ingester_gateway.auth.credentials import ServiceAccount
 from ingester_gateway.auth.verify import JwksKeySource, StaticKeySource, TokenVerifier
 from ingester_gateway.reference.processes import (
     ADMIN_USER,
@@ -210,6 +211,19 @@ def test_client_credentials_give_a_service_account_token_the_gateway_verifies(
             return (await TokenVerifier(source).verify(token)).sub
 
     assert asyncio.run(through_jwks()) == "uploader"
+
+
+def test_the_gateways_service_account_client_takes_its_token_here(
+    admin: ServerProcess, keys: DevKeys
+) -> None:
+    async def fetch() -> str:
+        async with aiohttp.ClientSession() as session:
+            url = f"{admin.url}/api/v1/auth/token"
+            return await ServiceAccount(url, *SERVICE_CLIENT, lambda: session).token()
+
+    verifier = TokenVerifier(StaticKeySource.from_file(str(keys.public_path)), min_role="admin")
+    principal = asyncio.run(verifier.verify(asyncio.run(fetch())))
+    assert (principal.token_type, principal.client_id) == ("service_account", SERVICE_CLIENT[0])
 
 
 def test_login_gives_an_admin_user_token_with_the_users_role(
