@@ -6,13 +6,12 @@ and the storage-elements document lists a real reference SE the gateway can pars
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -31,9 +30,8 @@ from ingester_gateway.reference.processes import (
     storage_element,
 )
 from ingester_gateway.registry.artstore import CHANNEL, DOCUMENT_KEY, parse_document
-from tests.conftest import Answer, DevKeys, http_call
+from tests.kit import Answer, DevKeys, eventually, http_call, log_events, run
 
-T = TypeVar("T")
 STREAM_FIELDS = ["event_type", "timestamp", "file_id", "storage_element_id", "metadata"]
 METADATA_KEYS = [
     "file_id",
@@ -161,17 +159,6 @@ def events_of(server: ServerProcess, file_id: str) -> list[dict[str, str]]:
     return [fields for _, fields in entries if fields.get("file_id") == file_id]
 
 
-def eventually(probe: Callable[[], T | None], timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s")
-        time.sleep(0.1)
-
-
 # -- tokens -----------------------------------------------------------------------------
 
 
@@ -190,7 +177,7 @@ def test_client_credentials_give_a_service_account_token_the_gateway_verifies(
     token = reply["access_token"]
 
     verifier = TokenVerifier(StaticKeySource.from_file(str(keys.public_path)))
-    principal = asyncio.run(verifier.verify(token))
+    principal = run(verifier.verify(token))
     assert (principal.sub, principal.role, principal.token_type, principal.client_id) == (
         "uploader",
         "user",
@@ -210,7 +197,7 @@ def test_client_credentials_give_a_service_account_token_the_gateway_verifies(
             source = JwksKeySource(f"{admin.url}/.well-known/jwks.json", lambda: session)
             return (await TokenVerifier(source).verify(token)).sub
 
-    assert asyncio.run(through_jwks()) == "uploader"
+    assert run(through_jwks()) == "uploader"
 
 
 def test_the_gateways_service_account_client_takes_its_token_here(
@@ -221,29 +208,29 @@ def test_the_gateways_service_account_client_takes_its_token_here(
             url = f"{admin.url}/api/v1/auth/token"
             return await ServiceAccount(url, *SERVICE_CLIENT, lambda: session).token()
 
-    verifier = TokenVerifier(StaticKeySource.from_file(str(keys.public_path)), min_role="admin")
-    principal = asyncio.run(verifier.verify(asyncio.run(fetch())))
+    verifier = TokenVerifier(StaticKeySource.from_file(str(keys.public_path)))
+    principal = run(verifier.verify(run(fetch())))
     assert (principal.token_type, principal.client_id) == ("service_account", SERVICE_CLIENT[0])
 
 
 def test_login_gives_an_admin_user_token_with_the_users_role(
     admin: ServerProcess, keys: DevKeys
 ) -> None:
+    verifier = TokenVerifier(StaticKeySource.from_file(str(keys.public_path)))
     token = login_token(admin)
-    public = keys.public_path.read_text()
-    claims = jwt.decode(token, public, algorithms=["RS256"])
-    assert (claims["sub"], claims["type"], claims["role"], claims["name"]) == (
+    principal = run(verifier.verify(token))
+    assert (principal.sub, principal.role, principal.token_type, principal.name) == (
         "admin",
-        "admin_user",
         "super_admin",
+        "admin_user",
         "admin",
     )
-    assert "aud" not in claims and "client_id" not in claims and claims["jti"]
+    claims = jwt.get_unverified_claims(token)
+    assert sorted(claims) == sorted(["sub", "type", "role", "name", "jti", "iat", "nbf", "exp"])
+    assert all(type(claims[k]) is int for k in ("iat", "nbf", "exp"))
 
-    ops = login_token(admin, ("ops", "ops-password"))
-    verifier = TokenVerifier(StaticKeySource.from_file(str(keys.public_path)))
-    principal = asyncio.run(verifier.verify(ops))
-    assert (principal.sub, principal.role, principal.token_type) == ("ops", "admin", "admin_user")
+    ops = run(verifier.verify(login_token(admin, ("ops", "ops-password"))))
+    assert (ops.sub, ops.role, ops.token_type) == ("ops", "admin", "admin_user")
 
 
 @pytest.mark.parametrize(
@@ -372,6 +359,21 @@ def test_only_a_service_account_with_admin_or_user_role_registers(
         assert isinstance(answer.json()["detail"], str)
 
 
+def test_a_readonly_account_reads_and_an_unknown_role_is_refused(
+    admin: ServerProcess, keys: DevKeys
+) -> None:
+    body = registration()
+    assert call(admin, "POST", "/api/v1/files", body, service_token(admin)).status == 201
+    path = f"/api/v1/files/{body['file_id']}"
+    reader = service_token(admin, ("reader", "ro-secret"))
+    assert call(admin, "GET", path, token=reader).status == 200
+    assert call(admin, "PUT", path, {"description": "x"}, reader).status == 403
+    assert call(admin, "DELETE", path, token=reader).status == 403
+    stranger = keys.token(sub="ingester", role="root", token_type="service_account")
+    answer = call(admin, "GET", path, token=stranger)
+    assert answer.status == 403 and "unknown role" in answer.json()["detail"]
+
+
 def test_an_unknown_file_is_404_and_a_malformed_id_422(admin: ServerProcess) -> None:
     token = service_token(admin)
     missing = call(admin, "GET", f"/api/v1/files/{uuid.uuid4()}", token=token)
@@ -495,9 +497,8 @@ def test_records_survive_a_restart_and_without_redis_nothing_is_announced(
         token = service_token(first)
         body = registration()
         record = call(first, "POST", "/api/v1/files", body, token).json()
-    log = first.log_path.read_text()
-    assert log.count('"announcements_disabled"') == 1
-    assert "file_event" not in log
+    assert len(log_events(first, "announcements_disabled")) == 1
+    assert "file_event" not in first.log_path.read_text()
 
     second = admin_module(tmp_path, keys.private_path, db=db)
     with running(second):
@@ -524,11 +525,7 @@ def test_with_redis_down_the_registry_answers_and_the_lost_event_is_logged(
             assert time.monotonic() - started < 5
             got = call(module, "GET", f"/api/v1/files/{body['file_id']}", token=token)
             assert got.status == 200
-            lost = [
-                json.loads(line)
-                for line in module.log_path.read_text().splitlines()
-                if '"file_event_lost"' in line
-            ]
+            lost = log_events(module, "file_event_lost")
     assert [(e["event_type"], e["file_id"], e["level"]) for e in lost] == [
         ("file:created", body["file_id"], "error")
     ]
@@ -557,7 +554,7 @@ def test_the_storage_elements_document_follows_a_real_se(tmp_path: Path, keys: D
                 doc: dict[str, Any] = json.loads(raw)
                 return doc if doc["storage_elements"][0]["status"] == status else None
 
-            online = eventually(lambda: document("online"))
+            online = eventually(lambda: document("online"), 10, "the SE listed online")
             assert set(online) == {"version", "timestamp", "count", "storage_elements"}
             assert online["count"] == 1
             [entry] = online["storage_elements"]
@@ -573,7 +570,7 @@ def test_the_storage_elements_document_follows_a_real_se(tmp_path: Path, keys: D
             assert (record.url, record.mode, record.status) == (se.url, "edit", "ok")
 
             se.stop()
-            offline = eventually(lambda: document("offline"))
+            offline = eventually(lambda: document("offline"), 10, "the SE listed offline")
             [gone] = offline["storage_elements"]
             assert offline["version"] > online["version"]
             assert gone["id"] == entry["id"] and gone["element_id"] == "se-edit-7"

@@ -4,7 +4,6 @@ storage-elements entries; and the SQLite registry on a temporary file (no socket
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from ingester_gateway.reference.admin_module.validation import (
 )
 from ingester_gateway.registry.artstore import parse_document
 from ingester_gateway.upstream.wire import ElementInfo
+from tests.kit import run
 
 NOW = "2026-01-02T03:04:05.000006Z"
 LATER = "2026-01-03T00:00:00Z"
@@ -325,7 +325,7 @@ def test_the_registry_keeps_records_across_a_reopen(tmp_path: Path) -> None:
             await second.register(record)
         await second.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_a_failed_update_leaves_the_record_as_it_was(tmp_path: Path) -> None:
@@ -342,4 +342,4 @@ def test_a_failed_update_leaves_the_record_as_it_was(tmp_path: Path) -> None:
         assert await registry.update("00000000-0000-0000-0000-000000000000", lambda r: r) is None
         await registry.close()
 
-    asyncio.run(scenario())
+    run(scenario())

@@ -164,7 +164,7 @@ def _admin_module(args: argparse.Namespace) -> int:
 
     # Before the modules below are imported: their loggers take the configuration then.
     configure_logging("warning" if args.quiet else "info", "json")
-    from ingester_gateway.auth.verify import StaticKeySource, TokenVerifier, load_rsa_public_key
+    from ingester_gateway.auth.verify import StaticKeySource, load_rsa_public_key
     from ingester_gateway.reference.admin_module.access import Access
     from ingester_gateway.reference.admin_module.app import AdminModuleApp, Announcements
     from ingester_gateway.reference.admin_module.elements import StorageElementSpec
@@ -190,11 +190,11 @@ def _admin_module(args: argparse.Namespace) -> int:
         print("ingester-gateway admin-module: storage element names repeat", file=sys.stderr)
         return 2
     private = Path(args.private_key).read_bytes()
-    verifier = TokenVerifier(StaticKeySource(load_rsa_public_key(public_pem(private))))
+    keys = StaticKeySource(load_rsa_public_key(public_pem(private)))
     app = AdminModuleApp(
         FileRegistry(args.db),
         TokenIssuer(private, accounts, users, ttl=args.ttl, kid=args.kid),
-        Access(verifier),
+        Access(keys),
         jwks_document(private, args.kid),
         Announcements(
             args.redis_url, args.events_stream, args.events_maxlen, elements, args.poll_interval
