@@ -31,6 +31,7 @@ from ingester_gateway.reference.processes import (
 )
 from ingester_gateway.registry.artstore import CHANNEL, DOCUMENT_KEY, parse_document
 from tests.kit import Answer, DevKeys, eventually, http_call, log_events, run
+from tests.stack import redis_url
 
 STREAM_FIELDS = ["event_type", "timestamp", "file_id", "storage_element_id", "metadata"]
 METADATA_KEYS = [
@@ -84,10 +85,6 @@ def admin(
     )
     with running(module):
         yield module
-
-
-def redis_url(server: ServerProcess) -> str:
-    return f"redis://127.0.0.1:{server.port}/0"
 
 
 def redis_of(server: ServerProcess) -> redis.Redis:
