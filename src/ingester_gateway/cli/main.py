@@ -1,4 +1,5 @@
-"""`ingester-gateway serve | storage-element | nodes | token-service | keys | token | dev`."""
+"""`ingester-gateway serve | storage-element | nodes | admin-module | token-service | keys | token
+| dev`."""
 
 from __future__ import annotations
 
@@ -158,8 +159,53 @@ def _token_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_module(args: argparse.Namespace) -> int:
+    from ingester_gateway.observability import configure_logging
+
+    # Before the modules below are imported: their loggers take the configuration then.
+    configure_logging("warning" if args.quiet else "info", "json")
+    from ingester_gateway.auth.verify import StaticKeySource, load_rsa_public_key
+    from ingester_gateway.reference.admin_module.access import Access
+    from ingester_gateway.reference.admin_module.app import AdminModuleApp, Announcements
+    from ingester_gateway.reference.admin_module.elements import StorageElementSpec
+    from ingester_gateway.reference.admin_module.registry import FileRegistry
+    from ingester_gateway.reference.admin_module.tokens import (
+        AdminUserSpec,
+        ServiceAccountSpec,
+        TokenIssuer,
+    )
+    from ingester_gateway.reference.tokens import jwks_document, public_pem
+
+    try:
+        accounts = [ServiceAccountSpec.parse(s) for s in args.service_account]
+        users = [AdminUserSpec.parse(s) for s in args.admin_user]
+        elements = [StorageElementSpec.parse(s) for s in args.storage_element]
+    except ValueError as exc:
+        print(f"ingester-gateway admin-module: {exc}", file=sys.stderr)
+        return 2
+    if elements and args.redis_url is None:
+        print("ingester-gateway admin-module: --storage-element needs --redis-url", file=sys.stderr)
+        return 2
+    if len({e.name for e in elements}) != len(elements):
+        print("ingester-gateway admin-module: storage element names repeat", file=sys.stderr)
+        return 2
+    private = Path(args.private_key).read_bytes()
+    keys = StaticKeySource(load_rsa_public_key(public_pem(private)))
+    app = AdminModuleApp(
+        FileRegistry(args.db),
+        TokenIssuer(private, accounts, users, ttl=args.ttl, kid=args.kid),
+        Access(keys),
+        jwks_document(private, args.kid),
+        Announcements(
+            args.redis_url, args.events_stream, args.events_maxlen, elements, args.poll_interval
+        ),
+    )
+    _run_plain(app, args.host, args.port, log_config=None)
+    return 0
+
+
 def _run_plain(app: Any, host: str, port: int, **logging: Any) -> None:
-    """A reference server (SE, token service): one process, no access log."""
+    """A reference server (SE, Admin Module, token service): one process, no access log."""
     import uvicorn
 
     uvicorn.run(
@@ -254,6 +300,50 @@ def build_parser() -> argparse.ArgumentParser:
     drain = actions.add_parser("drain", help="no new uploads to a node; in-flight ones finish")
     drain.add_argument("--id", required=True)
     drain.add_argument("--undo", action="store_true", help="take new uploads again")
+
+    admin = sub.add_parser(
+        "admin-module",
+        help="reference artStore Admin Module: tokens, file registry, events, SE document",
+    )
+    admin.add_argument("--host", default="127.0.0.1")
+    admin.add_argument("--port", type=int, default=8000)
+    admin.add_argument(
+        "--private-key", required=True, help="PEM RSA key the tokens are signed with"
+    )
+    admin.add_argument("--db", required=True, help="SQLite file of the file registry")
+    admin.add_argument(
+        "--service-account",
+        "--client",
+        action="append",
+        default=[],
+        metavar="ID:SECRET[:ROLE[:RATE_LIMIT]]",
+        help="repeatable; ROLE admin (default), user, auditor or readonly; RATE_LIMIT 100",
+    )
+    admin.add_argument(
+        "--admin-user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD[:ROLE]",
+        help="repeatable; ROLE super_admin (default), admin or readonly",
+    )
+    admin.add_argument("--ttl", type=int, default=3600, help="token lifetime, seconds")
+    admin.add_argument("--kid", default="dev")
+    admin.add_argument("--redis-url", help="announce file events and the SE document here")
+    admin.add_argument("--events-stream", default="file-events")
+    admin.add_argument("--events-maxlen", type=int, default=10_000, help="approximate cap")
+    admin.add_argument(
+        "--storage-element",
+        action="append",
+        default=[],
+        metavar="NAME=URL[,mode=MODE]",
+        help="repeatable; an SE to poll (GET /api/v1/info) into artstore:storage_elements; "
+        "MODE is listed until the SE reports its own",
+    )
+    admin.add_argument(
+        "--poll-interval", type=_seconds, default=5.0, help="seconds between SE polls"
+    )
+    admin.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    admin.set_defaults(func=_admin_module)
 
     ts = sub.add_parser(
         "token-service", help="reference Admin Module token endpoint (client credentials, JWKS)"

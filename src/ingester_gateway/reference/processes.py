@@ -1,5 +1,5 @@
 """Real server processes for `make run`, the tests and the benchmarks: reference SEs,
-gateways, the token service, redis, nginx.
+gateways, the Admin Module, the token service, redis, nginx.
 
 Each server runs on a free loopback port, logs to a file, and is always stopped.
 """
@@ -207,6 +207,52 @@ def token_service(workdir: Path, private_key: Path, port: int | None = None) -> 
         f"{client_id}:{secret}",
     ]
     return ServerProcess(f"token-service-{port}", argv, port, workdir / f"token-service-{port}.log")
+
+
+ADMIN_USER = ("admin", "admin-password")
+
+
+def admin_module(
+    workdir: Path,
+    private_key: Path,
+    *,
+    redis_url: str | None = None,
+    storage_elements: Sequence[ServerProcess] = (),
+    poll_interval: float = 1.0,
+    port: int | None = None,
+    db: Path | None = None,
+    extra: Sequence[str] = (),
+) -> ServerProcess:
+    """The reference Admin Module with one service account (SERVICE_CLIENT, role admin)
+    and one admin user (ADMIN_USER, super_admin); with `redis_url` it announces file
+    events, and lists `storage_elements` (polled every `poll_interval` s) there."""
+    port = port or free_port()
+    client_id, secret = SERVICE_CLIENT
+    user, password = ADMIN_USER
+    argv = [
+        PYTHON,
+        "-m",
+        "ingester_gateway",
+        "admin-module",
+        "--port",
+        str(port),
+        "--private-key",
+        str(private_key),
+        "--db",
+        str(db or workdir / f"admin-{port}.db"),
+        "--service-account",
+        f"{client_id}:{secret}",
+        "--admin-user",
+        f"{user}:{password}",
+        "--poll-interval",
+        str(poll_interval),
+    ]
+    if redis_url is not None:
+        argv += ["--redis-url", redis_url]
+    for se in storage_elements:
+        argv += ["--storage-element", f"{se.name}={se.url}"]
+    name = f"admin-module-{port}"
+    return ServerProcess(name, [*argv, *extra], port, workdir / f"{name}.log")
 
 
 def service_account_env(tokens: ServerProcess) -> dict[str, str]:

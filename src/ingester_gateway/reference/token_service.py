@@ -8,18 +8,15 @@ client credentials for service accounts, and the signing key as a JWKS document.
 
 from __future__ import annotations
 
-import base64
 import hmac
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from starlette.types import Receive, Scope, Send
 
-from ingester_gateway.reference.tokens import mint_token
-from ingester_gateway.runtime.asgi import send_json
+from ingester_gateway.reference.tokens import jwks_document, mint_token
+from ingester_gateway.runtime.asgi import read_small_body, send_json
 
 MAX_BODY = 16 * 1024
 
@@ -49,11 +46,6 @@ _request = msgspec.json.Decoder(TokenRequest)
 _encoder = msgspec.json.Encoder()
 
 
-def _b64url(number: int) -> str:
-    raw = number.to_bytes((number.bit_length() + 7) // 8, "big")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 class TokenServiceApp:
     def __init__(
         self, private_pem: bytes, clients: list[ServiceClient], ttl: int = 3600, kid: str = "dev"
@@ -62,24 +54,7 @@ class TokenServiceApp:
         self._clients = {c.client_id: c for c in clients}
         self._ttl = ttl
         self._kid = kid
-        key = load_pem_private_key(private_pem, password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError("the signing key must be an RSA private key")
-        numbers = key.public_key().public_numbers()
-        self._jwks = _encoder.encode(
-            {
-                "keys": [
-                    {
-                        "kty": "RSA",
-                        "use": "sig",
-                        "alg": "RS256",
-                        "kid": kid,
-                        "n": _b64url(numbers.n),
-                        "e": _b64url(numbers.e),
-                    }
-                ]
-            }
-        )
+        self._jwks = _encoder.encode(jwks_document(private_pem, kid))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -93,7 +68,7 @@ class TokenServiceApp:
         elif path == "/.well-known/jwks.json" and method == "GET":
             await send_json(send, 200, self._jwks)
         elif path == "/api/v1/auth/token" and method == "POST":
-            status, payload = self._issue(await _read_body(receive))
+            status, payload = self._issue(await read_small_body(receive, MAX_BODY))
             await send_json(send, status, _encoder.encode(payload))
         else:
             await send_json(send, 404, _encoder.encode({"detail": "Not Found"}))
@@ -122,19 +97,3 @@ class TokenServiceApp:
             extra={"client_id": client.client_id},
         )
         return 200, {"access_token": token, "token_type": "bearer", "expires_in": self._ttl}
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b""
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)

@@ -3,6 +3,7 @@ benchmarks). The gateway itself only ever verifies."""
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from jose import jwt
 
 
@@ -65,3 +67,26 @@ def mint_token(
     claims.update(extra or {})
     headers = {"kid": kid} if kid else None
     return jwt.encode(claims, private_key_pem.decode("ascii"), algorithm="RS256", headers=headers)
+
+
+def public_pem(private_key_pem: bytes) -> bytes:
+    """The public half of a PEM private key, as PEM."""
+    key = load_pem_private_key(private_key_pem, password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def jwks_document(private_key_pem: bytes, kid: str) -> dict[str, Any]:
+    """The JWKS (`/.well-known/jwks.json`) publishing the public half of the signing key."""
+    key = load_pem_private_key(private_key_pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("the signing key must be an RSA private key")
+    numbers = key.public_key().public_numbers()
+    jwk = {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid}
+    return {"keys": [jwk | {"n": _b64url(numbers.n), "e": _b64url(numbers.e)}]}
+
+
+def _b64url(number: int) -> str:
+    raw = number.to_bytes((number.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

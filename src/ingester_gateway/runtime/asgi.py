@@ -1,10 +1,11 @@
-"""The one raw-ASGI answer the gateway and its reference servers all send."""
+"""The raw-ASGI pieces the gateway and its reference servers share: one JSON answer,
+and reading a small request body whole."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from starlette.types import Send
+from starlette.types import Receive, Send
 
 
 async def send_json(
@@ -23,3 +24,21 @@ async def send_json(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def read_small_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body of a small (JSON) request; None once it passes `limit`
+    bytes, and b"" when the client went away."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
