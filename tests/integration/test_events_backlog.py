@@ -289,7 +289,10 @@ def test_a_delete_refused_by_the_se_is_retried_from_the_backlog_until_the_se_tak
 
     env.proxy.refuse = None  # the SE takes deletes again
     eventually(lambda: file_id not in env.stored(), 8, "the owed delete")
-    assert env.deletes_of(file_id)[-1] == (f"/api/v1/gc/{file_id}", 200)
+    # The proxy records the SE's answer once it has read it: a moment after the SE acted.
+    eventually(
+        lambda: env.deletes_of(file_id)[-1] == (f"/api/v1/gc/{file_id}", 200), 3, "its answer"
+    )
     for each in env.gws:
         eventually(
             lambda each=each: metric(each, "ingester_compensation_backlog") == 0,
