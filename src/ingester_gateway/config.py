@@ -89,6 +89,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     # Peers (IPs or CIDRs, e.g. an nginx in front) whose X-Forwarded-For is believed.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
+    # artStore's Admin Module: every stored file is registered in its file registry
+    # (with the service account below; its token URL defaults to the Admin's).
+    admin_url: HttpUrl | None = None
     upstream_credentials: Literal["forward", "service_account"] = "forward"
     service_token_url: HttpUrl | None = None
     service_client_id: str | None = None
@@ -112,6 +115,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
                 "INGESTER_STORAGE_ELEMENTS: at least one storage element is required"
                 " with the static registry"
             )
+        if self.admin_url is not None:
+            if not (self.service_client_id and self.service_client_secret):
+                raise ValueError(
+                    "INGESTER_ADMIN_URL needs a service account to register files:"
+                    " INGESTER_SERVICE_CLIENT_ID and INGESTER_SERVICE_CLIENT_SECRET"
+                )
+            if self.service_token_url is None:
+                self.service_token_url = self.admin_url.rstrip("/") + "/api/v1/auth/token"
         service = (self.service_token_url, self.service_client_id, self.service_client_secret)
         if any(service) and not all(service):
             raise ValueError(

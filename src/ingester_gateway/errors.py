@@ -44,6 +44,7 @@ INVALID_DIGEST = _problem(400, "invalid_digest", "A digest header is malformed")
 MALFORMED_MULTIPART = _problem(400, "malformed_multipart", "The multipart body is malformed")
 MISSING_FILE = _problem(400, "missing_file", "The form has no 'file' part")
 FIELD_AFTER_FILE = _problem(400, "field_after_file", "A control field follows the 'file' part")
+EMPTY_FILE = _problem(400, "empty_file", "A 0-byte file, which artStore cannot register")
 LENGTH_MISMATCH = _problem(400, "length_mismatch", "The body does not match its Content-Length")
 UNAUTHORIZED = _problem(
     401,
@@ -65,6 +66,9 @@ INTERNAL_ERROR = _problem(500, "internal_error", "A bug: reported, never a trace
 STORAGE_FAILED = _problem(502, "storage_failed", "The storage element refused or failed")
 STORAGE_TIMEOUT = _problem(502, "storage_timeout", "The storage element stopped taking data")
 STORAGE_CREDENTIALS = _problem(502, "storage_credentials", "No credential for the storage element")
+REGISTRATION_REFUSED = _problem(
+    502, "registration_refused", "artStore's Admin Module refused to register the file"
+)
 CHECKSUM_MISMATCH = _problem(
     502, "checksum_mismatch", "The storage element stored other bytes than were sent"
 )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from ingester_gateway.admin.client import AdminClient
 from ingester_gateway.auth.credentials import CredentialError, ServiceAccount, UpstreamCredentials
 from ingester_gateway.auth.verify import (
     JwksKeySource,
@@ -22,9 +23,12 @@ from ingester_gateway.auth.verify import (
 from ingester_gateway.config import Settings
 from ingester_gateway.models import CodecName
 from ingester_gateway.observability import Metrics, get_logger
-from ingester_gateway.outbox.compensations import CompensationBacklog
-from ingester_gateway.outbox.events import EventPublisher
+from ingester_gateway.outbox.compensations import Compensations
+from ingester_gateway.outbox.events import FileAnnouncer
+from ingester_gateway.outbox.jobs import DeleteFile
 from ingester_gateway.outbox.journal import Journal
+from ingester_gateway.outbox.queue import Outbox
+from ingester_gateway.outbox.records import FileRecorder
 from ingester_gateway.pipeline.codecs import CompressionCodec, build_codecs
 from ingester_gateway.registry import NodeRecord, NodeRegistry, artstore
 from ingester_gateway.registry import redis as redis_registry
@@ -38,7 +42,7 @@ from ingester_gateway.upload.budget import UploadBudget
 from ingester_gateway.upload.driver import UploadServices
 from ingester_gateway.upload.plan import PlanRules
 from ingester_gateway.upload.progress import ProgressBook
-from ingester_gateway.upstream.client import StorageClient, use_vectored_writes
+from ingester_gateway.upstream.client import DeleteOutcome, StorageClient, use_vectored_writes
 
 CIRCUIT_LEVEL = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -99,14 +103,19 @@ class Gateway:
             allowed_content_types=tuple(settings.allowed_content_types),
             compression_min_bytes=settings.compression_min_bytes,
             default_ttl_days=settings.default_ttl_days,
+            # artStore's registry and search index hold no empty file.
+            refuse_empty=settings.admin_url is not None or self.redis is not None,
         )
         self.journal = Journal(settings.state_dir)
-        self.events = EventPublisher(
-            self.redis, self.journal, settings.events_stream, settings.events_maxlen
+        self.outbox = Outbox(self.redis, self.journal, self.metrics)
+        self.outbox.handle(DeleteFile, Compensations(self._background_delete, self.metrics))
+        # Without an Admin Module to announce stored files, the gateway does.
+        self.announcer = (
+            FileAnnouncer(self.redis, settings.events_stream, settings.events_maxlen)
+            if self.redis is not None and settings.admin_url is None
+            else None
         )
-        self.backlog = CompensationBacklog(
-            self.redis, self.journal, self._backlog_delete, self.events, self.metrics
-        )
+        self.records: FileRecorder  # once started (the Admin client needs the session)
 
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "gateway not started"
@@ -128,6 +137,13 @@ class Gateway:
                 s.service_token_url, s.service_client_id, s.service_client_secret, self.session
             )
         self.credentials = UpstreamCredentials(service, forward=s.upstream_credentials == "forward")
+        admin = None
+        if s.admin_url is not None:
+            assert service is not None  # the settings require it
+            admin = AdminClient(s.admin_url, service, self.session)
+        self.records = FileRecorder(
+            self.outbox, admin, self.announcer, time.time, registered=self.progress.registered
+        )
         self.storage = StorageClient(
             self._session, s.upstream_connect_timeout_seconds, s.upstream_response_timeout_seconds
         )
@@ -147,8 +163,8 @@ class Gateway:
             nodes=self.nodes,
             storage=self.storage,
             credentials=self.credentials,
-            compensations=self.backlog,
-            records=self.events,
+            compensations=self.outbox,
+            records=self.records,
             budget=self.budget,
             codecs=self.codecs,
             executor=self.executor,
@@ -161,11 +177,14 @@ class Gateway:
         )
         self.update_node_metrics()
         self.journal.open()
-        await self.backlog.start()
-        if self.redis is not None and service is None:
+        await self.outbox.start()
+        if service is None and self._rw_nodes_possible():
             self.log.warning(
                 "no_service_account",
-                hint="compensating deletes on rw nodes need INGESTER_SERVICE_TOKEN_URL and friends",
+                problem="uploads to rw nodes cannot be compensated: an rw SE deletes only"
+                " through its gc route, for a service-account token",
+                hint="set INGESTER_SERVICE_CLIENT_ID and INGESTER_SERVICE_CLIENT_SECRET"
+                " (and INGESTER_ADMIN_URL or INGESTER_SERVICE_TOKEN_URL)",
             )
         if s.workers > 1:
             self._mirror = asyncio.create_task(self._mirror_progress(), name="progress-mirror")
@@ -192,15 +211,21 @@ class Gateway:
             if rounds % 120 == 0:
                 self.progress.sweep_shared()
 
-    async def _backlog_delete(self, node: NodeRecord, file_id: str) -> bool:
+    def _rw_nodes_possible(self) -> bool:
+        """Can an upload land on an rw node: a configured one, or any from Redis?"""
+        if self.settings.registry != "static":
+            return True
+        return any(se.mode == "rw" for se in self.settings.storage_elements)
+
+    async def _background_delete(self, node: NodeRecord, file_id: str) -> DeleteOutcome:
         try:
             headers = await self.credentials.for_backlog()
         except CredentialError:
-            return False
+            return "failed"
         return await self.storage.delete(node, file_id, headers)
 
     async def stop(self) -> None:
-        await self.backlog.stop()
+        await self.outbox.stop()
         self.journal.close()
         if self._mirror is not None:
             self._mirror.cancel()

@@ -16,6 +16,7 @@ CodecName = Literal["zstd", "brotli", "gzip", "none"]
 NodeMode = Literal["edit", "rw", "ro", "ar"]  # an SE's mode: edit and rw take uploads
 Role = Literal["super_admin", "admin", "operator", "user", "readonly", "auditor"]
 UploadState = Literal["receiving", "storing", "stored", "failed"]
+Registration = Literal["registered", "pending", "not_configured"]
 
 CODEC_NAMES: tuple[CodecName, ...] = get_args(CodecName)
 NODE_MODES: tuple[NodeMode, ...] = get_args(NodeMode)
@@ -27,7 +28,7 @@ MODE_BY_RETENTION: dict[RetentionPolicy, NodeMode] = {"temporary": "edit", "perm
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_TTL_DAYS = 365
-MAX_DESCRIPTION_CHARS = 4096
+MAX_DESCRIPTION_CHARS = 1000  # what artStore's registry keeps
 
 
 class UploadOptions(msgspec.Struct, kw_only=True):
@@ -115,6 +116,10 @@ class UploadResult(msgspec.Struct):
     retention_policy: RetentionPolicy
     ttl_expires_at: str | None
     upload_id: str
+    ttl_days: int | None = None
+    # In artStore's file registry: "registered", "pending" (durably on its way), or
+    # "not_configured" (no Admin Module; the gateway announced the file itself).
+    registration: Registration = "not_configured"
 
 
 class UploadProgress(msgspec.Struct):
@@ -131,3 +136,4 @@ class UploadProgress(msgspec.Struct):
     error: str | None = None
     started_at: str = ""
     finished_at: str | None = None
+    registration: Registration | None = None

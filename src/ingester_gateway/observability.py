@@ -99,22 +99,26 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
-        self.compensation_backlog = Gauge(
-            "ingester_compensation_backlog",
-            "Deletes still owed to storage elements (durable backlog, retried until done)",
+        self.outbox_jobs = Gauge(
+            "ingester_outbox_jobs",
+            "Durable work not done yet, by kind (compensation, registration, announcement),"
+            " in Redis and this process's journal",
+            ["kind"],
             registry=r,
             multiprocess_mode="livemax",
         )
-        self.events_pending = Gauge(
-            "ingester_events_pending",
-            "file.uploaded events waiting in the local journal for Redis",
+        self.outbox_oldest = Gauge(
+            "ingester_outbox_oldest_seconds",
+            "Age of the oldest job of each kind not done yet",
+            ["kind"],
             registry=r,
-            multiprocess_mode="livesum",
+            multiprocess_mode="livemax",
         )
         self.compensation_failures = Counter(
             "ingester_compensation_failures_total",
-            "Stored files that could not be removed after a failed upload",
-            ["node"],
+            "Attempts to remove a stored file that did not remove it, by node and reason"
+            " (forbidden: the SE refused the credential; failed: anything else)",
+            ["node", "reason"],
             registry=r,
         )
 

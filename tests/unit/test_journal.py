@@ -14,19 +14,14 @@ import msgspec
 import pytest
 
 from ingester_gateway.outbox import journal as journal_module
-from ingester_gateway.outbox.journal import (
-    Done,
-    FileEvent,
-    Journal,
-    Pending,
-    PendingCompensation,
-    PendingEvent,
-)
+from ingester_gateway.admin.wire import FileEvent
+from ingester_gateway.outbox.jobs import AnnounceFile, DeleteFile, Job
+from ingester_gateway.outbox.journal import Done, Journal
 from tests.kit import run
 
 
-def compensation(entry_id: str) -> PendingCompensation:
-    return PendingCompensation(
+def compensation(entry_id: str) -> DeleteFile:
+    return DeleteFile(
         id=entry_id,
         node_id="se-1",
         node_url="http://se-1:8010",
@@ -36,23 +31,17 @@ def compensation(entry_id: str) -> PendingCompensation:
     )
 
 
-def event(entry_id: str) -> PendingEvent:
-    return PendingEvent(
+def event(entry_id: str) -> AnnounceFile:
+    return AnnounceFile(
         id=entry_id,
         event=FileEvent(
+            event_type="file:created",
+            timestamp="2025-01-01T00:00:00Z",
             file_id=f"file-{entry_id}",
             storage_element_id="se-1",
-            original_filename="a.txt",
-            content_type="text/plain",
-            file_size=3,
-            stored_size=3,
-            checksum="0" * 64,
-            compression_algorithm="none",
-            uploaded_by="alice",
-            retention_policy="permanent",
-            ttl_expires_at=None,
-            uploaded_at="2025-01-01T00:00:00Z",
+            metadata='{"file_id": "file-' + entry_id + '"}',
         ),
+        created_at=1000.0,
     )
 
 
@@ -87,7 +76,7 @@ def files(directory: Path) -> list[Path]:
     return sorted(directory.glob("journal-*.jsonl"))
 
 
-def record(journal: Journal, *entries: Pending) -> None:
+def record(journal: Journal, *entries: Job) -> None:
     async def go() -> None:
         for entry in entries:
             await journal.append(entry)
@@ -103,7 +92,7 @@ def finish(journal: Journal, *entry_ids: str) -> None:
     run(go())
 
 
-def line(entry: Pending | Done) -> bytes:
+def line(entry: Job | Done) -> bytes:
     return msgspec.json.encode(entry) + b"\n"
 
 
@@ -196,7 +185,14 @@ def test_the_on_disk_format_of_an_older_process_is_read(
         '"file_id":"f1","reason":"aborted","created_at":5.0}\n'
     )
     (entry,) = open_journal(tmp_path).pending()
-    assert entry == PendingCompensation("x", "se-1", "http://se-1:8010", "f1", "aborted", 5.0)
+    assert entry == DeleteFile(
+        id="x",
+        node_id="se-1",
+        node_url="http://se-1:8010",
+        file_id="f1",
+        reason="aborted",
+        created_at=5.0,
+    )
 
 
 def test_a_killed_process_leaves_its_entries_to_the_next_one(

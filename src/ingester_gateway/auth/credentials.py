@@ -65,6 +65,13 @@ class ServiceAccount:
             assert self._token is not None
             return self._token
 
+    async def renew(self) -> str:
+        """A fresh token: the one held was refused (revoked, or the key rotated)."""
+        async with self._lock:
+            await self._fetch()
+            assert self._token is not None
+            return self._token
+
     async def _fetch(self) -> None:
         started = self._clock()
         try:

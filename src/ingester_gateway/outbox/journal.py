@@ -1,7 +1,7 @@
-"""A local, durable journal of work that could not reach Redis yet: `file.uploaded`
-events and compensating deletes. Each process appends (with fsync) to its own file,
-locked while it lives; a file whose owner died is adopted by the next process that
-starts, so nothing written here is lost across crashes and restarts."""
+"""A local, durable journal of work that could not reach Redis yet (the jobs of
+`jobs.py`). Each process appends (with fsync) to its own file, locked while it lives;
+a file whose owner died is adopted by the next process that starts, so nothing
+written here is lost across crashes and restarts."""
 
 from __future__ import annotations
 
@@ -16,40 +16,10 @@ from pathlib import Path
 import msgspec
 
 from ingester_gateway.observability import get_logger
+from ingester_gateway.outbox.jobs import Job
 
 _log = get_logger("ingester_gateway.outbox.journal")
 COMPACT_AT_BYTES = 1 << 20
-
-
-class FileEvent(msgspec.Struct, frozen=True):
-    """The `file.uploaded` event, as the Query Module reads it from `file-events`."""
-
-    file_id: str
-    storage_element_id: str
-    original_filename: str
-    content_type: str
-    file_size: int
-    stored_size: int
-    checksum: str
-    compression_algorithm: str
-    uploaded_by: str
-    retention_policy: str
-    ttl_expires_at: str | None
-    uploaded_at: str
-
-
-class PendingEvent(msgspec.Struct, tag="event", frozen=True):
-    id: str
-    event: FileEvent
-
-
-class PendingCompensation(msgspec.Struct, tag="compensation", frozen=True):
-    id: str
-    node_id: str
-    node_url: str
-    file_id: str
-    reason: str
-    created_at: float
 
 
 class Done(msgspec.Struct, tag="done", frozen=True):
@@ -61,8 +31,7 @@ class JournalClosed(OSError):
     callers that fall back on the journal handle both alike)."""
 
 
-Entry = PendingEvent | PendingCompensation | Done
-Pending = PendingEvent | PendingCompensation
+Entry = Job | Done
 _decoder = msgspec.json.Decoder(Entry)
 _encoder = msgspec.json.Encoder()
 
@@ -70,7 +39,7 @@ _encoder = msgspec.json.Encoder()
 class Journal:
     def __init__(self, directory: str | Path) -> None:
         self._dir = Path(directory)
-        self._pending: dict[str, Pending] = {}
+        self._pending: dict[str, Job] = {}
         self._fd: int | None = None
         self._path: Path | None = None
         self._lock = asyncio.Lock()
@@ -107,10 +76,10 @@ class Journal:
             if not self._pending and self._path is not None:
                 self._path.unlink(missing_ok=True)
 
-    def pending(self) -> list[Pending]:
+    def pending(self) -> list[Job]:
         return list(self._pending.values())
 
-    async def append(self, entry: Pending) -> None:
+    async def append(self, entry: Job) -> None:
         """Durably record `entry` (write + fsync in a worker thread)."""
         async with self._lock:
             await asyncio.to_thread(self._write, [entry])

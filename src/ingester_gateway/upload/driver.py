@@ -63,6 +63,7 @@ from ingester_gateway.upload.ports import (
     CompensationSink,
     Credentials,
     NodePool,
+    RecordRefused,
     RecordSink,
     RecordUnavailable,
     StorageNodes,
@@ -175,10 +176,14 @@ class UploadDriver:
         )
         result = upload_result(req, plan, stored, time.time())
         try:
-            await svc.records.stored(result, req.principal)
+            result.registration = await svc.records.stored(result, req)
+        except RecordRefused as exc:
+            await self._compensate(node, reply.file_id, "registration_refused")
+            raise errors.REGISTRATION_REFUSED(f"artStore refused the file: {exc}") from None
         except RecordUnavailable as exc:
             await self._compensate(node, reply.file_id, "not_recorded")
             raise errors.NO_STORAGE_AVAILABLE(f"the upload could not be recorded: {exc}") from None
+        self.progress.registration = result.registration
         return result
 
     async def undo(self) -> None:
@@ -426,15 +431,17 @@ class UploadDriver:
         backlog, which retries until it succeeds (False)."""
         svc = self.svc
         headers = await svc.credentials.for_delete(self.req.principal)
-        if await svc.storage.delete(node, file_id, headers):
+        outcome = await svc.storage.delete(node, file_id, headers)
+        if outcome == "deleted":
             return True
-        svc.metrics.compensation_failures.labels(node.id).inc()
+        svc.metrics.compensation_failures.labels(node.id, outcome).inc()
         svc.log.warning(
             "compensation_deferred",
             node=node.id,
             file_id=file_id,
             upload_id=self.req.upload_id,
             reason=reason,
+            outcome=outcome,
         )
-        await svc.compensations.add(node, file_id, reason)
+        await svc.compensations.owe_delete(node, file_id, reason)
         return False

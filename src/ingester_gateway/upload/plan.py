@@ -58,6 +58,7 @@ class PlanRules:
     allowed_content_types: Sequence[str] = ()
     compression_min_bytes: int = 0  # smaller bodies are stored as they are
     default_ttl_days: int = 30  # for temporary files whose client named no TTL
+    refuse_empty: bool = False  # artStore's registry holds no 0-byte file
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,8 @@ def plan_upload(request: UploadRequest, first: bytes, ended: bool, rules: PlanRu
     if not content_type_allowed(content_type, list(rules.allowed_content_types)):
         raise errors.UNSUPPORTED_MEDIA_TYPE(f"content type {content_type} is not accepted")
     exact = len(first) if ended and request.exact_size is None else request.exact_size
+    if exact == 0 and rules.refuse_empty:
+        raise errors.EMPTY_FILE("artStore's file registry cannot hold an empty file")
     codec = choose_codec(request.options, sniffed, rules.default_codec, first[:PROBE_BYTES])
     if exact is not None and exact < rules.compression_min_bytes and not request.options.compress:
         codec = "none"  # too small for compression to save a disk block
@@ -203,6 +206,7 @@ def upload_result(
         storage_element_url=stored.node_url,
         retention_policy=request.options.retention_policy,
         ttl_expires_at=ttl_expires_at(plan, now),
+        ttl_days=plan.ttl_days,
         upload_id=request.upload_id,
     )
 

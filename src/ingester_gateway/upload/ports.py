@@ -5,11 +5,13 @@ in-memory Storage Element or a node pool of its own."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Collection
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ingester_gateway.auth.verify import Principal
 from ingester_gateway.models import RetentionPolicy, UploadResult
 from ingester_gateway.registry import NodeRecord
+from ingester_gateway.upload.plan import UploadRequest
+from ingester_gateway.upstream.client import DeleteOutcome
 from ingester_gateway.upstream.wire import StoredFile
 
 
@@ -72,8 +74,10 @@ class StorageNodes(Protocol):
         headers: dict[str, str],
     ) -> StoredFile: ...
 
-    async def delete(self, node: NodeRecord, file_id: str, headers: dict[str, str]) -> bool:
-        """True once the file is gone (or never was there)."""
+    async def delete(
+        self, node: NodeRecord, file_id: str, headers: dict[str, str]
+    ) -> DeleteOutcome:
+        """ "deleted" once the file is gone (or never was there)."""
         ...
 
 
@@ -88,18 +92,29 @@ class Credentials(Protocol):
 class CompensationSink(Protocol):
     """Durable record of a delete still owed to a node, retried until done."""
 
-    async def add(self, node: NodeRecord, file_id: str, reason: str) -> None: ...
+    async def owe_delete(
+        self, node: NodeRecord, file_id: str, reason: str, not_before: float = 0.0
+    ) -> None: ...
 
 
 class RecordUnavailable(Exception):
     """A stored file could not be recorded (nor durably queued for it)."""
 
 
-class RecordSink(Protocol):
-    """Makes a stored file known to the rest of artStore (an event, a registration)."""
+class RecordRefused(Exception):
+    """artStore refused to record the stored file, for good (its reason)."""
 
-    async def stored(self, result: UploadResult, principal: Principal) -> None:
-        """Record it, or queue it durably; raise RecordUnavailable when neither works."""
+
+# Is the file in the Admin's registry: yes, on its way (durably queued), or no registry.
+RecordState = Literal["registered", "pending", "not_configured"]
+
+
+class RecordSink(Protocol):
+    """Makes a stored file known to the rest of artStore (a registration, an event)."""
+
+    async def stored(self, result: UploadResult, request: UploadRequest) -> RecordState:
+        """Record it, or queue it durably; raise RecordUnavailable when neither works,
+        RecordRefused when artStore will not have it."""
         ...
 
 

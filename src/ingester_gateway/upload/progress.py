@@ -89,6 +89,12 @@ class ProgressBook:
                 self._mirrored.discard(upload_id)
                 self._write_shared(upload_id, *self._entries[upload_id])
 
+    def registered(self, file_id: str) -> None:
+        """A file registered late (from the outbox): its upload's entry says so now."""
+        for _, progress in self._entries.values():
+            if progress.file_id == file_id and progress.registration == "pending":
+                progress.registration = "registered"
+
     def get(self, upload_id: str, owner: str) -> UploadProgress | None:
         """The entry if it exists and `owner` uploaded it (others see nothing)."""
         self._expire()

@@ -39,6 +39,11 @@ FailureKind = Literal[
 ]
 
 
+# A delete's result: the file is gone (or never was), the SE refused our credential,
+# or anything else (no answer, another error).
+DeleteOutcome = Literal["deleted", "forbidden", "failed"]
+
+
 class UpstreamError(Exception):
     def __init__(self, kind: FailureKind, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -150,10 +155,11 @@ class StorageClient:
             )
         return url
 
-    async def delete(self, node: Endpoint, file_id: str, headers: dict[str, str]) -> bool:
+    async def delete(self, node: Endpoint, file_id: str, headers: dict[str, str]) -> DeleteOutcome:
         """Remove a stored file: the gc route (any mode, service accounts), then the
-        edit-mode route. True when the file is gone (or never was)."""
+        edit-mode route; "deleted" when the file is gone (or never was)."""
         base = node.url.rstrip("/")
+        refused = 0
         for path in (f"/api/v1/gc/{file_id}", f"/api/v1/files/{file_id}"):
             try:
                 async with self._session.delete(
@@ -161,10 +167,11 @@ class StorageClient:
                 ) as resp:
                     await resp.read()
                     if resp.status in (200, 202, 204, 404, 410):
-                        return True
+                        return "deleted"
+                    refused += resp.status in (401, 403)
             except (aiohttp.ClientError, TimeoutError):
-                return False
-        return False
+                return "failed"
+        return "forbidden" if refused else "failed"
 
     async def capacity(self, node: Endpoint) -> CapacityReply | None:
         try:

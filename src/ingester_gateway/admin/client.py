@@ -1,0 +1,101 @@
+"""The Admin Module's file registry, as the gateway uses it: register a stored file,
+read a record, update one after finalize. Every call carries the gateway's
+service-account token (renewed once if the Admin refuses it).
+
+Failures come in two kinds: `AdminUnavailable` (no answer, a timeout, a 5xx, no
+token) may pass, so the caller queues the work and tries again; `AdminRefused` (a 4xx)
+will not, whatever the retry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import aiohttp
+import msgspec
+
+from ingester_gateway.admin.wire import FileRecord, FileRegistration, FileUpdate
+from ingester_gateway.auth.credentials import CredentialError, ServiceAccount
+from ingester_gateway.upstream.wire import describe_error
+
+Registered = Literal["registered", "already_registered"]
+_record = msgspec.json.Decoder(FileRecord)
+_encoder = msgspec.json.Encoder()
+
+
+class AdminUnavailable(Exception):
+    """The Admin Module could not be asked (or did not answer): try again later."""
+
+
+class AdminRefused(Exception):
+    """The Admin Module refused: the same request would be refused again."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"the Admin Module answered {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class AdminClient:
+    def __init__(
+        self,
+        base_url: str,
+        account: ServiceAccount,
+        session: Callable[[], aiohttp.ClientSession],
+        timeout: float = 5.0,
+    ) -> None:
+        self._files = base_url.rstrip("/") + "/api/v1/files"
+        self._account = account
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def register(self, registration: FileRegistration) -> Registered:
+        """Register a file; a file the registry already holds counts as registered
+        (a retry after an answer that was lost must not fail)."""
+        status, raw = await self._call("POST", self._files, _encoder.encode(registration))
+        if status in (200, 201):
+            return "registered"
+        reason = describe_error(raw)
+        if status == 400 and "already exists" in reason:
+            return "already_registered"
+        raise AdminRefused(status, reason)
+
+    async def get(self, file_id: str) -> FileRecord | None:
+        status, raw = await self._call("GET", f"{self._files}/{file_id}")
+        if status == 404:
+            return None
+        if status != 200:
+            raise AdminRefused(status, describe_error(raw))
+        try:
+            return _record.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise AdminUnavailable(f"the Admin Module sent an unusable record: {exc}") from None
+
+    async def update(self, file_id: str, update: FileUpdate) -> None:
+        status, raw = await self._call("PUT", f"{self._files}/{file_id}", _encoder.encode(update))
+        if status not in (200, 201):
+            raise AdminRefused(status, describe_error(raw))
+
+    async def _call(self, method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """One request; a 401 renews the token and tries once more. 5xx and transport
+        failures raise AdminUnavailable; other answers go back to the caller."""
+        for renewed in (False, True):
+            try:
+                token = await (self._account.renew() if renewed else self._account.token())
+                headers = {"Authorization": f"Bearer {token}"}
+                if body is not None:
+                    headers["Content-Type"] = "application/json"
+                async with self._session().request(
+                    method, url, data=body, headers=headers, timeout=self._timeout
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+            except CredentialError as exc:
+                raise AdminUnavailable(f"no service-account token: {exc}") from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise AdminUnavailable(f"the Admin Module did not answer: {exc}") from None
+            if status >= 500:
+                raise AdminUnavailable(f"the Admin Module answered {status}: {describe_error(raw)}")
+            if status != 401 or renewed:
+                return status, raw
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,287 @@
+"""The outbox: durable work (jobs.py) retried with backoff until it is done, shared by
+every gateway on one Redis.
+
+    ingester:outbox:<kind>           sorted set: job JSON, scored by its next attempt time
+    ingester:outbox:<kind>:since     sorted set: job id, scored by when it was added
+    ingester:outbox:<kind>:attempts  hash: job id -> failed attempts so far (for backoff)
+    ingester:outbox-lease:<id>       SET NX PX: the one gateway working job <id> right now
+
+`add` returns once the job is durable: in Redis, or, when Redis cannot be reached (or
+is not configured), in the local journal. The loop moves journal jobs to Redis once
+it answers (or, without Redis, works them itself) and works the due jobs of every
+kind with the handler registered for it. A handler answers True when the job is
+done; False (or an exception) tries again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from ingester_gateway.observability import Metrics, get_logger
+from ingester_gateway.outbox.jobs import KINDS, DeleteFile, Job, kind_of, new_job_id
+from ingester_gateway.outbox.journal import Journal
+from ingester_gateway.registry import NodeRecord
+from ingester_gateway.resilience import Backoff
+from ingester_gateway.runtime.redis_io import REDIS_ERRORS
+from ingester_gateway.runtime.stopping import StopSignal, stop_tasks
+
+PREFIX = "ingester:outbox:"
+LEASE = "ingester:outbox-lease:{}"
+LEASE_MS = 30_000
+BATCH = 20
+LEGACY_BACKLOG = "ingester:compensations"  # before the outbox took every kind of job
+# A failed job waits 0.5-2 s, then up to twice as long each time, at most 5 minutes.
+RETRY_BACKOFF = Backoff(base=2.0, cap=300.0, floor=0.5)
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_log = get_logger("ingester_gateway.outbox")
+_job = msgspec.json.Decoder(Job)
+_encoder = msgspec.json.Encoder()
+
+Handler = Callable[[Any], Awaitable[bool]]
+
+
+class OutboxUnavailable(Exception):
+    """A job could be recorded neither in Redis nor in the journal."""
+
+
+def due_key(kind: str) -> str:
+    return PREFIX + kind
+
+
+def since_key(kind: str) -> str:
+    return PREFIX + kind + ":since"
+
+
+def attempts_key(kind: str) -> str:
+    return PREFIX + kind + ":attempts"
+
+
+class Outbox:
+    def __init__(
+        self,
+        client: aioredis.Redis | None,
+        journal: Journal,
+        metrics: Metrics,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = client
+        self._journal = journal
+        self._metrics = metrics
+        self._handlers: dict[str, Handler] = {}
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._owner = uuid.uuid4().hex  # this process, as a lease holder
+        self._release = client.register_script(_RELEASE) if client is not None else None
+        self._local_due: dict[str, float] = {}  # journal jobs worked here (no Redis)
+        self._local_attempts: dict[str, int] = {}
+        self._remote: dict[str, tuple[int, float | None]] = {}  # kind -> (count, oldest)
+        self._task: asyncio.Task[None] | None = None
+        self._stop = StopSignal()
+
+    def handle(self, job_type: type[Job], handler: Handler) -> None:
+        """Work jobs of `job_type` with `handler`."""
+        self._handlers[kind_of(job_type)] = handler
+
+    # -- adding ------------------------------------------------------------------
+
+    async def add(self, job: Job) -> None:
+        """Record `job`; durable before this returns. Raises OutboxUnavailable when
+        neither Redis nor the journal could take it."""
+        if self._redis is not None:
+            try:
+                await self._schedule(job)
+                return
+            except REDIS_ERRORS:
+                pass
+        try:
+            await self._journal.append(job)
+        except OSError as exc:
+            raise OutboxUnavailable(f"Redis unreachable and the journal failed: {exc}") from exc
+
+    async def owe_delete(
+        self, node: NodeRecord, file_id: str, reason: str, not_before: float = 0.0
+    ) -> None:
+        """Record a delete still owed to `node` (a compensation sink)."""
+        job = DeleteFile(
+            id=new_job_id(),
+            node_id=node.id,
+            node_url=node.url,
+            file_id=file_id,
+            reason=reason,
+            created_at=self._clock(),
+            not_before=not_before,
+        )
+        try:
+            await self.add(job)
+        except OutboxUnavailable as exc:  # nowhere durable left: say so, with what to delete
+            _log.critical(
+                "compensation_lost",
+                node=node.id,
+                node_url=node.url,
+                file_id=file_id,
+                reason=reason,
+                error=str(exc),
+            )
+
+    async def _schedule(self, job: Job, attempts: int = 0) -> None:
+        assert self._redis is not None
+        kind = kind_of(job)
+        due = max(self._clock(), _not_before(job))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(due_key(kind), {_encoder.encode(job): due})
+            pipe.zadd(since_key(kind), {job.id: job.created_at})
+            await pipe.execute()
+
+    # -- working -----------------------------------------------------------------
+
+    async def start(self, interval: float = 1.0) -> None:
+        if self._redis is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._adopt_legacy_backlog()
+        self._task = asyncio.create_task(self._loop(interval), name="outbox")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await stop_tasks([self._task], self._stop)
+            self._task = None
+
+    async def _loop(self, interval: float) -> None:
+        while not self._stop.is_set:
+            try:
+                await self.work_once()
+            except REDIS_ERRORS:
+                pass  # Redis is away: the journal holds what is new; try again later
+            except Exception:
+                _log.exception("outbox_round_failed")
+            await self._update_gauges()  # also while Redis is away: the journal's share
+            await self._stop.sleep(interval)
+
+    async def work_once(self) -> None:
+        """One round: drain the journal, then work the due jobs in Redis."""
+        await self._drain_journal()
+        if self._redis is not None:
+            for kind in KINDS:
+                await self._work_kind(kind)
+
+    async def _drain_journal(self) -> None:
+        now = self._clock()
+        for job in self._journal.pending():
+            if await self._moved_to_redis(job):
+                await self._journal.done(job.id)
+            elif max(self._local_due.get(job.id, 0.0), _not_before(job)) <= now:
+                # No Redis (configured or answering): work it from here meanwhile.
+                await self._attempt_local(job, now)
+
+    async def _moved_to_redis(self, job: Job) -> bool:
+        if self._redis is None:
+            return False
+        try:
+            await self._schedule(job)
+        except REDIS_ERRORS:
+            return False
+        return True
+
+    async def _attempt_local(self, job: Job, now: float) -> None:
+        if await self._run(job):
+            await self._journal.done(job.id)
+            self._local_due.pop(job.id, None)
+            self._local_attempts.pop(job.id, None)
+            return
+        attempts = self._local_attempts.get(job.id, 0) + 1
+        self._local_attempts[job.id] = attempts
+        self._local_due[job.id] = now + RETRY_BACKOFF.delay(attempts, self._rng)
+
+    async def _work_kind(self, kind: str) -> None:
+        assert self._redis is not None
+        due = await self._redis.zrangebyscore(
+            due_key(kind), "-inf", self._clock(), start=0, num=BATCH
+        )
+        for raw in due:
+            if not isinstance(raw, bytes):
+                continue
+            try:
+                job = _job.decode(raw)
+            except msgspec.DecodeError:
+                await self._redis.zrem(due_key(kind), raw)  # not ours to understand
+                continue
+            lease = LEASE.format(job.id)
+            if not await self._redis.set(lease, self._owner, nx=True, px=LEASE_MS):
+                continue  # another gateway has it
+            try:
+                await self._work_job(kind, raw, job)
+            finally:
+                assert self._release is not None
+                await self._release(keys=[lease], args=[self._owner])
+
+    async def _work_job(self, kind: str, raw: bytes, job: Job) -> None:
+        assert self._redis is not None
+        if await self._redis.zscore(due_key(kind), raw) is None:
+            return  # done by another gateway between our read and our lease
+        if await self._run(job):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(due_key(kind), raw)
+                pipe.zrem(since_key(kind), job.id)
+                pipe.hdel(attempts_key(kind), job.id)
+                await pipe.execute()
+            return
+        attempts = int(await self._redis.hincrby(attempts_key(kind), job.id, 1))
+        retry_at = self._clock() + RETRY_BACKOFF.delay(attempts, self._rng)
+        await self._redis.zadd(due_key(kind), {raw: retry_at})
+
+    async def _run(self, job: Job) -> bool:
+        handler = self._handlers.get(kind_of(job))
+        if handler is None:
+            return False  # a kind this process cannot work: leave it for one that can
+        try:
+            return await handler(job)
+        except Exception:
+            _log.exception("outbox_job_failed", kind=kind_of(job), job_id=job.id)
+            return False
+
+    async def _adopt_legacy_backlog(self) -> None:
+        """Compensations owed under the backlog's old key move into the outbox."""
+        assert self._redis is not None
+        for raw in await self._redis.zrange(LEGACY_BACKLOG, 0, -1):
+            if not isinstance(raw, bytes | str):
+                continue
+            with contextlib.suppress(msgspec.DecodeError):
+                await self._schedule(_job.decode(raw))
+            await self._redis.zrem(LEGACY_BACKLOG, raw)
+
+    # -- gauges ------------------------------------------------------------------
+
+    async def _update_gauges(self) -> None:
+        now = self._clock()
+        local: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        for job in self._journal.pending():
+            local[kind_of(job)].append(job.created_at)
+        for kind in KINDS:
+            if self._redis is not None:
+                with contextlib.suppress(*REDIS_ERRORS):  # unreachable: the last count stands
+                    count = int(await self._redis.zcard(since_key(kind)))
+                    first = await self._redis.zrange(since_key(kind), 0, 0, withscores=True)
+                    self._remote[kind] = (count, float(first[0][1]) if first else None)
+            remote_count, remote_oldest = self._remote.get(kind, (0, None))
+            created = [*local[kind], *([remote_oldest] if remote_oldest is not None else [])]
+            self._metrics.outbox_jobs.labels(kind).set(len(local[kind]) + remote_count)
+            self._metrics.outbox_oldest.labels(kind).set(now - min(created) if created else 0)
+
+
+def _not_before(job: Job) -> float:
+    return job.not_before if isinstance(job, DeleteFile) else 0.0
