@@ -75,10 +75,10 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp:
         progress = gw.progress.get(request.path_params["upload_id"], principal.sub)
         if progress is None:
             raise errors.NOT_FOUND("no such upload")
-        if progress.registration == "pending" and progress.file_id is not None:
-            # Registered since by another gateway's outbox? The registry knows.
-            if await gw.records.is_registered(progress.file_id):
-                progress.registration = "registered"
+        # Registered since by another gateway's outbox? The registry knows.
+        pending = progress.registration == "pending" and progress.file_id is not None
+        if pending and await gw.records.is_registered(progress.file_id or ""):
+            progress.registration = "registered"
         return _json(200, progress)
 
     async def api_error(request: Request, exc: Exception) -> Response:

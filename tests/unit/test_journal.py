@@ -13,8 +13,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ingester_gateway.outbox import journal as journal_module
 from ingester_gateway.admin.wire import FileEvent
+from ingester_gateway.outbox import journal as journal_module
 from ingester_gateway.outbox.jobs import AnnounceFile, DeleteFile, Job
 from ingester_gateway.outbox.journal import Done, Journal
 from tests.kit import run
