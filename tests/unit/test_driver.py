@@ -31,9 +31,9 @@ from ingester_gateway.resilience import Backoff, BreakerPolicy, BreakerState, Re
 from ingester_gateway.upload.budget import UploadBudget
 from ingester_gateway.upload.driver import UploadDriver, UploadServices, new_progress
 from ingester_gateway.upload.plan import PlanRules, UploadRequest
-from ingester_gateway.upload.ports import RecordUnavailable
+from ingester_gateway.upload.ports import RecordRefused, RecordState, RecordUnavailable
 from ingester_gateway.upload.sources import ClientStream
-from ingester_gateway.upstream.client import UpstreamError
+from ingester_gateway.upstream.client import DeleteOutcome, UpstreamError
 from ingester_gateway.upstream.wire import CapacityReply, StoredFile
 from tests.kit import pieces_of, run
 
@@ -100,12 +100,14 @@ class ScriptedSE:
             checksum = "0" * 64
         return StoredFile(file_id=file_id, checksum=checksum, file_size=len(data))
 
-    async def delete(self, node: NodeRecord, file_id: str, headers: dict[str, str]) -> bool:
+    async def delete(
+        self, node: NodeRecord, file_id: str, headers: dict[str, str]
+    ) -> DeleteOutcome:
         self.deletes.append((node.id, file_id))
         if not self.delete_works:
-            return False
+            return "forbidden"
         self.files.pop((node.id, file_id), None)
-        return True
+        return "deleted"
 
     @staticmethod
     async def _read(
@@ -145,14 +147,20 @@ class Recorder:
     owed: list[tuple[str, str, str]] = field(default_factory=list)
     recorded: list[UploadResult] = field(default_factory=list)
     record_works: bool = True
+    refusal: str | None = None  # the registry's reason for refusing every file
 
-    async def add(self, node: NodeRecord, file_id: str, reason: str) -> None:
+    async def owe_delete(
+        self, node: NodeRecord, file_id: str, reason: str, not_before: float = 0.0
+    ) -> None:
         self.owed.append((node.id, file_id, reason))
 
-    async def stored(self, result: UploadResult, principal: Principal) -> None:
+    async def stored(self, result: UploadResult, request: UploadRequest) -> RecordState:
         if not self.record_works:
             raise RecordUnavailable("Redis and the journal are gone")
+        if self.refusal is not None:
+            raise RecordRefused(self.refusal)
         self.recorded.append(result)
+        return "registered"
 
 
 class Credentials:
@@ -313,7 +321,7 @@ def test_a_delete_that_fails_goes_to_the_durable_backlog(
     h.upload(blocks(2 * MiB))
     first = h.se.uploads[0]
     assert h.sinks.owed == [("a", first.fields["file_id"], "upstream_server")]
-    assert h.metrics.compensation_failures.labels("a")._value.get() == 1
+    assert h.metrics.compensation_failures.labels("a", "forbidden")._value.get() == 1
 
 
 def test_a_refusal_goes_to_the_next_node_without_counting_against_the_first(
@@ -452,3 +460,19 @@ def test_a_request_any_se_rejects_is_tried_once_more_and_answered_502(
     assert "invalid field" in error.message
     assert h.se.scripts == {"a": ["store"], "b": ["store"]}  # not tried a third time
     assert failed_calls(h, "a") + failed_calls(h, "b") == 0
+
+
+def test_a_file_artstore_refuses_to_register_is_502_with_its_reason_and_removed(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["store"]})
+    h.sinks.refusal = "the Admin Module answered 422: ttl_days must be at most 365"
+    error = error_of(lambda: h.upload(b"x" * 5000))
+    assert (error.status, error.code) == (502, "registration_refused")
+    assert "ttl_days must be at most 365" in error.message
+    assert h.se.files == {}
+
+
+def test_the_201_says_the_file_is_registered(harness: Callable[..., Harness]) -> None:
+    h = harness({"a": ["store"]})
+    assert h.upload(b"x" * 5000).registration == "registered"

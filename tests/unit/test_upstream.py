@@ -166,13 +166,16 @@ def test_a_delete_falls_back_to_the_edit_route_and_404_counts_as_gone() -> None:
             ("DELETE", f"{base}/gc/f-2"): [aiohttp.ClientOSError()],
             ("DELETE", f"{base}/gc/f-3"): [(400, b"{}")],
             ("DELETE", f"{base}/files/f-3"): [(400, b"{}")],
+            ("DELETE", f"{base}/gc/f-4"): [(403, b"{}")],
+            ("DELETE", f"{base}/files/f-4"): [(400, b"{}")],
         }
     )
 
-    async def go() -> list[bool]:
-        return [await storage.delete(NODE, f"f-{n}", {}) for n in (1, 2, 3)]
+    async def go() -> list[str]:
+        return [await storage.delete(NODE, f"f-{n}", {}) for n in (1, 2, 3, 4)]
 
-    assert run(go()) == [True, False, False]
+    # f-4: an rw SE refused our credential on the gc route: a service account is missing
+    assert run(go()) == ["deleted", "failed", "failed", "forbidden"]
 
 
 def test_a_capacity_probe_that_fails_in_any_way_is_no_answer() -> None:
