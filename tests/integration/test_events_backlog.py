@@ -1,4 +1,5 @@
-"""`file.uploaded` events and the compensation backlog, against a real redis-server: one
+"""`file:created` events (no Admin Module configured: the gateway announces stored files
+in artStore's format) and the outbox's owed deletes, against a real redis-server: one
 reference SE behind a proxy that can lie about checksums, fail uploads, refuse or slow
 down deletes, and two gateways sharing the Redis (its registry, stream and backlog).
 
@@ -19,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from ingester_gateway.outbox.events import EVENT_TYPE
-from ingester_gateway.outbox.journal import FileEvent
+from ingester_gateway.admin.wire import FileEvent, FileRecord
 from ingester_gateway.reference.processes import ServerProcess, free_port
 from tests.faults import StorageElementProxy, se_upload_reply, server_error, wrong_checksum
 from tests.kit import (
@@ -47,6 +47,7 @@ from tests.stack import (
 )
 
 STREAM = "file-events"
+EVENT_TYPE = "file:created"
 LIMIT = 4 * MiB  # INGESTER_MAX_UPLOAD_BYTES of both gateways
 TEXT = b"a file event for every stored file, and only for those\n" * 4000
 
@@ -131,14 +132,67 @@ def env(shared: Shared) -> Iterator[Shared]:
         shared.cluster.restart_redis()  # after a test that killed it
 
 
-def expected_event(result: dict[str, Any], uploaded_by: str) -> dict[str, str]:
-    """The stream entry of a 201: every field of the event, as the strings XADD keeps."""
-    fields = {"event_type": EVENT_TYPE, "uploaded_by": uploaded_by}
-    for name in FileEvent.__struct_fields__:
-        if name != "uploaded_by":
-            value = result[name]
-            fields[name] = "" if value is None else str(value)
-    return fields
+def assert_event_of(event: dict[str, str], result: dict[str, Any], uploaded_by: str) -> None:
+    """`event` is the stream entry of the upload that answered `result`, in the format
+    artStore's Admin Module writes and the Query Module reads."""
+    assert set(event) == set(FileEvent.__struct_fields__)
+    assert event["event_type"] == EVENT_TYPE
+    assert (event["file_id"], event["storage_element_id"]) == (
+        result["file_id"],
+        result["storage_element_id"],
+    )
+    assert event["timestamp"].endswith("Z")
+    metadata = json.loads(event["metadata"])
+    assert list(metadata) == list(FileRecord.__struct_fields__)
+    temporary = result["retention_policy"] == "temporary"
+    assert {k: metadata[k] for k in EXPECTED_FROM_RESULT} == {
+        "file_id": result["file_id"],
+        "original_filename": result["original_filename"],
+        "storage_filename": result["storage_filename"],
+        "file_size": result["stored_size"],
+        "checksum_sha256": result["stored_checksum"],
+        "content_type": result["content_type"],
+        "storage_element_id": result["storage_element_id"],
+        "storage_path": f"/files/{result['file_id']}",
+        "compressed": result["compressed"],
+        "compression_algorithm": result["compression_algorithm"] if result["compressed"] else None,
+        "original_size": result["file_size"],
+        "uploaded_by": uploaded_by,
+        "retention_policy": result["retention_policy"],
+        "ttl_expires_at": result["ttl_expires_at"] if temporary else None,
+        "ttl_days": result["ttl_days"] if temporary else None,
+    }
+    assert metadata["upload_source_ip"] == "127.0.0.1"
+    assert metadata["created_at"] == metadata["updated_at"]
+    assert metadata["user_metadata"]["_ingester"]["original_sha256"] == result["checksum"]
+    assert metadata["tags"] == []
+
+
+EXPECTED_FROM_RESULT = (
+    "file_id",
+    "original_filename",
+    "storage_filename",
+    "file_size",
+    "checksum_sha256",
+    "content_type",
+    "storage_element_id",
+    "storage_path",
+    "compressed",
+    "compression_algorithm",
+    "original_size",
+    "uploaded_by",
+    "retention_policy",
+    "ttl_expires_at",
+    "ttl_days",
+)
+
+
+def owed_deletes(gw: ServerProcess) -> float | None:
+    return metric(gw, "ingester_outbox_jobs", kind="compensation")
+
+
+def announcements(gw: ServerProcess) -> float | None:
+    return metric(gw, "ingester_outbox_jobs", kind="announcement")
 
 
 def journal_pending(state_dir: Path) -> list[dict[str, Any]]:
@@ -212,10 +266,12 @@ def test_file_events_hold_one_event_per_stored_upload_and_none_for_failed_ones(
     assert len(events) == len(stored), events
     for result, sub in stored:
         (event,) = [e for e in events if e["file_id"] == result["file_id"]]
-        assert event == expected_event(result, sub)
+        assert_event_of(event, result, sub)
     assert not failed_ids & {e["file_id"] for e in events}
-    assert {e["compression_algorithm"] for e in events} == {"zstd", "gzip", "none", "brotli"}
-    assert [e["ttl_expires_at"] != "" for e in events] == [False, True, False, False]
+    metadata = [json.loads(e["metadata"]) for e in events]
+    assert [m["compression_algorithm"] for m in metadata] == ["zstd", "gzip", None, "brotli"]
+    assert [m["ttl_days"] for m in metadata] == [None, 3, None, None]
+    assert metadata[1]["description"] == "kept three days"
 
 
 def test_an_event_recorded_while_redis_is_frozen_is_delivered_once_when_it_answers(
@@ -234,16 +290,20 @@ def test_an_event_recorded_while_redis_is_frozen_is_delivered_once_when_it_answe
         assert time.monotonic() - started < 3, "the upload waited on a frozen Redis"
         result = answer.json()
         (pending,) = journal_pending(state_dir(env.cluster, gw))
-        assert (pending["type"], pending["event"]["file_id"]) == ("event", result["file_id"])
-        eventually(lambda: metric(gw, "ingester_events_pending") == 1, 5, "events_pending 1")
+        assert (pending["type"], pending["event"]["file_id"]) == (
+            "announcement",
+            result["file_id"],
+        )
+        eventually(lambda: announcements(gw) == 1, 5, "one announcement pending")
     finally:
         os.kill(env.cluster.redis.pid, signal.SIGCONT)
 
     eventually(lambda: len(env.events()) > before, 5, "the journaled event in the stream")
-    eventually(lambda: metric(gw, "ingester_events_pending") == 0, 5, "events_pending 0")
+    eventually(lambda: announcements(gw) == 0, 5, "no announcement pending")
     assert journal_pending(state_dir(env.cluster, gw)) == []
     time.sleep(2)  # more reconciler rounds: nothing is delivered twice
-    assert env.events()[before:] == [expected_event(result, "dave")]
+    (event,) = env.events()[before:]
+    assert_event_of(event, result, "dave")
 
 
 def test_an_event_whose_answer_was_lost_is_journaled_and_still_in_the_stream_once(
@@ -260,16 +320,20 @@ def test_an_event_whose_answer_was_lost_is_journaled_and_still_in_the_stream_onc
         assert answer.status == 201, answer.body
         result = answer.json()
         (pending,) = journal_pending(state_dir(env.cluster, gw))
-        assert (pending["type"], pending["event"]["file_id"]) == ("event", result["file_id"])
+        assert (pending["type"], pending["event"]["file_id"]) == (
+            "announcement",
+            result["file_id"],
+        )
         assert [e["file_id"] for e in env.events()[before:]] == [result["file_id"]], "not run"
     finally:
         env.link.lose_answers_to = None
     eventually(
         lambda: journal_pending(state_dir(env.cluster, gw)) == [], 5, "the journal delivered"
     )
-    eventually(lambda: metric(gw, "ingester_events_pending") == 0, 3, "events_pending 0")
+    eventually(lambda: announcements(gw) == 0, 3, "no announcement pending")
     time.sleep(1.5)  # more reconciler rounds
-    assert env.events()[before:] == [expected_event(result, "erin")]
+    (event,) = env.events()[before:]
+    assert_event_of(event, result, "erin")
 
 
 # -- the compensation backlog --------------------------------------------------------------------
@@ -282,7 +346,7 @@ def test_a_delete_refused_by_the_se_is_retried_from_the_backlog_until_the_se_tak
     env.refuse_deletes()
     file_id = env.lied_upload(gw, keys)
     assert file_id in env.stored(), "the refused delete removed the file anyway"
-    eventually(lambda: (metric(gw, "ingester_compensation_backlog") or 0) >= 1, 3, "a backlog item")
+    eventually(lambda: (owed_deletes(gw) or 0) >= 1, 3, "a backlog item")
     # retried from the backlog while the SE still refuses (2 requests a try: gc, files)
     eventually(lambda: len(env.deletes_of(file_id)) >= 4, 5, "a retry from the backlog")
     assert file_id in env.stored()
@@ -295,7 +359,7 @@ def test_a_delete_refused_by_the_se_is_retried_from_the_backlog_until_the_se_tak
     )
     for each in env.gws:
         eventually(
-            lambda each=each: metric(each, "ingester_compensation_backlog") == 0,
+            lambda each=each: owed_deletes(each) == 0,
             3,
             f"an empty backlog on {each.name}",
         )
@@ -312,7 +376,7 @@ def test_a_delete_owed_while_redis_is_down_waits_in_the_journal_and_is_done_late
     assert (pending["type"], pending["file_id"]) == ("compensation", file_id)
     assert pending["node_url"] == env.proxy.url
     eventually(
-        lambda: (metric(gw, "ingester_compensation_backlog") or 0) >= 1,
+        lambda: (owed_deletes(gw) or 0) >= 1,
         3,
         "the journaled item in the backlog metric",
     )
@@ -321,7 +385,7 @@ def test_a_delete_owed_while_redis_is_down_waits_in_the_journal_and_is_done_late
     env.proxy.refuse = None
     env.cluster.restart_redis()
     eventually(lambda: file_id not in env.stored(), 10, "the owed delete")
-    eventually(lambda: metric(gw, "ingester_compensation_backlog") == 0, 3, "an empty backlog")
+    eventually(lambda: owed_deletes(gw) == 0, 3, "an empty backlog")
     assert journal_pending(state_dir(env.cluster, gw)) == []
 
 
@@ -345,14 +409,14 @@ def test_two_gateways_see_the_same_nodes_and_work_a_backlog_item_once(
     env.refuse_deletes()
     file_id = env.lied_upload(gw1, keys)
     for gw in (gw1, gw2):  # one backlog, seen by both
-        eventually(lambda gw=gw: metric(gw, "ingester_compensation_backlog") == 1, 3, f"{gw.name}")
+        eventually(lambda gw=gw: owed_deletes(gw) == 1, 3, f"{gw.name}")
     # The SE takes deletes again, slowly: whoever works the item holds it for 2.5 s,
     # through two or more rounds of the other gateway, which must leave it alone.
     env.proxy.delay = lambda method, path: 2.5 if method == "DELETE" else 0.0
     env.proxy.refuse = None
     eventually(lambda: file_id not in env.stored(), 10, "the owed delete")
     for gw in (gw1, gw2):
-        eventually(lambda gw=gw: metric(gw, "ingester_compensation_backlog") == 0, 3, gw.name)
+        eventually(lambda gw=gw: owed_deletes(gw) == 0, 3, gw.name)
     time.sleep(2)  # the other gateway's next rounds
     deletes = env.deletes_of(file_id)
     assert [d for d in deletes if d[1] != 503] == [(f"/api/v1/gc/{file_id}", 200)], deletes

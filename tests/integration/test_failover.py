@@ -104,7 +104,9 @@ def assert_no_partial_and_no_orphan(
     """After the backlog drained: each SE holds what it held plus the files answered with
     201 (`stored`: file_id -> SE id), and no partial."""
     eventually(
-        lambda: metric(cluster.gw, "ingester_compensation_backlog") == 0, 10, "an empty backlog"
+        lambda: metric(cluster.gw, "ingester_outbox_jobs", kind="compensation") == 0,
+        10,
+        "an empty backlog",
     )
     for se_id in NODES:
         assert cluster.files(se_id).settled_partials() == [], f"{se_id} holds a partial"
@@ -236,7 +238,7 @@ def test_se_killed_after_storing_moves_the_upload_and_its_copy_is_deleted_once_i
             orphan = json.loads(stored.reply)["file_id"]
             assert cluster.files("se-c").stored_ids() == [orphan], "se-c never stored it"
             eventually(
-                lambda: (metric(cluster.gw, "ingester_compensation_backlog") or 0) >= 1,
+                lambda: (metric(cluster.gw, "ingester_outbox_jobs", kind="compensation") or 0) >= 1,
                 3,
                 "the owed delete in the backlog",
             )
@@ -287,7 +289,9 @@ def test_a_retry_on_the_same_node_is_not_undone_by_the_earlier_tries_late_delete
             assert len(proxy.uploads()) == 2, "the upload was not retried on the same node"
             eventually(lambda: len(proxy.deletes()) == 3, 10, "the owed delete, from the backlog")
             eventually(
-                lambda: metric(gw, "ingester_compensation_backlog") == 0, 3, "an empty backlog"
+                lambda: metric(gw, "ingester_outbox_jobs", kind="compensation") == 0,
+                3,
+                "an empty backlog",
             )
             assert lost[0] not in cluster.files("se-b").stored_ids()
             assert cluster.files("se-b").download(result["file_id"]) == data, (

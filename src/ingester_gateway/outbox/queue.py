@@ -271,12 +271,17 @@ class Outbox:
         local: dict[str, list[float]] = {kind: [] for kind in KINDS}
         for job in self._journal.pending():
             local[kind_of(job)].append(job.created_at)
+        if self._redis is not None:
+            with contextlib.suppress(*REDIS_ERRORS):  # unreachable: the last counts stand
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for kind in KINDS:
+                        pipe.zcard(since_key(kind))
+                        pipe.zrange(since_key(kind), 0, 0, withscores=True)
+                    answers = await pipe.execute()
+                for i, kind in enumerate(KINDS):
+                    count, first = answers[2 * i], answers[2 * i + 1]
+                    self._remote[kind] = (int(count), float(first[0][1]) if first else None)
         for kind in KINDS:
-            if self._redis is not None:
-                with contextlib.suppress(*REDIS_ERRORS):  # unreachable: the last count stands
-                    count = int(await self._redis.zcard(since_key(kind)))
-                    first = await self._redis.zrange(since_key(kind), 0, 0, withscores=True)
-                    self._remote[kind] = (count, float(first[0][1]) if first else None)
             remote_count, remote_oldest = self._remote.get(kind, (0, None))
             created = [*local[kind], *([remote_oldest] if remote_oldest is not None else [])]
             self._metrics.outbox_jobs.labels(kind).set(len(local[kind]) + remote_count)
