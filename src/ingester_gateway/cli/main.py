@@ -70,6 +70,9 @@ def _run_uvicorn(settings: Settings) -> None:
         access_log=settings.access_log,
         log_config=None,
         server_header=False,
+        # X-Forwarded-For is judged by the gateway (INGESTER_TRUSTED_PROXIES), not by
+        # uvicorn, which would believe any local peer.
+        proxy_headers=False,
         timeout_graceful_shutdown=30,
     )
 
@@ -199,6 +202,7 @@ def _admin_module(args: argparse.Namespace) -> int:
         Announcements(
             args.redis_url, args.events_stream, args.events_maxlen, elements, args.poll_interval
         ),
+        max_ttl_days=args.max_ttl_days,
     )
     _run_plain(app, args.host, args.port, log_config=None)
     return 0
@@ -341,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     admin.add_argument(
         "--poll-interval", type=_seconds, default=5.0, help="seconds between SE polls"
+    )
+    admin.add_argument(
+        "--max-ttl-days",
+        type=int,
+        default=365,
+        help="refuse temporary files kept longer (an operator's policy; artStore allows 365)",
     )
     admin.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     admin.set_defaults(func=_admin_module)

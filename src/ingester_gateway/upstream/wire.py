@@ -74,4 +74,13 @@ def describe_error(raw: bytes) -> str:
     detail = body.detail if body.detail is not None else body.error
     if isinstance(detail, dict):
         detail = detail.get("message") or detail.get("code") or detail
+    elif isinstance(detail, list):  # FastAPI's 422: [{"loc": [...], "msg": ...}, ...]
+        detail = "; ".join(_validation_item(item) for item in detail)
     return str(detail)[:300]
+
+
+def _validation_item(item: object) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    loc = [str(part) for part in item.get("loc", []) if part != "body"]
+    return f"{'.'.join(loc)}: {item.get('msg', '')}" if loc else str(item.get("msg", item))

@@ -36,6 +36,7 @@ from ingester_gateway.reference.admin_module.records import FileRecord, registra
 from ingester_gateway.reference.admin_module.registry import FileExists, FileRegistry
 from ingester_gateway.reference.admin_module.tokens import TokenIssuer, WrongCredentials
 from ingester_gateway.reference.admin_module.validation import (
+    FieldError,
     HttpError,
     Rule,
     ValidationFailed,
@@ -77,6 +78,7 @@ class AdminModuleApp:
         jwks: dict[str, Any],
         announcements: Announcements,
         clock: Callable[[], str] = utc_timestamp,
+        max_ttl_days: int = 365,
     ) -> None:
         self.registry = registry
         self.issuer = issuer
@@ -84,6 +86,8 @@ class AdminModuleApp:
         self.jwks = _encode(jwks)
         self.announcements = announcements
         self.clock = clock
+        # An operator's retention policy stricter than artStore's 365 days.
+        self.max_ttl_days = max_ttl_days
         self._redis: aioredis.Redis | None = None
         self._events: FileEventAnnouncer | None = None
         self._elements: ElementsPublisher | None = None
@@ -207,6 +211,17 @@ class AdminModuleApp:
         await self.access.service_account(_authorization(scope), WRITE_ROLES)
         body = decode_object(await _body(receive))
         record = registration(body, self.clock())
+        if record.ttl_days is not None and record.ttl_days > self.max_ttl_days:
+            raise ValidationFailed(
+                [
+                    FieldError(
+                        "less_than_equal",
+                        ["body", "ttl_days"],
+                        f"Input should be less than or equal to {self.max_ttl_days}",
+                        record.ttl_days,
+                    )
+                ]
+            )
         try:
             await self.registry.register(record)
         except FileExists:
