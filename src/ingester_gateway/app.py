@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from ingester_gateway import errors
+from ingester_gateway.api.finalize import FinalizeRoutes
 from ingester_gateway.api.openapi import build_openapi
 from ingester_gateway.api.uploads import FILES_PREFIX, UploadEndpoint
 from ingester_gateway.config import Settings
@@ -99,8 +100,11 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp:
         finally:
             await gw.stop()
 
+    finalize = FinalizeRoutes(gw)
     routes = [
         Route("/api/v1/uploads/{upload_id}", upload_progress, methods=["GET"]),
+        Route("/api/v1/finalize/{file_id}", finalize.start, methods=["POST"]),
+        Route("/api/v1/finalize/{transaction_id}/status", finalize.status, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]

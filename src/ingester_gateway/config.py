@@ -89,6 +89,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     # Peers (IPs or CIDRs, e.g. an nginx in front) whose X-Forwarded-For is believed.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
+    # How long a finalized file's source stays on its edit SE (artStore: 24 h).
+    finalize_safety_margin: Annotated[float, msgspec.Meta(ge=0)] = 86400.0
     # artStore's Admin Module: every stored file is registered in its file registry
     # (with the service account below; its token URL defaults to the Admin's).
     admin_url: HttpUrl | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import time
@@ -13,7 +14,12 @@ from pathlib import Path
 import aiohttp
 
 from ingester_gateway.admin.client import AdminClient
-from ingester_gateway.auth.credentials import CredentialError, ServiceAccount, UpstreamCredentials
+from ingester_gateway.auth.credentials import (
+    CredentialError,
+    ServiceAccount,
+    ServiceCredentials,
+    UpstreamCredentials,
+)
 from ingester_gateway.auth.verify import (
     JwksKeySource,
     KeySource,
@@ -21,6 +27,8 @@ from ingester_gateway.auth.verify import (
     TokenVerifier,
 )
 from ingester_gateway.config import Settings
+from ingester_gateway.finalize.service import Finalizer, FinalizeSetup
+from ingester_gateway.finalize.transactions import TransactionStore
 from ingester_gateway.models import CodecName
 from ingester_gateway.observability import Metrics, get_logger
 from ingester_gateway.outbox.compensations import Compensations
@@ -116,6 +124,7 @@ class Gateway:
             else None
         )
         self.records: FileRecorder  # once started (the Admin client needs the session)
+        self.finalizer: Finalizer | None = None  # once started, with a service account
 
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "gateway not started"
@@ -144,6 +153,8 @@ class Gateway:
         self.records = FileRecorder(
             self.outbox, admin, self.announcer, time.time, registered=self.progress.registered
         )
+        self._admin = admin
+        self._service = service
         self.storage = StorageClient(
             self._session, s.upstream_connect_timeout_seconds, s.upstream_response_timeout_seconds
         )
@@ -175,6 +186,7 @@ class Gateway:
             log=self.log,
             rng=self.rng,
         )
+        self.finalizer = self._build_finalizer()
         self.update_node_metrics()
         self.journal.open()
         await self.outbox.start()
@@ -210,6 +222,37 @@ class Gateway:
             rounds += 1
             if rounds % 120 == 0:
                 self.progress.sweep_shared()
+
+    def _build_finalizer(self) -> Finalizer | None:
+        """Finalize works in the background, for no client: it needs the service
+        account (without one, the API says so)."""
+        if self._service is None:
+            return None
+        service = self._service
+
+        async def service_headers() -> dict[str, str]:
+            return {"Authorization": f"Bearer {await service.token()}"}
+
+        s = self.settings
+        return Finalizer(
+            FinalizeSetup(
+                services=dataclasses.replace(self.uploads, credentials=ServiceCredentials(service)),
+                nodes=self.nodes,
+                storage=self.storage,
+                session=self.session,
+                service_headers=service_headers,
+                admin=self._admin,
+                outbox=self.outbox,
+                store=TransactionStore(self.redis, s.state_dir),
+                progress=self.progress,
+                safety_margin=s.finalize_safety_margin,
+                download_timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=s.upstream_connect_timeout_seconds,
+                    sock_read=s.upstream_response_timeout_seconds,
+                ),
+            )
+        )
 
     def _rw_nodes_possible(self) -> bool:
         """Can an upload land on an rw node: a configured one, or any from Redis?"""

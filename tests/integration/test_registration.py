@@ -8,13 +8,10 @@ import json
 import os
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from ingester_gateway.reference.processes import (
     SERVICE_CLIENT,
@@ -22,10 +19,7 @@ from ingester_gateway.reference.processes import (
     admin_module,
     free_port,
     gateway,
-    redis_server,
-    running,
     se_entry,
-    storage_element,
 )
 from tests.kit import (
     DevKeys,
@@ -38,73 +32,15 @@ from tests.kit import (
     put,
     sha256_hex,
 )
-from tests.stack import redis_url, se_get
+from tests.stack import Artstore, se_get, start_artstore
 
 TEXT = b"2026-12-01T10:00:00Z INFO gateway stored a file for artStore\n" * 3000
 
 
-@dataclass
-class Artstore:
-    workdir: Path
-    keys: DevKeys
-    redis: ServerProcess
-    admin: ServerProcess
-    se: ServerProcess
-    edit_se: ServerProcess
-
-    def gateway_env(self) -> dict[str, str]:
-        client_id, secret = SERVICE_CLIENT
-        return {
-            "INGESTER_ADMIN_URL": self.admin.url,
-            "INGESTER_SERVICE_CLIENT_ID": client_id,
-            "INGESTER_SERVICE_CLIENT_SECRET": secret,
-            "INGESTER_REDIS_URL": redis_url(self.redis),
-        }
-
-    def gateway(self, name: str, extra: dict[str, str] | None = None) -> ServerProcess:
-        entries = [se_entry(self.se, "rw"), se_entry(self.edit_se, "edit")]
-        env = {**self.gateway_env(), **(extra or {})}
-        return gateway(self.workdir, self.keys.public_path, entries, env=env, name=name)
-
-    def service_token(self) -> str:
-        client_id, secret = SERVICE_CLIENT
-        body = json.dumps(
-            {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
-        ).encode()
-        answer = http_call(self.admin, "POST", "/api/v1/auth/token", body)
-        assert answer.status == 200, answer.body
-        return str(answer.json()["access_token"])
-
-    def record(self, file_id: str) -> dict[str, Any] | None:
-        auth = {"Authorization": f"Bearer {self.service_token()}"}
-        answer = http_call(self.admin, "GET", f"/api/v1/files/{file_id}", headers=auth)
-        if answer.status == 404:
-            return None
-        assert answer.status == 200, answer.body
-        return dict(answer.json())
-
-    def events(self, file_id: str) -> list[dict[str, str]]:
-        with redis.Redis(port=self.redis.port) as db:
-            entries = [
-                {k.decode(): v.decode() for k, v in fields.items()}
-                for _, fields in db.xrange("file-events")
-            ]
-        return [e for e in entries if e["file_id"] == file_id]
-
-    def se_of(self, node_id: str) -> ServerProcess:
-        return self.se if node_id == self.se.name else self.edit_se
-
-
 @pytest.fixture(scope="module")
 def artstore(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[Artstore]:
-    workdir = tmp_path_factory.mktemp("artstore")
-    redis_at = redis_server(workdir)
-    with running(redis_at):
-        admin = admin_module(workdir, keys.private_path, redis_url=redis_url(redis_at))
-        se = storage_element(workdir, keys.public_path, element_id="se-rw")
-        edit_se = storage_element(workdir, keys.public_path, element_id="se-edit", mode="edit")
-        with running(admin, se, edit_se):
-            yield Artstore(workdir, keys, redis_at, admin, se, edit_se)
+    with start_artstore(tmp_path_factory.mktemp("artstore"), keys) as running_artstore:
+        yield running_artstore
 
 
 @pytest.fixture(scope="module")

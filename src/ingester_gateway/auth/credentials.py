@@ -123,5 +123,19 @@ class UpstreamCredentials:
         return _bearer(await self._service.token())
 
 
+class ServiceCredentials:
+    """The service account for everything: background work acts for no client (no
+    client token is ever kept), e.g. a finalize resumed after a restart."""
+
+    def __init__(self, service: ServiceAccount) -> None:
+        self._service = service
+
+    async def for_upload(self, principal: Principal) -> dict[str, str]:
+        return _bearer(await self._service.token())
+
+    async def for_delete(self, principal: Principal) -> dict[str, str]:
+        return _bearer(await self._service.token())
+
+
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

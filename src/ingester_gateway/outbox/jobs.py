@@ -47,7 +47,16 @@ class AnnounceFile(msgspec.Struct, tag="announcement", frozen=True, kw_only=True
     created_at: float
 
 
-Job = DeleteFile | RegisterFile | AnnounceFile
+class FinalizeFile(msgspec.Struct, tag="finalize", frozen=True, kw_only=True):
+    """A finalize transaction to drive to its end (its state is kept apart, see
+    finalize/transactions.py); the job's id is the transaction's."""
+
+    id: str
+    file_id: str
+    created_at: float
+
+
+Job = DeleteFile | RegisterFile | AnnounceFile | FinalizeFile
 
 
 def kind_of(job: Job | type[Job]) -> str:
@@ -58,4 +67,6 @@ def kind_of(job: Job | type[Job]) -> str:
     return tag
 
 
-KINDS: tuple[str, ...] = tuple(kind_of(cls) for cls in (DeleteFile, RegisterFile, AnnounceFile))
+KINDS: tuple[str, ...] = tuple(
+    kind_of(cls) for cls in (DeleteFile, RegisterFile, AnnounceFile, FinalizeFile)
+)

@@ -10,7 +10,9 @@ every gateway on one Redis.
 is not configured), in the local journal. The loop moves journal jobs to Redis once
 it answers (or, without Redis, works them itself) and works the due jobs of every
 kind with the handler registered for it. A handler answers True when the job is
-done; False (or an exception) tries again later.
+done; False (or an exception) tries again later. Jobs of a long-running kind (a
+finalize copies a whole file) run in tasks of their own while the loop goes on, their
+lease renewed until they end; a stopped process leaves them to the next one.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ RETRY_BACKOFF = Backoff(base=2.0, cap=300.0, floor=0.5)
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -88,15 +94,25 @@ class Outbox:
         self._clock = clock
         self._owner = uuid.uuid4().hex  # this process, as a lease holder
         self._release = client.register_script(_RELEASE) if client is not None else None
+        self._renew = client.register_script(_RENEW) if client is not None else None
+        self._background: set[str] = set()  # kinds whose jobs run in tasks of their own
+        self._running: dict[str, asyncio.Task[None]] = {}  # job id -> its task
+        self._nudge = asyncio.Event()
         self._local_due: dict[str, float] = {}  # journal jobs worked here (no Redis)
         self._local_attempts: dict[str, int] = {}
         self._remote: dict[str, tuple[int, float | None]] = {}  # kind -> (count, oldest)
         self._task: asyncio.Task[None] | None = None
         self._stop = StopSignal()
 
-    def handle(self, job_type: type[Job], handler: Handler) -> None:
-        """Work jobs of `job_type` with `handler`."""
+    def handle(self, job_type: type[Job], handler: Handler, background: bool = False) -> None:
+        """Work jobs of `job_type` with `handler`; `background` for long ones."""
         self._handlers[kind_of(job_type)] = handler
+        if background:
+            self._background.add(kind_of(job_type))
+
+    def nudge(self) -> None:
+        """Work the due jobs now, not at the next round."""
+        self._nudge.set()
 
     # -- adding ------------------------------------------------------------------
 
@@ -157,9 +173,14 @@ class Outbox:
         self._task = asyncio.create_task(self._loop(interval), name="outbox")
 
     async def stop(self) -> None:
+        self._nudge.set()
         if self._task is not None:
             await stop_tasks([self._task], self._stop)
             self._task = None
+        running = list(self._running.values())  # their jobs stay for the next process
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def _loop(self, interval: float) -> None:
         while not self._stop.is_set:
@@ -170,7 +191,10 @@ class Outbox:
             except Exception:
                 _log.exception("outbox_round_failed")
             await self._update_gauges()  # also while Redis is away: the journal's share
-            await self._stop.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._nudge.wait()
+            self._nudge.clear()
 
     async def work_once(self) -> None:
         """One round: drain the journal, then work the due jobs in Redis."""
@@ -184,9 +208,14 @@ class Outbox:
         for job in self._journal.pending():
             if await self._moved_to_redis(job):
                 await self._journal.done(job.id)
+            elif job.id in self._running:
+                continue  # ours, still running
             elif max(self._local_due.get(job.id, 0.0), _not_before(job)) <= now:
                 # No Redis (configured or answering): work it from here meanwhile.
-                await self._attempt_local(job, now)
+                if kind_of(job) in self._background:
+                    self._spawn(job.id, self._attempt_local(job, now))
+                else:
+                    await self._attempt_local(job, now)
 
     async def _moved_to_redis(self, job: Job) -> bool:
         if self._redis is None:
@@ -220,14 +249,51 @@ class Outbox:
             except msgspec.DecodeError:
                 await self._redis.zrem(due_key(kind), raw)  # not ours to understand
                 continue
+            if job.id in self._running:
+                continue  # ours, still running
             lease = LEASE.format(job.id)
             if not await self._redis.set(lease, self._owner, nx=True, px=LEASE_MS):
                 continue  # another gateway has it
+            if kind in self._background:
+                self._spawn(job.id, self._work_leased(kind, raw, job, lease))
+                continue
             try:
                 await self._work_job(kind, raw, job)
             finally:
                 assert self._release is not None
                 await self._release(keys=[lease], args=[self._owner])
+
+    def _spawn(self, job_id: str, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except REDIS_ERRORS:
+                pass  # the job stays; its lease lapses; a later round takes it again
+            except Exception:
+                _log.exception("outbox_background_job_failed", job_id=job_id)
+            finally:
+                self._running.pop(job_id, None)
+
+        self._running[job_id] = asyncio.create_task(run(), name=f"outbox-{job_id}")
+
+    async def _work_leased(self, kind: str, raw: bytes, job: Job, lease: str) -> None:
+        """A long job under a lease kept alive until it ends."""
+        assert self._renew is not None and self._release is not None
+        renew, release = self._renew, self._release
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(LEASE_MS / 3000)
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await renew(keys=[lease], args=[self._owner, LEASE_MS])
+
+        keeper = asyncio.create_task(keep())
+        try:
+            await self._work_job(kind, raw, job)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(*REDIS_ERRORS):
+                await release(keys=[lease], args=[self._owner])
 
     async def _work_job(self, kind: str, raw: bytes, job: Job) -> None:
         assert self._redis is not None

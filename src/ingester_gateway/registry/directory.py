@@ -49,7 +49,11 @@ class NodeDirectory:
     # -- choosing ------------------------------------------------------------------
 
     def select(
-        self, policy: RetentionPolicy, expected_size: int, exclude: Collection[str] = ()
+        self,
+        policy: RetentionPolicy,
+        expected_size: int,
+        exclude: Collection[str] = (),
+        strict: bool = False,
     ) -> NodeRecord | None:
         now = self._clock()
         return select_node(
@@ -60,6 +64,7 @@ class NodeDirectory:
             reserved=self._reserved,
             exclude=exclude,
             is_open=lambda node_id: self.breaker(node_id).is_open(now),
+            strict=strict,
         )
 
     def could_fit_anywhere(self, policy: RetentionPolicy, size: int) -> bool:

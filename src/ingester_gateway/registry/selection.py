@@ -16,9 +16,10 @@ def eligible_nodes(
     reserved: Mapping[str, int],
     exclude: Collection[str] = (),
     is_open: Callable[[str], bool] = lambda _node_id: False,
+    strict: bool = False,
 ) -> list[NodeRecord]:
     """Writable, healthy, circuit not open, room for the upload; nodes of the
-    policy's mode when there are any, otherwise any writable node."""
+    policy's mode when there are any, otherwise (unless `strict`) any writable node."""
     usable = [
         n
         for n in nodes
@@ -30,7 +31,7 @@ def eligible_nodes(
     ]
     wanted = MODE_BY_RETENTION[policy]
     preferred = [n for n in usable if n.mode == wanted]
-    return preferred or usable
+    return preferred if preferred or strict else usable
 
 
 def _has_room(node: NodeRecord, reserved: Mapping[str, int], size: int) -> bool:
@@ -52,11 +53,12 @@ def select_node(
     reserved: Mapping[str, int] | None = None,
     exclude: Collection[str] = (),
     is_open: Callable[[str], bool] = lambda _node_id: False,
+    strict: bool = False,
 ) -> NodeRecord | None:
     """Among the eligible nodes of the best (lowest) priority, two random choices:
     the one with more free space wins. None when no node can take the upload."""
     reserved = reserved or {}
-    candidates = eligible_nodes(nodes, policy, expected_size, reserved, exclude, is_open)
+    candidates = eligible_nodes(nodes, policy, expected_size, reserved, exclude, is_open, strict)
     if not candidates:
         return None
     best = min(n.priority for n in candidates)

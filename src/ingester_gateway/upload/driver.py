@@ -19,6 +19,7 @@ stored anything, so most failures need only an abort.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -138,8 +139,41 @@ class UploadDriver:
         blocks = BlockReader(source.pieces(), svc.budget.block_size, FIRST_BLOCK_BYTES)
         first = await blocks.read() or b""
         plan = plan_upload(req, first, blocks.ended, svc.rules)
+        node, stored, plan = await self._store(source, blocks, first, plan)
+        result = upload_result(req, plan, stored, time.time())
+        try:
+            result.registration = await svc.records.stored(result, req)
+        except RecordRefused as exc:
+            await self._compensate(node, stored.file_id, "registration_refused")
+            raise errors.REGISTRATION_REFUSED(f"artStore refused the file: {exc}") from None
+        except RecordUnavailable as exc:
+            await self._compensate(node, stored.file_id, "not_recorded")
+            raise errors.NO_STORAGE_AVAILABLE(f"the upload could not be recorded: {exc}") from None
+        self.progress.registration = result.registration
+        return result
+
+    async def copy(self, source: BodySource, plan: UploadPlan) -> tuple[NodeRecord, Stored]:
+        """Store what `source` yields as it is, under the request's file id (a stored
+        file's bytes moving to another node: finalize). No record step: the caller
+        updates the record once it has checked the copy."""
+        assert self.req.file_id is not None and not plan.recode
+        blocks = BlockReader(source.pieces(), self.svc.budget.block_size, FIRST_BLOCK_BYTES)
+        first = await blocks.read() or b""
+        node, stored, _ = await self._store(
+            source, blocks, first, dataclasses.replace(plan, whole=blocks.ended)
+        )
+        return node, stored
+
+    async def _store(
+        self, source: BodySource, blocks: BlockReader, first: bytes, plan: UploadPlan
+    ) -> tuple[NodeRecord, Stored, UploadPlan]:
+        """Select, send (failing over), verify: where it is stored, and the plan as it
+        ended up (a whole body that would not shrink is stored as it is)."""
+        svc, req = self.svc, self.req
         policy = req.options.retention_policy
-        node = svc.nodes.select(policy, plan.reservation)
+        node = svc.nodes.select(
+            policy, plan.reservation, exclude=req.exclude_nodes, strict=req.strict_mode
+        )
         if node is None:
             raise no_node_error(
                 svc.nodes.any_usable(policy),
@@ -164,27 +198,21 @@ class UploadDriver:
                 + ("was removed" if removed else "will be removed (queued for deletion)")
             )
         self._stored = (node, reply.file_id)
+        original_size, original_sha256 = req.original or (
+            encoder.original_size,
+            encoder.original_hex,
+        )
         stored = Stored(
             file_id=reply.file_id,
             node_id=node.id,
             node_url=node.url,
             storage_filename=reply.original_filename or plan.storage_name,
-            original_size=encoder.original_size,
-            original_sha256=encoder.original_hex,
+            original_size=original_size,
+            original_sha256=original_sha256,
             stored_size=encoder.stored_size,
             stored_sha256=encoder.stored_hex,
         )
-        result = upload_result(req, plan, stored, time.time())
-        try:
-            result.registration = await svc.records.stored(result, req)
-        except RecordRefused as exc:
-            await self._compensate(node, reply.file_id, "registration_refused")
-            raise errors.REGISTRATION_REFUSED(f"artStore refused the file: {exc}") from None
-        except RecordUnavailable as exc:
-            await self._compensate(node, reply.file_id, "not_recorded")
-            raise errors.NO_STORAGE_AVAILABLE(f"the upload could not be recorded: {exc}") from None
-        self.progress.registration = result.registration
-        return result
+        return node, stored, plan
 
     async def undo(self) -> None:
         """Remove the stored upload: its success can no longer be reported."""
@@ -194,7 +222,7 @@ class UploadDriver:
 
     def _encoder(self, plan: UploadPlan) -> BlockEncoder:
         return BlockEncoder(
-            self.svc.codecs[plan.codec],
+            self.svc.codecs[plan.codec if plan.recode else "none"],
             self.svc.executor,
             size_hint=plan.exact_size,
             parallel=plan.parallel_worthy and self.svc.budget.cores_idle(),
@@ -228,7 +256,8 @@ class UploadDriver:
         encoded = (await encoder.submit(first) if first else b"") + encoder.finish()
         plan = transfer.plan
         if (
-            plan.codec != "none"
+            plan.recode
+            and plan.codec != "none"
             and not self.req.options.compress
             and encoder.stored_size >= encoder.original_size
         ):
@@ -350,6 +379,9 @@ class UploadDriver:
         """Try nodes until one stores the upload, as the failover walk decides."""
         svc, req = self.svc, self.req
         walk = Failover(svc.retry, svc.rng, svc.clock(), transfer.plan.reservation)
+        fixed_id = req.file_id
+        if fixed_id is not None:  # a copy keeps its id
+            walk.new_file_id = lambda: fixed_id
         node: NodeRecord | None = transfer.first_node
         try:
             while node is not None:
@@ -389,13 +421,20 @@ class UploadDriver:
                 if isinstance(decision, GiveUp):
                     raise decision.error
                 await asyncio.sleep(decision.delay)
-                policy, size = req.options.retention_policy, transfer.plan.reservation
-                node = svc.nodes.select(policy, size, exclude=walk.tried) or svc.nodes.select(
-                    policy, size
-                )
+                node = self._next_node(walk.tried, transfer.plan.reservation)
         finally:
             self._reserve(walk.end())
         raise walk.exhausted()
+
+    def _next_node(self, tried: list[str], size: int) -> NodeRecord | None:
+        """Another node, or (when none is left) one tried before. A copy never goes back
+        to a node it was tried on: a delete owed there may still come for its id."""
+        req, nodes = self.req, self.svc.nodes
+        policy, strict = req.options.retention_policy, req.strict_mode
+        node = nodes.select(policy, size, exclude=[*tried, *req.exclude_nodes], strict=strict)
+        if node is None and req.file_id is None:
+            node = nodes.select(policy, size, exclude=req.exclude_nodes, strict=strict)
+        return node
 
     def _reserve(self, moves: list[tuple[str, int]]) -> None:
         for node_id, size in moves:

@@ -48,6 +48,12 @@ class UploadRequest:
     exact_size: int | None = None  # the file's size, when the request says it exactly
     claimed_sha256: bytes | None = None
     client_address: str | None = None  # the uploader's IP (a trusted proxy's word on it)
+    # A copy of a stored file (finalize): its id is kept, it goes only to nodes of the
+    # policy's mode other than `exclude_nodes`, and the original is known already.
+    file_id: str | None = None
+    strict_mode: bool = False
+    exclude_nodes: tuple[str, ...] = ()
+    original: tuple[int, str] | None = None  # the original's size and sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,7 @@ class UploadPlan:
     whole: bool  # the whole body came with its first block: one request, no streaming
     parallel_worthy: bool  # big enough to spread a zstd stream over several cores
     ttl_days: int | None  # temporary files: the client's TTL, or the default
+    recode: bool = True  # False: the bytes are stored as they come (already in `codec`)
 
     def stored_as_is(self, original_name: str) -> UploadPlan:
         """The same plan with no codec (compression would not have saved anything)."""
@@ -259,6 +266,8 @@ def se_closing_fields(
 ) -> list[tuple[str, str]]:
     """The fields after the file part: only known once all of it was read."""
     (original_size, original_sha256), (stored_size, stored_sha256) = original, stored
+    if request.original is not None:  # a copy: what came was the stored bytes
+        original_size, original_sha256 = request.original
     metadata = SeMetadata(
         user_metadata=request.options.metadata,
         original_filename=request.filename,

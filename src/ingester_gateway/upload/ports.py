@@ -33,8 +33,14 @@ class NodePool(Protocol):
     """Choosing nodes, the bytes reserved on them, and their circuit breakers."""
 
     def select(
-        self, policy: RetentionPolicy, size: int, exclude: Collection[str] = ()
-    ) -> NodeRecord | None: ...
+        self,
+        policy: RetentionPolicy,
+        size: int,
+        exclude: Collection[str] = (),
+        strict: bool = False,
+    ) -> NodeRecord | None:
+        """A node for the upload; `strict`: only nodes of the policy's mode."""
+        ...
 
     def any_usable(self, policy: RetentionPolicy) -> bool: ...
 

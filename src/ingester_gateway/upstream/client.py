@@ -19,9 +19,11 @@ from aiohttp import http_writer
 from ingester_gateway.upstream.wire import (
     CapacityReply,
     StoredFile,
+    StoredFileInfo,
     capacity_decoder,
     describe_error,
     stored_file_decoder,
+    stored_file_info_decoder,
 )
 
 FailureKind = Literal[
@@ -172,6 +174,22 @@ class StorageClient:
             except (aiohttp.ClientError, TimeoutError):
                 return "failed"
         return "forbidden" if refused else "failed"
+
+    async def file_info(
+        self, node: Endpoint, file_id: str, headers: dict[str, str]
+    ) -> StoredFileInfo | None:
+        """What the SE knows of a file; None when it does not hold it (or cannot say)."""
+        try:
+            async with self._session.get(
+                f"{node.url.rstrip('/')}/api/v1/files/{file_id}",
+                headers=headers,
+                timeout=self._short_timeout,
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                return stored_file_info_decoder.decode(await resp.read())
+        except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError):
+            return None
 
     async def capacity(self, node: Endpoint) -> CapacityReply | None:
         try:

@@ -84,3 +84,21 @@ def _validation_item(item: object) -> str:
         return str(item)
     loc = [str(part) for part in item.get("loc", []) if part != "body"]
     return f"{'.'.join(loc)}: {item.get('msg', '')}" if loc else str(item.get("msg", item))
+
+
+class StoredFileInfo(msgspec.Struct, kw_only=True):
+    """`GET /api/v1/files/{id}`: what an SE knows of a file it holds (the reference SE
+    answers more; only these are relied on)."""
+
+    file_id: str
+    file_size: int
+    checksum: str  # sha256 hex of the stored bytes
+    original_filename: str | None = None
+    content_type: str | None = None
+    uploaded_by: str | None = None
+    retention_policy: str | None = None
+    description: str | None = None
+    fields: dict[str, str] = msgspec.field(default_factory=dict)  # the upload's form fields
+
+
+stored_file_info_decoder = msgspec.json.Decoder(StoredFileInfo)

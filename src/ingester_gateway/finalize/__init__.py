@@ -1,0 +1,1 @@
+"""Finalize: a temporary file moves from its edit SE to an rw SE, as artStore defines it."""
