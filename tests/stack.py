@@ -2,7 +2,7 @@
 registering SEs and gateways, the operator's `nodes` command, a slow client, a Redis
 link that loses answers; and the checks that read what an SE holds.
 
-The process primitives (`ServerProcess`, `storage_element`, `gateway`, `token_service`,
+The process primitives (`ServerProcess`, `storage_element`, `gateway`, `admin_module`,
 `redis_server`, `nginx`, `running`, `free_port`) live in
 `ingester_gateway.reference.processes`, shared with `make run` and the benchmarks.
 Heartbeats, TTLs and refreshes here are short so that every scenario settles in a
@@ -42,7 +42,6 @@ from ingester_gateway.reference.processes import (
     se_entry,
     service_account_env,
     storage_element,
-    token_service,
 )
 from tests.kit import (
     Answer,
@@ -180,7 +179,7 @@ def start_stack(
     generator for `yield from` in a fixture; `own_stack` is the same as a `with`."""
     data_dir = workdir / "se-1-data"
     se = storage_element(workdir, keys.public_path, mode=mode, capacity=capacity, data_dir=data_dir)
-    tokens = token_service(workdir, keys.private_path)
+    tokens = admin_module(workdir, keys.private_path)
     services = (se, tokens) if service_account else (se,)
     with running(*services):
         gw_env = {**(service_account_env(tokens) if service_account else {}), **(env or {})}
@@ -268,7 +267,7 @@ class Cluster:
     @contextlib.contextmanager
     def running(cls, workdir: Path, keys: DevKeys) -> Iterator[Cluster]:
         cluster = cls(
-            workdir, keys, redis_server(workdir), token_service(workdir, keys.private_path)
+            workdir, keys, redis_server(workdir), admin_module(workdir, keys.private_path)
         )
         try:
             cluster.redis.start()

@@ -18,18 +18,18 @@ from ingester_gateway.auth.verify import JwksKeySource, Principal, StaticKeySour
 from ingester_gateway.reference.processes import (
     SERVICE_CLIENT,
     ServerProcess,
+    admin_module,
     gateway,
     running,
     se_entry,
     storage_element,
-    token_service,
 )
 from tests.kit import DevKeys, FakeClock, http_call
 
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[ServerProcess]:
-    with running(token_service(tmp_path_factory.mktemp("tokens"), keys.private_path)) as (ts,):
+    with running(admin_module(tmp_path_factory.mktemp("tokens"), keys.private_path)) as (ts,):
         yield ts
 
 

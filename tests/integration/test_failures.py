@@ -23,11 +23,11 @@ import pytest
 
 from ingester_gateway.reference.processes import (
     ServerProcess,
+    admin_module,
     gateway,
     running,
     service_account_env,
     storage_element,
-    token_service,
 )
 from tests.faults import (
     StorageElementProxy,
@@ -550,7 +550,7 @@ def test_se_checksum_mismatch_with_a_user_token_on_rw_is_compensated_by_the_serv
     The gateway's own service account (client credentials from the token service) does it."""
     rw_data = tmp_path / "rw-data"
     rw_se = storage_element(tmp_path, keys.public_path, element_id="se-rw", data_dir=rw_data)
-    tokens = token_service(tmp_path, keys.private_path)
+    tokens = admin_module(tmp_path, keys.private_path)
     with running(rw_se, tokens), StorageElementProxy(rw_se.url) as proxy:
         entry = [{"id": "se-rw", "url": proxy.url, "mode": "rw"}]
         gw = gateway(tmp_path, keys.public_path, entry, env=service_account_env(tokens))

@@ -11,13 +11,13 @@ import pytest
 
 from ingester_gateway.reference.processes import (
     ServerProcess,
+    admin_module,
     free_port,
     gateway,
     running,
     se_entry,
     service_account_env,
     storage_element,
-    token_service,
 )
 from tests.kit import DevKeys, assert_error_envelope, eventually, http_call, metric
 
@@ -30,7 +30,7 @@ def strict_se_gateway(
     gateway's breaker would open after two node failures."""
     workdir: Path = tmp_path_factory.mktemp("strict")
     se = storage_element(workdir, keys.public_path, extra=["--fail-empty-files"])
-    tokens = token_service(workdir, keys.private_path)
+    tokens = admin_module(workdir, keys.private_path)
     with running(se, tokens):
         env = {**service_account_env(tokens), "INGESTER_BREAKER_FAILURES": "2"}
         gw = gateway(workdir, keys.public_path, [se_entry(se)], env=env)

@@ -1,4 +1,4 @@
-"""`ingester-gateway serve | storage-element | nodes | admin-module | token-service | keys | token
+"""`ingester-gateway serve | storage-element | nodes | admin-module | keys | token
 | dev`."""
 
 from __future__ import annotations
@@ -148,20 +148,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _token_service(args: argparse.Namespace) -> int:
-
-    from ingester_gateway.reference.token_service import ServiceClient, TokenServiceApp
-
-    app = TokenServiceApp(
-        Path(args.private_key).read_bytes(),
-        [ServiceClient.parse(spec) for spec in args.client],
-        ttl=args.ttl,
-        kid=args.kid,
-    )
-    _run_plain(app, args.host, args.port, log_level="warning")
-    return 0
-
-
 def _admin_module(args: argparse.Namespace) -> int:
     from ingester_gateway.observability import configure_logging
 
@@ -248,7 +234,7 @@ def _token(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from ingester_gateway.reference.devrun import run_dev
 
-    return run_dev(Path(args.data_dir), args.port, args.se_port, args.se_port + 1)
+    return run_dev(Path(args.data_dir), args.port, args.se_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,17 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     admin.set_defaults(func=_admin_module)
 
-    ts = sub.add_parser(
-        "token-service", help="reference Admin Module token endpoint (client credentials, JWKS)"
-    )
-    ts.add_argument("--host", default="127.0.0.1")
-    ts.add_argument("--port", type=int, default=8030)
-    ts.add_argument("--private-key", required=True)
-    ts.add_argument("--client", action="append", required=True, help="ID:SECRET[:ROLE], repeatable")
-    ts.add_argument("--ttl", type=int, default=3600, help="token lifetime, seconds")
-    ts.add_argument("--kid", default="dev")
-    ts.set_defaults(func=_token_service)
-
     keys = sub.add_parser("keys", help="write a dev RSA key pair (private.pem, public.pem)")
     keys.add_argument("--out", required=True)
     keys.set_defaults(func=_keys)
@@ -385,7 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", default=".data")
     dev.add_argument("--port", type=int, default=int(os.environ.get("INGESTER_PORT", "8020")))
     dev.add_argument(
-        "--se-port", type=int, default=8021, help="the SE; the token service takes the next port"
+        "--se-port",
+        type=int,
+        default=8021,
+        help="the rw SE; the edit SE and the Admin Module take the next two ports",
     )
     dev.set_defaults(func=_dev)
     return parser

@@ -45,7 +45,7 @@ class ServerProcess:
     name: str
     argv: list[str]
     port: int
-    log_path: Path
+    log_path: Path | None  # None: the process writes to this one's stdout
     env: dict[str, str] | None = None
     ready_path: str | None = "/health/ready"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -60,13 +60,20 @@ class ServerProcess:
         return self.process.pid
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the process lifetime)
+        log = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the process lifetime)
         self.process = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
-        log.close()
-        self.wait_ready(timeout)
+        if log is not None:
+            log.close()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # one that never got ready is not left running
+            raise
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -97,6 +104,8 @@ class ServerProcess:
             return False
 
     def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None:
+            return "(its output went to the terminal)"
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
@@ -188,25 +197,6 @@ def gateway(
 
 
 SERVICE_CLIENT = ("ingester", "test-secret")
-
-
-def token_service(workdir: Path, private_key: Path, port: int | None = None) -> ServerProcess:
-    """The reference Admin token endpoint, with one service account (SERVICE_CLIENT)."""
-    port = port or free_port()
-    client_id, secret = SERVICE_CLIENT
-    argv = [
-        PYTHON,
-        "-m",
-        "ingester_gateway",
-        "token-service",
-        "--port",
-        str(port),
-        "--private-key",
-        str(private_key),
-        "--client",
-        f"{client_id}:{secret}",
-    ]
-    return ServerProcess(f"token-service-{port}", argv, port, workdir / f"token-service-{port}.log")
 
 
 ADMIN_USER = ("admin", "admin-password")
