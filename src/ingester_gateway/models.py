@@ -28,6 +28,8 @@ MODE_BY_RETENTION: dict[RetentionPolicy, NodeMode] = {"temporary": "edit", "perm
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_TTL_DAYS = 365
+# The gateway's own facts in artStore's user_metadata (admin/wire.py): not the client's.
+RESERVED_METADATA_KEY = "_ingester"
 MAX_DESCRIPTION_CHARS = 1000  # what artStore's registry keeps
 
 
@@ -78,6 +80,8 @@ def parse_upload_options(fields: Mapping[str, str]) -> UploadOptions:
             raw["metadata"] = _metadata_decoder.decode(metadata)
         except msgspec.DecodeError:
             raise INVALID_PARAMETER("metadata must be a JSON object") from None
+        if RESERVED_METADATA_KEY in raw["metadata"]:
+            raise INVALID_PARAMETER(f"metadata key {RESERVED_METADATA_KEY!r} is reserved")
     for name in ("ttl_days", "compress", "compression_algorithm"):
         if raw.get(name) == "":
             del raw[name]

@@ -137,3 +137,12 @@ def test_an_overlong_description_is_400() -> None:
 
 def test_a_bad_retention_policy_is_400() -> None:
     assert invalid({"retention_policy": "forever"}).message.startswith("retention_policy")
+
+
+def test_the_gateways_reserved_metadata_key_is_refused() -> None:
+    """`_ingester` in artStore's user_metadata holds the gateway's facts (the original's
+    sha256): a client may not write it."""
+    with pytest.raises(ApiError) as info:
+        parse_upload_options({"metadata": '{"_ingester": {"original_sha256": "forged"}}'})
+    assert (info.value.status, info.value.code) == (400, "invalid_parameter")
+    assert "_ingester" in info.value.message

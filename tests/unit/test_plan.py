@@ -229,3 +229,9 @@ def test_a_body_smaller_than_the_compression_minimum_is_stored_as_is_unless_aske
     rules = PlanRules(default_codec="zstd", compression_min_bytes=4096)
     req = request(options=UploadOptions(compress=compress))
     assert plan_upload(req, TEXT[:size], ended=True, rules=rules).codec == codec
+
+
+def test_a_long_plain_name_is_cut_like_any_other() -> None:
+    """The SE's and the registry's limits hold for ASCII names too (500 chars there)."""
+    safe = safe_filename("a" * 600 + ".bin")
+    assert safe == "a" * 180 + ".bin"

@@ -719,8 +719,23 @@ def test_an_announcement_job_is_tried_again_while_redis_is_down(tmp_path: Path) 
     assert in_world(tmp_path, scenario, None, announce=True) is False
 
 
-def test_an_announcement_job_with_nowhere_to_announce_is_dropped(tmp_path: Path) -> None:
+def test_an_announcement_job_with_nowhere_to_announce_is_kept(tmp_path: Path) -> None:
     async def scenario(world: World) -> bool:
         return await world.recorder.announce_job(announcement_job())
 
-    assert in_world(tmp_path, scenario) is True
+    assert in_world(tmp_path, scenario) is False
+
+
+def test_an_announcement_job_left_from_before_an_admin_module_registers_the_file(
+    tmp_path: Path,
+) -> None:
+    """An Admin Module is configured since: it announces what it registers, so the
+    waiting announcement becomes a registration of the same record."""
+    admin = AdminModule()
+
+    async def scenario(world: World) -> bool:
+        return await world.recorder.announce_job(announcement_job())
+
+    assert in_world(tmp_path, scenario, admin) is True
+    ((_, body),) = admin.posted
+    assert body == expected_registration()

@@ -9,17 +9,18 @@ from typing import Any, Literal
 
 import msgspec
 
+from ingester_gateway.models import RESERVED_METADATA_KEY
+
 EventType = Literal["file:created", "file:updated", "file:deleted"]
 
 # What the Query Module can store: longer values make an event it retries forever.
 MAX_ORIGINAL_FILENAME = 255
-MAX_STORAGE_ELEMENT_ID = 50
 MAX_DESCRIPTION = 1000
 MAX_UPLOADED_BY = 100
 MAX_SOURCE_IP = 45
 # The gateway's own facts in `user_metadata`, beside the client's keys (which it never
 # changes): the original's sha256 and size, and the stored bytes' (see README).
-GATEWAY_METADATA_KEY = "_ingester"
+GATEWAY_METADATA_KEY = RESERVED_METADATA_KEY
 
 
 class FileRegistration(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -114,6 +115,15 @@ def record_of(registration: FileRegistration, now: str) -> FileRecord:
     there is no Admin Module and the gateway announces the file itself)."""
     fields = msgspec.structs.asdict(registration)
     return FileRecord(**fields, created_at=now, updated_at=now)
+
+
+def registration_of_record(record: FileRecord) -> FileRegistration:
+    """What registers `record` (an announcement waiting when an Admin Module came)."""
+    fields = msgspec.structs.asdict(record)
+    for stamp in ("created_at", "updated_at", "tags"):
+        fields.pop(stamp)
+    fields["user_metadata"] = fields["user_metadata"] or {}
+    return FileRegistration(**fields)
 
 
 def created_event(record: FileRecord, timestamp: str) -> FileEvent:

@@ -98,6 +98,7 @@ class Outbox:
         self._background: set[str] = set()  # kinds whose jobs run in tasks of their own
         self._running: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._nudge = asyncio.Event()
+        self._legacy_adopted = False
         self._local_due: dict[str, float] = {}  # journal jobs worked here (no Redis)
         self._local_attempts: dict[str, int] = {}
         self._remote: dict[str, tuple[int, float | None]] = {}  # kind -> (count, oldest)
@@ -155,7 +156,7 @@ class Outbox:
                 error=str(exc),
             )
 
-    async def _schedule(self, job: Job, attempts: int = 0) -> None:
+    async def _schedule(self, job: Job) -> None:
         assert self._redis is not None
         kind = kind_of(job)
         due = max(self._clock(), _not_before(job))
@@ -167,9 +168,6 @@ class Outbox:
     # -- working -----------------------------------------------------------------
 
     async def start(self, interval: float = 1.0) -> None:
-        if self._redis is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self._adopt_legacy_backlog()
         self._task = asyncio.create_task(self._loop(interval), name="outbox")
 
     async def stop(self) -> None:
@@ -200,16 +198,22 @@ class Outbox:
         """One round: drain the journal, then work the due jobs in Redis."""
         await self._drain_journal()
         if self._redis is not None:
+            if not self._legacy_adopted:
+                await self._adopt_legacy_backlog()
+                self._legacy_adopted = True
             for kind in KINDS:
-                await self._work_kind(kind)
+                if kind in self._handlers:  # a kind this process cannot work stays as it is
+                    await self._work_kind(kind)
 
     async def _drain_journal(self) -> None:
         now = self._clock()
         for job in self._journal.pending():
             if await self._moved_to_redis(job):
                 await self._journal.done(job.id)
-            elif job.id in self._running:
-                continue  # ours, still running
+                self._local_due.pop(job.id, None)
+                self._local_attempts.pop(job.id, None)
+            elif job.id in self._running or kind_of(job) not in self._handlers:
+                continue  # ours and still running, or a kind this process cannot work
             elif max(self._local_due.get(job.id, 0.0), _not_before(job)) <= now:
                 # No Redis (configured or answering): work it from here meanwhile.
                 if kind_of(job) in self._background:
@@ -329,6 +333,7 @@ class Outbox:
             with contextlib.suppress(msgspec.DecodeError):
                 await self._schedule(_job.decode(raw))
             await self._redis.zrem(LEGACY_BACKLOG, raw)
+        await self._redis.delete(LEGACY_BACKLOG + ":attempts")
 
     # -- gauges ------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
+
 from ingester_gateway.admin.client import AdminClient, AdminRefused, AdminUnavailable
 from ingester_gateway.admin.wire import (
     GATEWAY_METADATA_KEY,
@@ -26,9 +28,11 @@ from ingester_gateway.admin.wire import (
     MAX_ORIGINAL_FILENAME,
     MAX_SOURCE_IP,
     MAX_UPLOADED_BY,
+    FileRecord,
     FileRegistration,
     created_event,
     record_of,
+    registration_of_record,
 )
 from ingester_gateway.models import UploadResult, iso_utc
 from ingester_gateway.observability import get_logger
@@ -197,7 +201,17 @@ class FileRecorder:
 
     async def announce_job(self, job: AnnounceFile) -> bool:
         if self._announcer is None:
-            return True  # nowhere to announce it any more (Redis no longer configured)
+            # An Admin Module is configured now: it announces what it registers.
+            if self._admin is None:
+                return False  # nowhere to announce it yet: kept
+            record = msgspec.json.decode(job.event.metadata, type=FileRecord)
+            try:
+                await self._admin.register(registration_of_record(record))
+            except AdminUnavailable:
+                return False
+            except AdminRefused as exc:
+                _log.critical("registration_refused", file_id=record.file_id, reason=exc.reason)
+            return True
         try:
             await self._announcer.announce(job.event)
         except REDIS_ERRORS:

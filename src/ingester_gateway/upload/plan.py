@@ -160,7 +160,7 @@ _PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)?")  # alread
 
 def safe_filename(name: str) -> str:
     """An ASCII basename the SE can store and serve back (the original stays ours)."""
-    if _PLAIN.fullmatch(name):
+    if len(name) <= 196 and _PLAIN.fullmatch(name):
         return name
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     stem, _, extension = base.rpartition(".")
