@@ -8,6 +8,8 @@ import msgspec
 
 from ingester_gateway import __version__, errors
 from ingester_gateway.errors import ErrorEnvelope, Problem
+from ingester_gateway.finalize.service import FinalizeReply, FinalizeStatus
+from ingester_gateway.finalize.transactions import FinalizeRequest
 from ingester_gateway.models import UploadOptions, UploadProgress, UploadResult
 
 _REF = "#/components/schemas/{name}"
@@ -57,14 +59,50 @@ def _errors(problems: list[Problem]) -> dict[str, Any]:
 
 # What each route may answer besides its success: everything upload-related, except
 # what only other routes say.
-_NOT_UPLOAD = {errors.NOT_FOUND, errors.METHOD_NOT_ALLOWED}
+_NOT_UPLOAD = {
+    errors.NOT_FOUND,
+    errors.METHOD_NOT_ALLOWED,
+    errors.FINALIZE_IN_PROGRESS,
+    errors.ALREADY_PERMANENT,
+}
 UPLOAD_PROBLEMS = [p for p in errors.CATALOGUE if p not in _NOT_UPLOAD]
 PROGRESS_PROBLEMS = [errors.UNAUTHORIZED, errors.FORBIDDEN, errors.NOT_FOUND, errors.INTERNAL_ERROR]
+FINALIZE_PROBLEMS = [
+    errors.BAD_REQUEST,
+    errors.INVALID_PARAMETER,
+    errors.UNAUTHORIZED,
+    errors.FORBIDDEN,
+    errors.NOT_FOUND,
+    errors.FINALIZE_IN_PROGRESS,
+    errors.ALREADY_PERMANENT,
+    errors.PAYLOAD_TOO_LARGE,
+    errors.INTERNAL_ERROR,
+    errors.STORAGE_FAILED,
+    errors.STORAGE_CREDENTIALS,
+    errors.NO_STORAGE_AVAILABLE,
+]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
+def _path_parameter(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def build_openapi() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [UploadResult, UploadProgress, ErrorEnvelope, UploadOptions], ref_template=_REF
+        [
+            UploadResult,
+            UploadProgress,
+            ErrorEnvelope,
+            UploadOptions,
+            FinalizeRequest,
+            FinalizeReply,
+            FinalizeStatus,
+        ],
+        ref_template=_REF,
     )
     created = {
         "201": {
@@ -134,6 +172,36 @@ def build_openapi() -> dict[str, Any]:
                         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                     },
                     "responses": created,
+                }
+            },
+            "/api/v1/finalize/{file_id}": {
+                "post": {
+                    "summary": "Move a temporary file to an rw SE (uploader or admin)",
+                    "parameters": [_path_parameter("file_id")],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref("FinalizeRequest")}},
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "transaction opened",
+                            "content": {"application/json": {"schema": _ref("FinalizeReply")}},
+                        },
+                        **_errors(FINALIZE_PROBLEMS),
+                    },
+                }
+            },
+            "/api/v1/finalize/{transaction_id}/status": {
+                "get": {
+                    "summary": "A finalize transaction's status",
+                    "parameters": [_path_parameter("transaction_id")],
+                    "responses": {
+                        "200": {
+                            "description": "status",
+                            "content": {"application/json": {"schema": _ref("FinalizeStatus")}},
+                        },
+                        **_errors(PROGRESS_PROBLEMS),
+                    },
                 }
             },
             "/api/v1/uploads/{upload_id}": {

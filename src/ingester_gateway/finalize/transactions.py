@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import redis.asyncio as aioredis
@@ -30,7 +30,7 @@ class FinalizeRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     target_storage_element_id: str | None = None
     description: str | None = None
-    metadata: dict[str, object] | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class SourceFile(msgspec.Struct, kw_only=True):
@@ -49,7 +49,7 @@ class SourceFile(msgspec.Struct, kw_only=True):
     original_sha256: str
     uploaded_by: str
     description: str | None = None
-    user_metadata: dict[str, object] = msgspec.field(default_factory=dict)
+    user_metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class Transaction(msgspec.Struct, kw_only=True):
@@ -68,7 +68,7 @@ class Transaction(msgspec.Struct, kw_only=True):
     error_message: str | None = None
     attempts: int = 0
     description: str | None = None  # the request's, for the registry
-    metadata: dict[str, object] | None = None
+    metadata: dict[str, Any] | None = None
 
     @property
     def done(self) -> bool:
