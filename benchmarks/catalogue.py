@@ -9,6 +9,7 @@ from benchmarks.scenario import Scenario
 from benchmarks.scenarios import (
     auth,
     codecs,
+    finalize,
     first_byte,
     memory,
     multipart,
@@ -18,7 +19,17 @@ from benchmarks.scenarios import (
 )
 from benchmarks.targets import unknown_figures
 
-CONCERNS = (passthrough, codecs, multipart, registry, small_files, memory, first_byte, auth)
+CONCERNS = (
+    passthrough,
+    codecs,
+    multipart,
+    registry,
+    small_files,
+    memory,
+    first_byte,
+    auth,
+    finalize,
+)
 
 SCENARIOS: dict[str, Scenario] = {s.key: s for c in CONCERNS for s in c.SCENARIOS}
 FIGURES: tuple[Figure, ...] = tuple(f for c in CONCERNS for f in c.FIGURES)

@@ -43,8 +43,14 @@ GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
     "gateway-zt2": {"INGESTER_ZSTD_THREADS": "2"},
     # Nodes from a real Redis (issue 4): registry watcher, pub/sub, events, backlog.
     "gateway-redis": {"INGESTER_REGISTRY": "redis"},
+    # Registering every stored file in the reference Admin Module (issue 8): small files.
+    "gateway-reg": {},
+    # Finalize (issue 8): the edit SE too, and the Admin Module's registry.
+    "gateway-fin": {},
 }
-SERVER_ROLES = ("se", "nginx", "redis", *GATEWAY_VARIANTS, "baseline")
+# Gateway instances wired to the reference Admin Module (registration, finalize).
+WITH_ADMIN = frozenset({"gateway-reg", "gateway-fin"})
+SERVER_ROLES = ("se", "se-edit", "nginx", "redis", "admin", *GATEWAY_VARIANTS, "baseline")
 
 _SETTINGS_PROBE = """
 import json, msgspec
@@ -102,6 +108,7 @@ class BenchStack:
         }
         private, public = generate_keypair(workdir / "keys")
         self.public_key = public
+        self.private_key = private
         pem = private.read_bytes()
         self.user_token = mint_token(pem, sub="bench", role="user", ttl=TOKEN_TTL)
         self.service_token = mint_token(
@@ -140,6 +147,31 @@ class BenchStack:
             )
         return self._servers["se"]
 
+    def se_edit(self) -> ServerProcess:
+        """An edit-mode SE (temporary files, finalize's source), data on tmpfs too."""
+        if "se-edit" not in self._servers:
+            self._start(
+                "se-edit",
+                processes.storage_element(
+                    self.logdir,
+                    self.public_key,
+                    element_id="se-edit",
+                    mode="edit",
+                    capacity="1TiB",
+                    data_dir=self.workdir / "se-edit-data",
+                ),
+            )
+        return self._servers["se-edit"]
+
+    def admin(self) -> ServerProcess:
+        """The reference Admin Module: tokens and the file registry (SQLite on tmpfs)."""
+        if "admin" not in self._servers:
+            self._start(
+                "admin",
+                processes.admin_module(self.logdir, self.private_key, db=self.workdir / "admin.db"),
+            )
+        return self._servers["admin"]
+
     def nginx(self) -> ServerProcess:
         if "nginx" not in self._servers:
             se = self.se()
@@ -160,13 +192,22 @@ class BenchStack:
         if role not in self._servers:
             se = self.se()
             env = {**self.gateway_env, **GATEWAY_VARIANTS[role]}
+            entries = [processes.se_entry(se)]
             if env.get("INGESTER_REGISTRY") == "redis":
                 env["INGESTER_REDIS_URL"] = f"redis://127.0.0.1:{self.redis().port}/0"
+            if role in WITH_ADMIN:
+                client_id, secret = processes.SERVICE_CLIENT
+                env |= {
+                    "INGESTER_ADMIN_URL": self.admin().url,
+                    "INGESTER_SERVICE_CLIENT_ID": client_id,
+                    "INGESTER_SERVICE_CLIENT_SECRET": secret,
+                    "INGESTER_FINALIZE_SAFETY_MARGIN": "0",
+                }
+            if role == "gateway-fin":
+                entries.append(processes.se_entry(self.se_edit(), "edit"))
             self._start(
                 role,
-                processes.gateway(
-                    self.logdir, self.public_key, [processes.se_entry(se)], env=env, name=role
-                ),
+                processes.gateway(self.logdir, self.public_key, entries, env=env, name=role),
             )
         return self._servers[role]
 
@@ -197,6 +238,10 @@ class BenchStack:
             return self.nginx()
         if role == "redis":
             return self.redis()
+        if role == "se-edit":
+            return self.se_edit()
+        if role == "admin":
+            return self.admin()
         if role == "baseline":
             return self.baseline()
         return self.gateway(role)

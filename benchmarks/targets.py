@@ -58,6 +58,12 @@ TARGETS: tuple[Target, ...] = (
     Target("small_files.cpu_per_1000.s2_vs_baseline", "<=", 0.1, "issue 3"),
     Target("small_files.p99.s2_vs_baseline", "<=", 0.2, "issue 3"),
     Target("small_files.non_201", "==", 0, "issue 3"),
+    # registering every upload in the Admin Module against the same run without
+    Target("small_files.cpu_per_1000.sr_vs_unregistered", "<=", 1.3, "issue 8"),
+    Target("small_files.p99.sr_vs_unregistered", "<=", 1.5, "issue 8"),
+    # finalize: the copy against a plain streamed upload of the same bytes
+    Target("finalize.mb_s.finalize_vs_upload", ">=", 0.8, "issue 8"),
+    Target("finalize.peak_rss", "<=", 100, "issue 8"),
     # gateway peak RSS, MiB
     Target("memory.peak_rss.passthrough", "<=", 100, "issue 2"),
     Target("memory.peak_rss.zstd", "<=", 100, "issue 2"),

@@ -31,7 +31,7 @@ SCENARIOS = tuple(
         key,
         f"4 KiB x 64 clients -> {title}",
         _wrk_against(key, server),
-        servers=("se", server),
+        servers=("se", "admin", server) if server == "gateway-reg" else ("se", server),
         rounds="once",
         uses_payload=False,
         table="small",
@@ -39,6 +39,7 @@ SCENARIOS = tuple(
     for key, title, server in (
         ("s1", "gateway, 1 worker", "gateway-w1"),
         ("s2", "gateway, 2 workers", "gateway-w2"),
+        ("sr", "gateway, 1 worker, registering in the Admin Module", "gateway-reg"),
         ("sb", "FastAPI baseline", "baseline"),
         ("sn", "nginx -> SE", "nginx"),
     )
@@ -55,7 +56,11 @@ METRICS = {
     "requests_per_s": ("requests_per_s", "requests/s", "req/s", None),
 }
 # what the gateway is compared with: scenario key -> (name, row text)
-REFERENCES = {"sb": ("baseline", "baseline (sb)"), "sn": ("nginx", "nginx -> SE (sn)")}
+REFERENCES = {
+    "sb": ("baseline", "baseline (sb)"),
+    "sn": ("nginx", "nginx -> SE (sn)"),
+    "s1": ("unregistered", "the same without registration (s1)"),
+}
 
 
 def _versus(metric: str, gateway_key: str, workers: str, reference_key: str) -> Figure:
@@ -105,5 +110,7 @@ FIGURES = (
             ("requests_per_s", "sn"),
         )
     ),
+    # Issue 8: what registering every upload in the Admin Module costs.
+    *(_versus(metric, "sr", "1 worker, registering", "s1") for metric in ("cpu_per_1000", "p99")),
     Figure("small_files.non_201", (), non_201),
 )
