@@ -108,9 +108,9 @@ def test_token_endpoint_refuses_other_grants_and_bad_bodies(tokens: ServerProces
     url = "/api/v1/auth/token"
     bad_grant = json.dumps({"grant_type": "password", "client_id": "a", "client_secret": "b"})
     answer = http_call(tokens.url, "POST", url, bad_grant.encode(), {})
-    assert answer.status == 400
-    assert http_call(tokens.url, "POST", url, b"not json", {}).status == 400
-    assert http_call(tokens.url, "POST", url, b"x" * 20000, {}).status == 413
+    assert answer.status == 422  # FastAPI's answer to a body it cannot take
+    assert http_call(tokens.url, "POST", url, b"not json", {}).status == 422
+    assert http_call(tokens.url, "POST", url, b"x" * ((1 << 20) + 1), {}).status == 413
 
 
 def test_gateway_verifies_tokens_against_the_jwks_url(

@@ -38,7 +38,7 @@ from ingester_gateway.runtime.stopping import StopSignal, stop_tasks
 
 PREFIX = "ingester:outbox:"
 LEASE = "ingester:outbox-lease:{}"
-LEASE_MS = 30_000
+LEASE_MS = 10_000  # renewed every third of it while a long job runs
 BATCH = 20
 LEGACY_BACKLOG = "ingester:compensations"  # before the outbox took every kind of job
 # A failed job waits 0.5-2 s, then up to twice as long each time, at most 5 minutes.
