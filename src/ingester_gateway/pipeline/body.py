@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.types import Message, Receive
@@ -37,8 +37,12 @@ class RequestBody:
         content_length: int | None,
         limit: int,
         idle_timeout: float,
+        gone: Callable[[], bool] | None = None,
     ) -> None:
         self._receive = receive
+        # The server's word on whether the client left (runtime/http.py's extension);
+        # without it, a receive() that does not wait answers the question.
+        self._gone_probe = gone
         self.content_length = content_length
         self._limit = limit
         self._idle_timeout = idle_timeout
@@ -73,7 +77,7 @@ class RequestBody:
                 piece: bytes = message.get("body", b"")
                 more = message.get("more_body", False)
                 self.fully_received = not more
-                if not more:
+                if not more and self._gone_probe is None:
                     await self._keep_reading()
                 if piece:
                     self.bytes_received += len(piece)
@@ -119,6 +123,8 @@ class RequestBody:
         answer)? After the body, receive() returns only for a disconnect."""
         if self._gone:
             return True
+        if self._gone_probe is not None:
+            return self._gone_probe()
         if not self.fully_received:
             return False
         message = await self._poll()

@@ -52,6 +52,11 @@ class HealthProber:
         self._interval = interval
         self._clock = clock
         self._answers: dict[str, tuple[CapacityReply | None, float]] = {}
+        # node id -> (registry record, answer, overlaid record): every upload asks for
+        # the view, and records and answers change only every few seconds.
+        self._overlaid: dict[
+            str, tuple[NodeRecord, tuple[CapacityReply | None, float], NodeRecord]
+        ] = {}
         self._task: asyncio.Task[None] | None = None
 
     def overlay(self, nodes: list[NodeRecord]) -> list[NodeRecord]:
@@ -59,7 +64,16 @@ class HealthProber:
         out = []
         for node in nodes:
             answer = self._answers.get(node.id)
-            out.append(node if answer is None else apply_probe(node, *answer))
+            if answer is None:
+                out.append(node)
+                continue
+            cached = self._overlaid.get(node.id)
+            if cached is not None and cached[0] is node and cached[1] is answer:
+                out.append(cached[2])
+                continue
+            overlaid = apply_probe(node, *answer)
+            self._overlaid[node.id] = (node, answer, overlaid)
+            out.append(overlaid)
         return out
 
     async def check(self, node: NodeRecord) -> bool:

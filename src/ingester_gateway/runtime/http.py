@@ -12,6 +12,8 @@ against uvicorn 0.54's `httptools_impl` (the version range is pinned in pyprojec
 
 from __future__ import annotations
 
+from typing import Any
+
 from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -47,6 +49,11 @@ class _PieceCycle(RequestResponseCycle):
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
 
+# The scope extension through which the app asks whether the client has gone, without
+# a receive() (a poll with a zero timeout costs a timer and a cancellation each time).
+GONE = "ingester.client_gone"
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -57,6 +64,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             assert isinstance(cycle, _PieceCycle)
             cycle.pieces = []
             cycle.held = 0
+            scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+            scope.setdefault("extensions", {})[GONE] = lambda: cycle.disconnected
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # The body is in: keep reading, so a client that leaves now is seen at once
+        # (uvicorn would wait for the app's next receive(); a pipelined request is
+        # held back by uvicorn as before).
+        self.flow.resume_reading()
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle

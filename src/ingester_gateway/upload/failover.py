@@ -14,8 +14,8 @@ node at a time, the one being tried.
 
 from __future__ import annotations
 
+import os
 import random
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -111,7 +111,13 @@ class Verdict:
 
 
 def _new_file_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID, as SEs and the Admin's registry want file ids; built
+    from os.urandom directly (uuid.uuid4() costs several times as much)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(slots=True)

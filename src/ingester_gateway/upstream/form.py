@@ -21,16 +21,27 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "")
 
 
+# One boundary per process: 128 random bits no client ever sees, so none can put it in
+# its data; the field headers built on it are then made once, not for every upload.
+PROCESS_BOUNDARY = "ingester-" + secrets.token_hex(16)
+_FIELD_HEADS: dict[str, bytes] = {}  # field name -> its head, on PROCESS_BOUNDARY
+
+
 class SeForm:
-    def __init__(self, boundary: str | None = None) -> None:
-        self.boundary = boundary or "ingester-" + secrets.token_hex(16)
-        self.content_type = f"multipart/form-data; boundary={self.boundary}"
+    def __init__(self, boundary: str = PROCESS_BOUNDARY) -> None:
+        self.boundary = boundary
+        self.content_type = f"multipart/form-data; boundary={boundary}"
 
     def field(self, name: str, value: str) -> bytes:
-        return (
-            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"'
-            f"\r\n\r\n{value}\r\n"
-        ).encode()
+        head = _FIELD_HEADS.get(name) if self.boundary is PROCESS_BOUNDARY else None
+        if head is None:
+            head = (
+                f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"'
+                "\r\n\r\n"
+            ).encode()
+            if self.boundary is PROCESS_BOUNDARY:
+                _FIELD_HEADS[name] = head
+        return head + value.encode() + b"\r\n"
 
     def preamble(self, fields: Iterable[Field], filename: str, content_type: str) -> bytes:
         return b"".join(
