@@ -13,6 +13,7 @@ from typing import Literal
 
 import aiohttp
 import msgspec
+import yarl
 
 from ingester_gateway.admin.wire import FileRecord, FileRegistration, FileUpdate
 from ingester_gateway.auth.credentials import CredentialError, ServiceAccount
@@ -44,7 +45,8 @@ class AdminClient:
         session: Callable[[], aiohttp.ClientSession],
         timeout: float = 5.0,
     ) -> None:
-        self._files = base_url.rstrip("/") + "/api/v1/files"
+        self._base = base_url.rstrip("/") + "/api/v1/files"
+        self._files = yarl.URL(self._base)  # parsed once: every upload posts here
         self._account = account
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -61,7 +63,7 @@ class AdminClient:
         raise AdminRefused(status, reason)
 
     async def get(self, file_id: str) -> FileRecord | None:
-        status, raw = await self._call("GET", f"{self._files}/{file_id}")
+        status, raw = await self._call("GET", yarl.URL(f"{self._base}/{file_id}"))
         if status == 404:
             return None
         if status != 200:
@@ -72,11 +74,14 @@ class AdminClient:
             raise AdminUnavailable(f"the Admin Module sent an unusable record: {exc}") from None
 
     async def update(self, file_id: str, update: FileUpdate) -> None:
-        status, raw = await self._call("PUT", f"{self._files}/{file_id}", _encoder.encode(update))
+        url = yarl.URL(f"{self._base}/{file_id}")
+        status, raw = await self._call("PUT", url, _encoder.encode(update))
         if status not in (200, 201):
             raise AdminRefused(status, describe_error(raw))
 
-    async def _call(self, method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    async def _call(
+        self, method: str, url: yarl.URL, body: bytes | None = None
+    ) -> tuple[int, bytes]:
         """One request; a 401 renews the token and tries once more. 5xx and transport
         failures raise AdminUnavailable; other answers go back to the caller."""
         for renewed in (False, True):
