@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from ingester_gateway.admin.client import AdminClient
+from ingester_gateway.admin.transport import KeepAliveTransport
 from ingester_gateway.auth.credentials import (
     CredentialError,
     ServiceAccount,
@@ -125,6 +126,7 @@ class Gateway:
         )
         self.records: FileRecorder  # once started (the Admin client needs the session)
         self.finalizer: Finalizer | None = None  # once started, with a service account
+        self._admin_transport: KeepAliveTransport | None = None
 
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "gateway not started"
@@ -149,7 +151,10 @@ class Gateway:
         admin = None
         if s.admin_url is not None:
             assert service is not None  # the settings require it
-            admin = AdminClient(s.admin_url, service, self.session)
+            self._admin_transport = KeepAliveTransport(
+                s.admin_url, timeout=s.upstream_connect_timeout_seconds
+            )
+            admin = AdminClient(self._admin_transport, service)
         self.records = FileRecorder(
             self.outbox, admin, self.announcer, time.time, registered=self.progress.registered
         )
@@ -269,6 +274,8 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.outbox.stop()
+        if self._admin_transport is not None:
+            await self._admin_transport.close()
         self.journal.close()
         if self._mirror is not None:
             self._mirror.cancel()

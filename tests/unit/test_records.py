@@ -17,6 +17,7 @@ import pytest
 import structlog
 
 from ingester_gateway.admin.client import AdminClient
+from ingester_gateway.admin.transport import TransportError
 from ingester_gateway.admin.wire import FileEvent, FileRecord, FileRegistration, created_event
 from ingester_gateway.auth.credentials import ServiceAccount
 from ingester_gateway.auth.verify import Principal
@@ -274,7 +275,26 @@ class AdminModule:
         account = ServiceAccount(
             TOKEN_URL, "ingester", "s3cret", lambda: session, clock=FakeClock()
         )
-        return AdminClient(ADMIN, account, lambda: session)
+        return AdminClient(SessionTransport(self.session), account)
+
+
+class SessionTransport:
+    """The Admin client's transport over the FakeSession's routes: what a route raises
+    (a refused connection, a timeout) is a transport error, as a dead socket would be."""
+
+    def __init__(self, session: FakeSession) -> None:
+        self.session = session
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        try:
+            async with self.session.request(
+                method, ADMIN + path, headers=headers, data=body
+            ) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransportError(str(exc)) from None
 
 
 class DiskFullJournal(Journal):

@@ -8,13 +8,11 @@ will not, whatever the retry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
-import aiohttp
 import msgspec
-import yarl
 
+from ingester_gateway.admin.transport import TransportError
 from ingester_gateway.admin.wire import FileRecord, FileRegistration, FileUpdate
 from ingester_gateway.auth.credentials import CredentialError, ServiceAccount
 from ingester_gateway.upstream.wire import describe_error
@@ -37,24 +35,26 @@ class AdminRefused(Exception):
         self.reason = reason
 
 
+class Transport(Protocol):
+    """HTTP to the Admin Module: (status, body), or TransportError without an answer."""
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None = None
+    ) -> tuple[int, bytes]: ...
+
+
+FILES = "/api/v1/files"
+
+
 class AdminClient:
-    def __init__(
-        self,
-        base_url: str,
-        account: ServiceAccount,
-        session: Callable[[], aiohttp.ClientSession],
-        timeout: float = 5.0,
-    ) -> None:
-        self._base = base_url.rstrip("/") + "/api/v1/files"
-        self._files = yarl.URL(self._base)  # parsed once: every upload posts here
+    def __init__(self, transport: Transport, account: ServiceAccount) -> None:
+        self._transport = transport
         self._account = account
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def register(self, registration: FileRegistration) -> Registered:
         """Register a file; a file the registry already holds counts as registered
         (a retry after an answer that was lost must not fail)."""
-        status, raw = await self._call("POST", self._files, _encoder.encode(registration))
+        status, raw = await self._call("POST", FILES, _encoder.encode(registration))
         if status in (200, 201):
             return "registered"
         reason = describe_error(raw)
@@ -63,7 +63,7 @@ class AdminClient:
         raise AdminRefused(status, reason)
 
     async def get(self, file_id: str) -> FileRecord | None:
-        status, raw = await self._call("GET", yarl.URL(f"{self._base}/{file_id}"))
+        status, raw = await self._call("GET", f"{FILES}/{file_id}")
         if status == 404:
             return None
         if status != 200:
@@ -74,14 +74,11 @@ class AdminClient:
             raise AdminUnavailable(f"the Admin Module sent an unusable record: {exc}") from None
 
     async def update(self, file_id: str, update: FileUpdate) -> None:
-        url = yarl.URL(f"{self._base}/{file_id}")
-        status, raw = await self._call("PUT", url, _encoder.encode(update))
+        status, raw = await self._call("PUT", f"{FILES}/{file_id}", _encoder.encode(update))
         if status not in (200, 201):
             raise AdminRefused(status, describe_error(raw))
 
-    async def _call(
-        self, method: str, url: yarl.URL, body: bytes | None = None
-    ) -> tuple[int, bytes]:
+    async def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         """One request; a 401 renews the token and tries once more. 5xx and transport
         failures raise AdminUnavailable; other answers go back to the caller."""
         for renewed in (False, True):
@@ -90,14 +87,10 @@ class AdminClient:
                 headers = {"Authorization": f"Bearer {token}"}
                 if body is not None:
                     headers["Content-Type"] = "application/json"
-                async with self._session().request(
-                    method, url, data=body, headers=headers, timeout=self._timeout
-                ) as resp:
-                    raw = await resp.read()
-                    status = resp.status
+                status, raw = await self._transport.request(method, path, headers, body)
             except CredentialError as exc:
                 raise AdminUnavailable(f"no service-account token: {exc}") from None
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except TransportError as exc:
                 raise AdminUnavailable(f"the Admin Module did not answer: {exc}") from None
             if status >= 500:
                 raise AdminUnavailable(f"the Admin Module answered {status}: {describe_error(raw)}")
