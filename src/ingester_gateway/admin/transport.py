@@ -56,7 +56,7 @@ class KeepAliveTransport:
         self,
         base_url: str,
         timeout: float = 5.0,
-        max_idle: int = 16,
+        max_idle: int = 128,
         connect: Connect | None = None,
     ) -> None:
         url = yarl.URL(base_url)
