@@ -37,16 +37,17 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 
 
 def tune_allocator() -> bool:
-    """Serve blocks (up to 32 MiB) from the heap and keep up to 256 MiB of freed heap
-    while busy; True when glibc took the settings."""
+    """Serve blocks (up to 32 MiB) from the heap and keep up to 16 MiB of freed heap at
+    its top while busy (enough for the blocks in flight to be reused without page
+    faults; not so much that peak RSS grows); True when glibc took the settings."""
     if _LIBC is None:
         return False
     return all(
         _LIBC.mallopt(param, value) == 1
         for param, value in (
             (M_MMAP_THRESHOLD, 32 * 2**20),
-            (M_TRIM_THRESHOLD, 256 * 2**20),
-            (M_TOP_PAD, 16 * 2**20),
+            (M_TRIM_THRESHOLD, 16 * 2**20),
+            (M_TOP_PAD, 2**20),
         )
     )
 
