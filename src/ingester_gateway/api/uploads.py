@@ -28,7 +28,7 @@ from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drai
 from ingester_gateway.pipeline.digest import claimed_sha256
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
 from ingester_gateway.runtime.asgi import send_json
-from ingester_gateway.runtime.http import GONE
+from ingester_gateway.runtime.http import BATCH, GONE
 from ingester_gateway.upload.driver import UploadDriver, new_progress
 from ingester_gateway.upload.failover import no_node_error
 from ingester_gateway.upload.plan import UploadRequest, check_filename
@@ -155,13 +155,16 @@ class UploadEndpoint:
                     gw.nodes.could_fit_anywhere("permanent", length or 0),
                     length or 0,
                 )
+            extensions = scope.get("extensions") or {}
             body = RequestBody(
                 receive,
                 content_length=length,
                 limit=limit,
                 idle_timeout=gw.settings.client_body_timeout_seconds,
-                gone=scope.get("extensions", {}).get(GONE),
+                gone=extensions.get(GONE),
             )
+            if BATCH in extensions:  # the server hands the body over in our blocks
+                extensions[BATCH](gw.budget.block_size())
             request, stream = await source(ex, body, principal)
             progress = new_progress(request)
             if not gw.progress.open(
