@@ -164,7 +164,7 @@ class UploadEndpoint:
                 gone=extensions.get(GONE),
             )
             if BATCH in extensions:  # the server hands the body over in our blocks
-                extensions[BATCH](gw.budget.block_size())
+                extensions[BATCH](gw.budget.block_size)
             request, stream = await source(ex, body, principal)
             progress = new_progress(request)
             if not gw.progress.open(

@@ -9,7 +9,9 @@ waiting — and the batch is joined once: one copy, and a few wake-ups per MiB i
 of sixteen. The app's block reader then passes a whole batch on without joining it
 again. Reading pauses once a batch and a piece are held (uvicorn: 64 KiB).
 
-The app asks through two scope extensions: `ingester.body_batch(n)` sets the batch,
+The app asks through two scope extensions: `ingester.body_batch(size)` sets the batch
+(`size` is a callable, read again after each hand-over, so batches shrink as uploads
+are added and the budget's share per upload falls),
 `ingester.client_gone()` tells whether the client left (without a receive(): a poll
 with a zero timeout costs a timer and a cancellation each time).
 
@@ -20,6 +22,7 @@ against uvicorn 0.54's `httptools_impl` (the version range is pinned in pyprojec
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn._types import ASGIReceiveEvent
@@ -38,6 +41,7 @@ class _PieceCycle(RequestResponseCycle):
     pieces: list[bytes]
     held: int
     batch: int  # wake the app once this many bytes are held
+    batch_of: Callable[[], int] | None  # the app's current block size
     wake: asyncio.TimerHandle | None
 
     async def receive(self) -> ASGIReceiveEvent:
@@ -61,10 +65,13 @@ class _PieceCycle(RequestResponseCycle):
             body = b"".join(pieces)
         self.pieces = []
         self.held = 0
+        if self.batch_of is not None:
+            self.batch = max(HIGH_WATER_LIMIT, self.batch_of())
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
-    def set_batch(self, size: int) -> None:
-        self.batch = max(HIGH_WATER_LIMIT, size)
+    def set_batch(self, size: Callable[[], int]) -> None:
+        self.batch_of = size
+        self.batch = max(HIGH_WATER_LIMIT, size())
 
     def hand_over(self) -> None:
         if self.wake is not None:
@@ -84,6 +91,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             cycle.pieces = []
             cycle.held = 0
             cycle.batch = HIGH_WATER_LIMIT  # uvicorn's pace until the app asks for more
+            cycle.batch_of = None
             cycle.wake = None
             scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
             extensions = scope.setdefault("extensions", {})
