@@ -50,6 +50,30 @@ T = TypeVar("T")
 MiB = 2**20
 CODEC_NAMES = ("zstd", "brotli", "gzip", "none")  # compression_algorithm values
 AS_SENT = "compress=false"  # upload query: the SE stores exactly the bytes sent
+# The keys of an artStore file record, in order (BRIEF: file registry, file:created).
+RECORD_KEYS = [
+    "file_id",
+    "original_filename",
+    "storage_filename",
+    "file_size",
+    "checksum_sha256",
+    "content_type",
+    "description",
+    "storage_element_id",
+    "storage_path",
+    "compressed",
+    "compression_algorithm",
+    "original_size",
+    "uploaded_by",
+    "upload_source_ip",
+    "created_at",
+    "updated_at",
+    "retention_policy",
+    "ttl_expires_at",
+    "ttl_days",
+    "user_metadata",
+    "tags",
+]
 
 
 # -- async code from synchronous tests ------------------------------------------------------

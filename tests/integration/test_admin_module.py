@@ -30,33 +30,10 @@ from ingester_gateway.reference.processes import (
     storage_element,
 )
 from ingester_gateway.registry.artstore import CHANNEL, DOCUMENT_KEY, parse_document
-from tests.kit import Answer, DevKeys, eventually, http_call, log_events, run
+from tests.kit import RECORD_KEYS, Answer, DevKeys, eventually, http_call, log_events, run
 from tests.stack import redis_url
 
 STREAM_FIELDS = ["event_type", "timestamp", "file_id", "storage_element_id", "metadata"]
-METADATA_KEYS = [
-    "file_id",
-    "original_filename",
-    "storage_filename",
-    "file_size",
-    "checksum_sha256",
-    "content_type",
-    "description",
-    "storage_element_id",
-    "storage_path",
-    "compressed",
-    "compression_algorithm",
-    "original_size",
-    "uploaded_by",
-    "upload_source_ip",
-    "created_at",
-    "updated_at",
-    "retention_policy",
-    "ttl_expires_at",
-    "ttl_days",
-    "user_metadata",
-    "tags",
-]
 # Beside the defaults (SERVICE_CLIENT admin, ADMIN_USER super_admin).
 EXTRA_ACCOUNTS = [
     "--service-account",
@@ -270,7 +247,7 @@ def test_a_registered_file_reads_back_as_stored(admin: ServerProcess) -> None:
     created = call(admin, "POST", "/api/v1/files", body, token)
     assert created.status == 201, created.body
     record = created.json()
-    assert list(record) == METADATA_KEYS
+    assert list(record) == RECORD_KEYS
     assert record["checksum_sha256"] == "ab" * 32
     assert record["created_at"] == record["updated_at"] and record["tags"] == []
     assert {k: record[k] for k in body if k != "checksum_sha256"} == {
@@ -465,7 +442,7 @@ def test_each_event_carries_exactly_the_query_modules_fields(
     assert event["storage_element_id"] == "se-edit-1"
     assert event["timestamp"].endswith("Z") and "T" in event["timestamp"]
     metadata = json.loads(event["metadata"])
-    assert list(metadata) == METADATA_KEYS
+    assert list(metadata) == RECORD_KEYS
     assert metadata == record and metadata["tags"] == []
 
 

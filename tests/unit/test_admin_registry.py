@@ -26,34 +26,11 @@ from ingester_gateway.reference.admin_module.validation import (
 )
 from ingester_gateway.registry.artstore import parse_document
 from ingester_gateway.upstream.wire import ElementInfo
-from tests.kit import run
+from tests.kit import RECORD_KEYS, run
 
 NOW = "2026-01-02T03:04:05.000006Z"
 LATER = "2026-01-03T00:00:00Z"
 FILE_ID = "3b8f0e6a-1111-4222-8333-444455556666"
-METADATA_KEYS = [
-    "file_id",
-    "original_filename",
-    "storage_filename",
-    "file_size",
-    "checksum_sha256",
-    "content_type",
-    "description",
-    "storage_element_id",
-    "storage_path",
-    "compressed",
-    "compression_algorithm",
-    "original_size",
-    "uploaded_by",
-    "upload_source_ip",
-    "created_at",
-    "updated_at",
-    "retention_policy",
-    "ttl_expires_at",
-    "ttl_days",
-    "user_metadata",
-    "tags",
-]
 
 
 def body(**changes: Any) -> dict[str, Any]:
@@ -234,7 +211,7 @@ def test_event_fields_and_metadata_keys_are_exactly_the_contracts() -> None:
     assert list(fields) == ["event_type", "timestamp", "file_id", "storage_element_id", "metadata"]
     assert fields["storage_element_id"] == "se-edit-1"
     metadata = msgspec.json.decode(fields["metadata"])
-    assert list(metadata) == METADATA_KEYS
+    assert list(metadata) == RECORD_KEYS
     assert metadata["tags"] == []
 
 
