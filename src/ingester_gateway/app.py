@@ -6,6 +6,7 @@ Starlette app, where its conveniences cost nothing that matters.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,7 @@ from ingester_gateway.errors import ApiError, error_body
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.observability import get_logger, request_id_from
 from ingester_gateway.runtime.asgi import send_json
+from ingester_gateway.runtime.drain import SignalDrain
 from ingester_gateway.runtime.memory import tune_allocator
 
 _encoder = msgspec.json.Encoder()
@@ -51,7 +53,11 @@ def _error(request: Request, error: ApiError) -> Response:
 _HTTP_PROBLEMS = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}
 
 
-def build_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp:
+def build_app(
+    settings: Settings, gateway: Gateway | None = None, drain_on_signals: bool = False
+) -> GatewayApp:
+    """`drain_on_signals`: SIGTERM/SIGINT drain the uploads before the server stops
+    (runtime/drain.py); set when uvicorn runs the app in this process's main thread."""
     gw = gateway or Gateway(settings)
     openapi = _encoder.encode(build_openapi())
 
@@ -95,9 +101,13 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start()
+        signals = SignalDrain(gw.drain, asyncio.get_running_loop())
+        if drain_on_signals and not signals.install():
+            _log.warning("drain_not_installed", reason="not the main thread")
         try:
             yield
         finally:
+            signals.uninstall()
             await gw.stop()
 
     finalize = FinalizeRoutes(gw)
@@ -170,4 +180,4 @@ def app_from_environment() -> GatewayApp:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
     tune_allocator()
-    return build_app(settings)
+    return build_app(settings, drain_on_signals=True)

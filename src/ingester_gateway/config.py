@@ -99,6 +99,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     service_client_id: str | None = None
     service_client_secret: str | None = None
 
+    # On SIGTERM: how long streamed uploads in flight may take to finish before they are
+    # interrupted (readiness is false and new uploads are refused meanwhile).
+    shutdown_grace: Seconds = 20.0
     client_body_timeout_seconds: Seconds = 60.0
     upstream_connect_timeout_seconds: Seconds = 5.0
     upstream_response_timeout_seconds: Seconds = 120.0

@@ -83,6 +83,12 @@ STORAGE_FAILED_MID_UPLOAD = _problem(
     "A storage element failed past the replay buffer; retry",
     _RETRY_AFTER,
 )
+SHUTTING_DOWN = _problem(
+    503,
+    "shutting_down",
+    "This instance is draining before it stops; retry, another one will answer",
+    (b"retry-after", b"1"),
+)
 INSUFFICIENT_STORAGE = _problem(507, "insufficient_storage", "No storage element has room")
 
 

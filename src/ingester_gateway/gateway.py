@@ -46,6 +46,7 @@ from ingester_gateway.registry.health import HealthProber
 from ingester_gateway.registry.static import StaticRegistry
 from ingester_gateway.registry.watch import RedisWatchedRegistry
 from ingester_gateway.resilience import BreakerPolicy, BreakerState, RetryPolicy
+from ingester_gateway.runtime.drain import Drain
 from ingester_gateway.runtime.redis_io import redis_client
 from ingester_gateway.upload.budget import UploadBudget
 from ingester_gateway.upload.driver import UploadServices
@@ -74,6 +75,7 @@ class Gateway:
         self.budget = UploadBudget(
             settings.buffer_budget_bytes, settings.block_size, settings.replay_buffer_bytes
         )
+        self.drain = Drain(settings.shutdown_grace, on_change=self._draining)
         self._session: aiohttp.ClientSession | None = None
         # One client for the registry, events and the backlog; every command is bounded
         # by INGESTER_REDIS_TIMEOUT_SECONDS, so no upload waits long on Redis.
@@ -288,8 +290,15 @@ class Gateway:
             await self._session.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    def _draining(self, on: bool) -> None:
+        self.metrics.draining.set(1 if on else 0)
+        self.log.warning("draining", grace_seconds=self.drain.grace, in_flight=self.drain.in_flight)
+
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """Ready when a writable SE answered its health check (or heartbeat) recently."""
+        """Ready when a writable SE answered its health check (or heartbeat) recently,
+        and not shutting down."""
+        if self.drain.draining:
+            return False, {"draining": True}
         interval = max(self.settings.health_check_interval_seconds, 1.0)
         return self.nodes.readiness(time.time() - 3 * interval)
 

@@ -72,6 +72,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.draining = Gauge(
+            "ingester_draining",
+            "1 from a SIGTERM until exit: readiness is false, new uploads are refused",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.compression_ratio = Histogram(
             "ingester_compression_ratio",
             "Original size / stored size per upload",

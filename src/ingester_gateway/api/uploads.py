@@ -7,6 +7,7 @@ that sent `Expect: 100-continue` is refused before it uploads anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -139,7 +140,9 @@ class UploadEndpoint:
         outcome: Outcome = "stored"
         gw.metrics.in_flight.inc()
         gw.budget.started()
+        draining = contextlib.ExitStack()  # the upload, known to the drain while it runs
         try:
+            gw.drain.admit()
             principal = await gw.verifier.verify_header(ex.headers.get(b"authorization"))
             length = ex.content_length()
             if length is None and not ex.chunked:
@@ -163,6 +166,7 @@ class UploadEndpoint:
                 idle_timeout=gw.settings.client_body_timeout_seconds,
                 gone=extensions.get(GONE),
             )
+            draining.enter_context(gw.drain.track(body))
             if BATCH in extensions:  # the server hands the body over in our blocks
                 extensions[BATCH](gw.budget.block_size)
             request, stream = await source(ex, body, principal)
@@ -209,6 +213,7 @@ class UploadEndpoint:
             self._mark_failed(driver, "client disconnected")
             gw.log.info("upload_aborted", request_id=ex.request_id, upload_id=ex.upload_id)
         finally:
+            draining.close()
             gw.metrics.in_flight.dec()
             gw.budget.finished()
             if driver is not None:

@@ -58,7 +58,9 @@ def _runtime_dir(workers: int, configured: str | None) -> Iterator[None]:
 def _run_uvicorn(settings: Settings) -> None:
     import uvicorn
 
-    uvicorn.run(
+    from ingester_gateway.runtime.supervisor import DrainingSupervisor
+
+    config = uvicorn.Config(
         "ingester_gateway.app:app_from_environment",
         factory=True,
         host=settings.host,
@@ -73,8 +75,17 @@ def _run_uvicorn(settings: Settings) -> None:
         # X-Forwarded-For is judged by the gateway (INGESTER_TRUSTED_PROXIES), not by
         # uvicorn, which would believe any local peer.
         proxy_headers=False,
-        timeout_graceful_shutdown=30,
+        # Uploads are drained by the app before uvicorn's own shutdown begins (runtime/
+        # drain.py); what uvicorn then waits for is answers already on their way.
+        timeout_graceful_shutdown=3,
     )
+    if settings.workers > 1:
+        DrainingSupervisor(config, sockets=[config.bind_socket()]).run()
+        return
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE: the app or the socket is broken
 
 
 def _storage_element(args: argparse.Namespace) -> int:

@@ -18,6 +18,10 @@ from ingester_gateway import errors
 from ingester_gateway.errors import ApiError
 
 
+def _interrupted() -> ApiError:
+    return errors.SHUTTING_DOWN("the gateway is shutting down; retry the upload")
+
+
 class ClientDisconnected(Exception):
     """The client went away before the body was complete."""
 
@@ -52,6 +56,8 @@ class RequestBody:
         # The last message came in: a further `receive()` would wait for the response.
         self.fully_received = False
         self.timed_out = False
+        self.interrupted = False  # the gateway is shutting down: take no more data
+        self._task: asyncio.Task[Any] | None = None
         self._waiting_since: float | None = None
         self._gone = False
 
@@ -62,13 +68,15 @@ class RequestBody:
         if self.complete:
             return
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        task = self._task = asyncio.current_task()
         watchdog = _IdleSweeper.for_loop(loop)
         watchdog.add(self, task)
         self.started = True
         try:
             more = True
             while more:
+                if self.interrupted:
+                    raise _interrupted()
                 self._waiting_since = loop.time()
                 message = await self._receive()
                 self._waiting_since = None
@@ -93,13 +101,25 @@ class RequestBody:
                 raise errors.LENGTH_MISMATCH("body shorter than Content-Length")
             self.complete = True
         except asyncio.CancelledError:
-            if self.timed_out:
+            if self.timed_out or self.interrupted:
                 if task is not None:
                     task.uncancel()
+                if self.interrupted:
+                    raise _interrupted() from None
                 raise errors.REQUEST_TIMEOUT(f"no body data for {self._idle_timeout:g} s") from None
             raise
         finally:
+            self._task = None
             watchdog.discard(self)
+
+    def interrupt(self) -> None:
+        """Take no more data (the gateway drains): the reader fails with 503
+        `shutting_down` at once if it waits on the client, else before its next read."""
+        if self.interrupted or self.complete:
+            return
+        self.interrupted = True
+        if self._waiting_since is not None and self._task is not None:
+            self._task.cancel()
 
     async def _poll(self) -> Message | None:
         """One `receive()` that does not wait: a message if one is there, else None."""
