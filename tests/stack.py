@@ -37,6 +37,7 @@ from ingester_gateway.reference.processes import (
     admin_module,
     free_port,
     gateway,
+    redis_sentinel,
     redis_server,
     running,
     se_entry,
@@ -48,6 +49,7 @@ from tests.kit import (
     DevKeys,
     assert_result_matches,
     decompressor,
+    eventually,
     http_call,
     multipart_form,
     post_form,
@@ -194,14 +196,15 @@ own_stack = contextlib.contextmanager(start_stack)
 # -- Redis, self-registering SEs, gateways reading the registry ------------------------------
 
 
-def redis_url(server: ServerProcess) -> str:
-    return f"redis://127.0.0.1:{server.port}"
+def redis_url(server: ServerProcess | str) -> str:
+    """The URL of a redis-server; a URL (a Sentinel one, say) as it is."""
+    return server if isinstance(server, str) else f"redis://127.0.0.1:{server.port}"
 
 
 def registered_se(
     workdir: Path,
     keys: DevKeys,
-    redis_at: ServerProcess,
+    redis_at: ServerProcess | str,
     element_id: str,
     *,
     capacity: str = "10GiB",
@@ -232,7 +235,7 @@ def registered_se(
 def redis_gateway(
     workdir: Path,
     keys: DevKeys,
-    redis_at: ServerProcess,
+    redis_at: ServerProcess | str,
     tokens: ServerProcess,
     *,
     name: str = "gateway",
@@ -307,6 +310,84 @@ class Cluster:
             server.stop()
         self.tokens.stop()
         self.redis.stop()
+
+
+# -- Redis with Sentinel ------------------------------------------------------------------
+
+SENTINEL_MASTER = "ingester"
+
+
+@dataclass
+class SentinelSet:
+    """One master, one replica and three Sentinels (Debian's redis-sentinel) on loopback,
+    quick to fail over: a master silent for 1 s is down. `url` is what clients are given."""
+
+    master: ServerProcess
+    replica: ServerProcess
+    sentinels: list[ServerProcess]
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, workdir: Path) -> Iterator[SentinelSet]:
+        master = redis_server(workdir)
+        replica = redis_server(workdir, replica_of=master.port)
+        sentinels = [
+            redis_sentinel(workdir, master.port, master_name=SENTINEL_MASTER) for _ in range(3)
+        ]
+        with running(master, replica, *sentinels):
+            watched = cls(master, replica, sentinels)
+            watched.wait_settled()
+            yield watched
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SENTINEL_MASTER}/0"
+
+    def _sentinel(self, sentinel: ServerProcess) -> redis.Redis:
+        return redis.Redis(port=sentinel.port, socket_timeout=5, decode_responses=True)
+
+    def master_port(self) -> int:
+        """Where the Sentinels (all of them) say the master is now."""
+        answers = set()
+        for sentinel in self.sentinels:
+            with self._sentinel(sentinel) as db:
+                answers.add(int(db.sentinel_get_master_addr_by_name(SENTINEL_MASTER)[1]))
+        assert len(answers) == 1, f"the Sentinels disagree: {answers}"
+        return answers.pop()
+
+    def wait_settled(self, timeout: float = 30.0) -> None:
+        """Every Sentinel knows the two others and a replica in sync: a failover can be
+        agreed on (quorum 2) and has somewhere to go."""
+
+        def settled() -> bool:
+            for sentinel in self.sentinels:
+                with self._sentinel(sentinel) as db:
+                    state = db.sentinel_master(SENTINEL_MASTER)
+                    replicas = db.sentinel_slaves(SENTINEL_MASTER)
+                synced = [
+                    r for r in replicas if r["master-link-status"] == "ok" and not r["is_sdown"]
+                ]
+                if state["num-other-sentinels"] != 2 or not synced:
+                    return False
+            return True
+
+        eventually(settled, timeout, "Sentinels that know each other and a synced replica")
+
+    def wait_failover(self, old_port: int, timeout: float = 40.0) -> int:
+        """The port of the new master once the Sentinels agree on it and it says so."""
+
+        def promoted() -> int | None:
+            try:
+                port = self.master_port()
+            except (AssertionError, redis.RedisError):
+                return None  # mid-failover the Sentinels may disagree for a moment
+            if port == old_port:
+                return None
+            with redis.Redis(port=port, socket_timeout=5, decode_responses=True) as db:
+                return port if db.info("replication")["role"] == "master" else None
+
+        return eventually(promoted, timeout, "a replica promoted by the Sentinels")
 
 
 def nodes(url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
