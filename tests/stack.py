@@ -460,16 +460,12 @@ def paced_put(
         conn.close()
 
 
-class AnswerLosingLink:
-    """A TCP relay to a Redis on loopback that can lose answers: once a connection sends
-    a command holding `lose_answers_to` (bytes), Redis runs it, but nothing Redis says on
-    that connection comes back (a network failing between a command and its reply). The
-    client times out and reconnects; other connections are untouched."""
+class LoopbackRelay:
+    """A TCP relay on loopback, run on a thread of its own; `_relay` moves the bytes."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.port = free_port()
-        self.lose_answers_to: bytes | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -478,7 +474,7 @@ class AnswerLosingLink:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> AnswerLosingLink:
+    def __enter__(self) -> Any:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
         return self
@@ -499,6 +495,22 @@ class AnswerLosingLink:
         for task in relays:
             task.cancel()
         await asyncio.gather(*relays, return_exceptions=True)
+
+    async def _relay(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        raise NotImplementedError
+
+
+class AnswerLosingLink(LoopbackRelay):
+    """A TCP relay to a Redis on loopback that can lose answers: once a connection sends
+    a command holding `lose_answers_to` (bytes), Redis runs it, but nothing Redis says on
+    that connection comes back (a network failing between a command and its reply). The
+    client times out and reconnects; other connections are untouched."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(upstream_port)
+        self.lose_answers_to: bytes | None = None
 
     async def _relay(
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
@@ -526,6 +538,42 @@ class AnswerLosingLink:
                     if not lost:
                         client_out.write(data)
                         await client_out.drain()
+            client_out.close()
+
+        await asyncio.gather(commands(), answers())
+
+
+class DemotedMasterLink(LoopbackRelay):
+    """What a client sees when its master was demoted without its connections being
+    dropped (a healed partition): connections go to `upstream_port`, a replica, until it
+    answers `-READONLY`; from then on new connections go to `master_port`. `connections`
+    counts the connections made through it."""
+
+    def __init__(self, upstream_port: int, master_port: int) -> None:
+        super().__init__(upstream_port)
+        self.master_port = master_port
+        self.connections = 0
+
+    async def _relay(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        self.connections += 1
+        redis_in, redis_out = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def commands() -> None:
+            with contextlib.suppress(OSError):
+                while data := await client_in.read(65536):
+                    redis_out.write(data)
+                    await redis_out.drain()
+            redis_out.close()
+
+        async def answers() -> None:
+            with contextlib.suppress(OSError):
+                while data := await redis_in.read(65536):
+                    if b"-READONLY" in data:
+                        self.upstream_port = self.master_port  # the promotion, as seen
+                    client_out.write(data)
+                    await client_out.drain()
             client_out.close()
 
         await asyncio.gather(commands(), answers())

@@ -4,7 +4,8 @@ self-registering SEs given the `redis+sentinel://` URL. The master is killed (SI
 while uploads stream in: uploads keep succeeding after at most a window of 503s, every
 upload answered 201 has its `file:created` event exactly once (those stored while no
 master answered wait in the outbox's journal and are delivered once the replica is
-promoted), and the SEs' heartbeats find the new master."""
+promoted), and the SEs' heartbeats find the new master. And a write that a demoted
+master refuses (READONLY) is sent again to the new one, a bounded number of times."""
 
 from __future__ import annotations
 
@@ -19,9 +20,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from ingester_gateway.reference.processes import ServerProcess, admin_module, running
-from tests.kit import DevKeys, eventually, metric, put
-from tests.stack import SentinelSet, redis_gateway, registered_se
+from ingester_gateway.reference.processes import (
+    ServerProcess,
+    admin_module,
+    redis_server,
+    running,
+)
+from ingester_gateway.runtime.redis_io import RESEND_ATTEMPTS, CommandNotRun, redis_client
+from tests.kit import DevKeys, eventually, metric, put, run
+from tests.stack import DemotedMasterLink, SentinelSet, redis_gateway, registered_se
 
 UPLOADERS = 2
 BEFORE_KILL = 8  # uploads answered 201 before the master dies
@@ -162,3 +169,35 @@ def test_uploads_and_their_events_ride_out_the_master_dying(
                 )
             data_dirs = (tmp_path / "se-a-data", tmp_path / "se-b-data")
             eventually(lambda: stored_ids(*data_dirs) == answered, 20, "no orphan on the SEs")
+
+
+def set_through(url: str) -> object:
+    async def write() -> object:
+        client = redis_client(url, 2.0)
+        try:
+            return await client.set("owner", "gateway-1")
+        finally:
+            await client.aclose()
+
+    return run(write())
+
+
+def test_a_write_a_demoted_master_refuses_is_sent_again_to_the_new_master(
+    tmp_path: Path,
+) -> None:
+    master = redis_server(tmp_path)
+    replica = redis_server(tmp_path, replica_of=master.port)  # what the old master became
+    with running(master, replica), DemotedMasterLink(replica.port, master.port) as link:
+        assert set_through(link.url) is True
+        assert link.connections == 2  # refused on the first, done on a fresh one
+        with redis.Redis(port=master.port, socket_timeout=5) as db:
+            assert db.get("owner") == b"gateway-1"
+
+
+def test_a_replica_that_stays_one_is_asked_a_bounded_number_of_times(tmp_path: Path) -> None:
+    master = redis_server(tmp_path)
+    replica = redis_server(tmp_path, replica_of=master.port)
+    with running(master, replica), DemotedMasterLink(replica.port, replica.port) as link:
+        with pytest.raises(CommandNotRun):  # a ConnectionError: callers treat it as Redis away
+            set_through(link.url)
+        assert link.connections == 1 + RESEND_ATTEMPTS
