@@ -4,28 +4,37 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test lint bench clean
+.PHONY: install system-deps run test lint lock bench clean
 
-$(STAMP): pyproject.toml
+# Every package at the version in constraints.txt (the image and CI install the same).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# Real redis-server and nginx for the integration tests and benchmarks, wrk for the
-# benchmarks' small-file load (Debian packages).
+# constraints.txt anew from pyproject.toml's dependencies (all extras), at today's newest
+# versions that fit: the one command that updates it. Python 3.11 on Linux, as the image.
+lock: install
+	CUSTOM_COMPILE_COMMAND='make lock' $(VENV)/bin/pip-compile -q --upgrade --all-extras --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --output-file=constraints.txt pyproject.toml
+
+# Real redis-server, redis-sentinel and nginx for the integration tests and benchmarks,
+# wrk for the benchmarks' small-file load (Debian packages).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
 	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
+	    -o DPkg::Lock::Timeout=300 $$missing; \
 	fi
 
 run: install
@@ -49,6 +58,9 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy src
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(VENV)/bin/pre-commit validate-config .pre-commit-config.yaml
+	$(PY) tests/constraints_check.py pyproject.toml constraints.txt
 
 bench: install system-deps
 	$(PY) benchmarks/run.py

@@ -37,6 +37,7 @@ from ingester_gateway.reference.processes import (
     admin_module,
     free_port,
     gateway,
+    redis_sentinel,
     redis_server,
     running,
     se_entry,
@@ -48,6 +49,7 @@ from tests.kit import (
     DevKeys,
     assert_result_matches,
     decompressor,
+    eventually,
     http_call,
     multipart_form,
     post_form,
@@ -194,14 +196,15 @@ own_stack = contextlib.contextmanager(start_stack)
 # -- Redis, self-registering SEs, gateways reading the registry ------------------------------
 
 
-def redis_url(server: ServerProcess) -> str:
-    return f"redis://127.0.0.1:{server.port}"
+def redis_url(server: ServerProcess | str) -> str:
+    """The URL of a redis-server; a URL (a Sentinel one, say) as it is."""
+    return server if isinstance(server, str) else f"redis://127.0.0.1:{server.port}"
 
 
 def registered_se(
     workdir: Path,
     keys: DevKeys,
-    redis_at: ServerProcess,
+    redis_at: ServerProcess | str,
     element_id: str,
     *,
     capacity: str = "10GiB",
@@ -232,7 +235,7 @@ def registered_se(
 def redis_gateway(
     workdir: Path,
     keys: DevKeys,
-    redis_at: ServerProcess,
+    redis_at: ServerProcess | str,
     tokens: ServerProcess,
     *,
     name: str = "gateway",
@@ -309,6 +312,84 @@ class Cluster:
         self.redis.stop()
 
 
+# -- Redis with Sentinel ------------------------------------------------------------------
+
+SENTINEL_MASTER = "ingester"
+
+
+@dataclass
+class SentinelSet:
+    """One master, one replica and three Sentinels (Debian's redis-sentinel) on loopback,
+    quick to fail over: a master silent for 1 s is down. `url` is what clients are given."""
+
+    master: ServerProcess
+    replica: ServerProcess
+    sentinels: list[ServerProcess]
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, workdir: Path) -> Iterator[SentinelSet]:
+        master = redis_server(workdir)
+        replica = redis_server(workdir, replica_of=master.port)
+        sentinels = [
+            redis_sentinel(workdir, master.port, master_name=SENTINEL_MASTER) for _ in range(3)
+        ]
+        with running(master, replica, *sentinels):
+            watched = cls(master, replica, sentinels)
+            watched.wait_settled()
+            yield watched
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SENTINEL_MASTER}/0"
+
+    def _sentinel(self, sentinel: ServerProcess) -> redis.Redis:
+        return redis.Redis(port=sentinel.port, socket_timeout=5, decode_responses=True)
+
+    def master_port(self) -> int:
+        """Where the Sentinels (all of them) say the master is now."""
+        answers = set()
+        for sentinel in self.sentinels:
+            with self._sentinel(sentinel) as db:
+                answers.add(int(db.sentinel_get_master_addr_by_name(SENTINEL_MASTER)[1]))
+        assert len(answers) == 1, f"the Sentinels disagree: {answers}"
+        return answers.pop()
+
+    def wait_settled(self, timeout: float = 30.0) -> None:
+        """Every Sentinel knows the two others and a replica in sync: a failover can be
+        agreed on (quorum 2) and has somewhere to go."""
+
+        def settled() -> bool:
+            for sentinel in self.sentinels:
+                with self._sentinel(sentinel) as db:
+                    state = db.sentinel_master(SENTINEL_MASTER)
+                    replicas = db.sentinel_slaves(SENTINEL_MASTER)
+                synced = [
+                    r for r in replicas if r["master-link-status"] == "ok" and not r["is_sdown"]
+                ]
+                if state["num-other-sentinels"] != 2 or not synced:
+                    return False
+            return True
+
+        eventually(settled, timeout, "Sentinels that know each other and a synced replica")
+
+    def wait_failover(self, old_port: int, timeout: float = 40.0) -> int:
+        """The port of the new master once the Sentinels agree on it and it says so."""
+
+        def promoted() -> int | None:
+            try:
+                port = self.master_port()
+            except (AssertionError, redis.RedisError):
+                return None  # mid-failover the Sentinels may disagree for a moment
+            if port == old_port:
+                return None
+            with redis.Redis(port=port, socket_timeout=5, decode_responses=True) as db:
+                return port if db.info("replication")["role"] == "master" else None
+
+        return eventually(promoted, timeout, "a replica promoted by the Sentinels")
+
+
 def nodes(url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
     """`ingester-gateway nodes [--redis-url url] args...`, the operator's command."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTER_")}
@@ -379,16 +460,12 @@ def paced_put(
         conn.close()
 
 
-class AnswerLosingLink:
-    """A TCP relay to a Redis on loopback that can lose answers: once a connection sends
-    a command holding `lose_answers_to` (bytes), Redis runs it, but nothing Redis says on
-    that connection comes back (a network failing between a command and its reply). The
-    client times out and reconnects; other connections are untouched."""
+class LoopbackRelay:
+    """A TCP relay on loopback, run on a thread of its own; `_relay` moves the bytes."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.port = free_port()
-        self.lose_answers_to: bytes | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -397,7 +474,7 @@ class AnswerLosingLink:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> AnswerLosingLink:
+    def __enter__(self) -> Any:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
         return self
@@ -418,6 +495,22 @@ class AnswerLosingLink:
         for task in relays:
             task.cancel()
         await asyncio.gather(*relays, return_exceptions=True)
+
+    async def _relay(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        raise NotImplementedError
+
+
+class AnswerLosingLink(LoopbackRelay):
+    """A TCP relay to a Redis on loopback that can lose answers: once a connection sends
+    a command holding `lose_answers_to` (bytes), Redis runs it, but nothing Redis says on
+    that connection comes back (a network failing between a command and its reply). The
+    client times out and reconnects; other connections are untouched."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(upstream_port)
+        self.lose_answers_to: bytes | None = None
 
     async def _relay(
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
@@ -445,6 +538,42 @@ class AnswerLosingLink:
                     if not lost:
                         client_out.write(data)
                         await client_out.drain()
+            client_out.close()
+
+        await asyncio.gather(commands(), answers())
+
+
+class DemotedMasterLink(LoopbackRelay):
+    """What a client sees when its master was demoted without its connections being
+    dropped (a healed partition): connections go to `upstream_port`, a replica, until it
+    answers `-READONLY`; from then on new connections go to `master_port`. `connections`
+    counts the connections made through it."""
+
+    def __init__(self, upstream_port: int, master_port: int) -> None:
+        super().__init__(upstream_port)
+        self.master_port = master_port
+        self.connections = 0
+
+    async def _relay(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        self.connections += 1
+        redis_in, redis_out = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def commands() -> None:
+            with contextlib.suppress(OSError):
+                while data := await client_in.read(65536):
+                    redis_out.write(data)
+                    await redis_out.drain()
+            redis_out.close()
+
+        async def answers() -> None:
+            with contextlib.suppress(OSError):
+                while data := await redis_in.read(65536):
+                    if b"-READONLY" in data:
+                        self.upstream_port = self.master_port  # the promotion, as seen
+                    client_out.write(data)
+                    await client_out.drain()
             client_out.close()
 
         await asyncio.gather(commands(), answers())

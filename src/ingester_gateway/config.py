@@ -15,13 +15,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from ingester_gateway.models import DEFAULT_UPLOAD_ROLES, CodecName, NodeMode, Role
+from ingester_gateway.runtime.redis_io import is_sentinel_url, parse_sentinel_url
 
 PREFIX = "INGESTER_"
 
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
-RedisUrl = Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://\S+$")]
+RedisUrl = Annotated[
+    str, msgspec.Meta(pattern=r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://\S+$")
+]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
@@ -115,6 +118,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("INGESTER_AUTH_PUBLIC_KEY_FILE or INGESTER_AUTH_JWKS_URL must be set")
         if self.registry != "static" and self.redis_url is None:
             raise ValueError(f"INGESTER_REGISTRY={self.registry} needs INGESTER_REDIS_URL")
+        if self.redis_url is not None and is_sentinel_url(self.redis_url):
+            try:
+                parse_sentinel_url(self.redis_url)
+            except ValueError as exc:
+                raise ValueError(f"INGESTER_REDIS_URL: {exc}") from None
         if self.registry == "static" and not self.storage_elements:
             raise ValueError(
                 "INGESTER_STORAGE_ELEMENTS: at least one storage element is required"

@@ -4,18 +4,22 @@ storage-elements entries; and the SQLite registry on a temporary file (no socket
 
 from __future__ import annotations
 
+import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import msgspec
 import pytest
+import redis.exceptions
 
 from ingester_gateway.reference.admin_module.elements import (
     ElementsDocument,
     StorageElementSpec,
     element_entry,
 )
-from ingester_gateway.reference.admin_module.events import event_fields
+from ingester_gateway.reference.admin_module.events import FileEventAnnouncer, event_fields
 from ingester_gateway.reference.admin_module.records import FileRecord, registration, updated
 from ingester_gateway.reference.admin_module.registry import FileExists, FileRegistry
 from ingester_gateway.reference.admin_module.tokens import AdminUserSpec, ServiceAccountSpec
@@ -213,6 +217,51 @@ def test_event_fields_and_metadata_keys_are_exactly_the_contracts() -> None:
     metadata = msgspec.json.decode(fields["metadata"])
     assert list(metadata) == RECORD_KEYS
     assert metadata["tags"] == []
+
+
+class LosesFirstAnswer(fakeredis.FakeAsyncRedis):
+    """Runs every script, but the first one's answer never arrives (the link failed)."""
+
+    lost = False
+
+    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().evalsha(*args, **kwargs)
+        if not self.lost:
+            self.lost = True
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        return result
+
+
+def announce_with(client: fakeredis.FakeAsyncRedis, retry_seconds: float) -> bool:
+    announcer = FileEventAnnouncer(client, retry_seconds=retry_seconds, rng=random.Random(7))
+    return run(announcer.announce("file:created", registration(body(), NOW), LATER))
+
+
+def test_an_announcement_waits_out_a_short_redis_outage() -> None:
+    """Redis away for a moment (a Sentinel failover): the event is added once it is back."""
+    server = fakeredis.FakeServer()
+    server.connected = False
+    client = fakeredis.FakeAsyncRedis(server=server)
+
+    async def outage_then_announce() -> bool:
+        asyncio.get_running_loop().call_later(0.3, setattr, server, "connected", True)
+        announcer = FileEventAnnouncer(client, retry_seconds=3.0, rng=random.Random(7))
+        return await announcer.announce("file:created", registration(body(), NOW), LATER)
+
+    assert run(outage_then_announce()) is True
+    assert [e[1][b"file_id"] for e in run(client.xrange("file-events"))] == [FILE_ID.encode()]
+
+
+def test_an_announcement_whose_answer_was_lost_is_not_added_twice() -> None:
+    client = LosesFirstAnswer()
+    assert announce_with(client, retry_seconds=3.0) is True
+    assert client.lost and run(client.xlen("file-events")) == 1
+
+
+def test_an_announcement_redis_never_takes_is_lost_after_its_retries() -> None:
+    server = fakeredis.FakeServer()
+    server.connected = False
+    assert announce_with(fakeredis.FakeAsyncRedis(server=server), retry_seconds=0.3) is False
 
 
 @pytest.mark.parametrize(

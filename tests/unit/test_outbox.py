@@ -513,6 +513,20 @@ def test_a_job_leased_by_another_owner_is_skipped(tmp_path: Path) -> None:
     ]
 
 
+def test_a_lease_already_ours_is_taken_at_once(tmp_path: Path) -> None:
+    """Our lease SET ran but its answer was lost (the round failed): the lease holds our
+    own name, and the next round works the job instead of waiting the lease out."""
+
+    async def scenario(world: World) -> list[object]:
+        worker = world.handle(DeleteFile)
+        await world.outbox.add(delete_file())
+        await world.client.set(LEASE.format("job-f-1"), world.outbox._owner, px=30_000)
+        await world.outbox.work_once()
+        return [worker.ids, await world.scheduled(), await world.client.keys(LEASE.format("*"))]
+
+    assert in_world(tmp_path, scenario) == [["job-f-1"], [], []]
+
+
 def test_the_lease_is_released_after_the_attempt(tmp_path: Path) -> None:
     async def scenario(world: World) -> list[object]:
         held: list[object] = []

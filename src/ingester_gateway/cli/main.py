@@ -24,6 +24,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ingester-gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    if args.check:
+        return _checked("serve")
     from ingester_gateway.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
@@ -121,6 +123,8 @@ def _storage_element(args: argparse.Namespace) -> int:
         registration=registration,
         fail_empty_files=args.fail_empty_files,
     )
+    if args.check:
+        return _checked("storage-element")
     _run_plain(app, args.host, args.port, log_config=None)
     return 0
 
@@ -131,6 +135,11 @@ def _nodes(args: argparse.Namespace) -> int:
         return 2
     from ingester_gateway.cli.nodes import run_nodes
 
+    if args.check:
+        from ingester_gateway.runtime.redis_io import redis_client
+
+        redis_client(args.redis_url, 1.0)  # a bad URL raises ValueError; nothing connects
+        return _checked("nodes")
     return run_nodes(args)
 
 
@@ -201,7 +210,15 @@ def _admin_module(args: argparse.Namespace) -> int:
         ),
         max_ttl_days=args.max_ttl_days,
     )
+    if args.check:
+        return _checked("admin-module")
     _run_plain(app, args.host, args.port, log_config=None)
+    return 0
+
+
+def _checked(command: str) -> int:
+    """`--check`: everything was parsed and built; nothing is started."""
+    print(f"ingester-gateway {command}: arguments and configuration ok")
     return 0
 
 
@@ -223,6 +240,8 @@ def _run_plain(app: Any, host: str, port: int, **logging: Any) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.check:
+        return _checked("keys")
     from ingester_gateway.reference.tokens import generate_keypair
 
     private, public = generate_keypair(args.out)
@@ -234,6 +253,8 @@ def _token(args: argparse.Namespace) -> int:
     from ingester_gateway.reference.tokens import mint_token
 
     pem = Path(args.private_key).read_bytes()
+    if args.check:
+        return _checked("token")
     print(
         mint_token(
             pem, sub=args.sub, role=args.role, ttl=args.ttl, token_type=args.type, kid=args.kid
@@ -245,11 +266,19 @@ def _token(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from ingester_gateway.reference.devrun import run_dev
 
+    if args.check:
+        return _checked("dev")
     return run_dev(Path(args.data_dir), args.port, args.se_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingester-gateway", description=__doc__)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the command's arguments and configuration (key files, settings), then "
+        "exit 0 without starting anything, like `nginx -t`",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="start the gateway (configured by INGESTER_* variables)")

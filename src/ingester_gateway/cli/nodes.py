@@ -8,13 +8,12 @@ import argparse
 import asyncio
 import sys
 import time
-import urllib.parse
 from collections.abc import Sequence
 
 import msgspec
 
 from ingester_gateway.registry.redis import NODE_KEY, NodeAnnouncement, RedisNodeBook
-from ingester_gateway.runtime.redis_io import REDIS_ERRORS, redis_client
+from ingester_gateway.runtime.redis_io import REDIS_ERRORS, redact_url, redis_client
 
 REDIS_TIMEOUT = 2.0  # seconds; an operator waits for an answer, not for a hung Redis
 
@@ -33,7 +32,7 @@ def run_nodes(args: argparse.Namespace) -> int:
     except NodeNotFound as exc:
         return _fail(f"no node {str(exc)!r} in the registry")
     except REDIS_ERRORS as exc:
-        return _fail(f"Redis at {_safe_url(args.redis_url)} is unreachable: {exc}")
+        return _fail(f"Redis at {redact_url(args.redis_url)} is unreachable: {exc}")
     return 0
 
 
@@ -153,16 +152,6 @@ def _size(n: int | None) -> str:
             break
         value, unit = value / 1024, larger
     return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-
-
-def _safe_url(url: str) -> str:
-    """`url` without its password, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _fail(message: str, code: int = 1) -> int:

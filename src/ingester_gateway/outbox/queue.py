@@ -44,6 +44,15 @@ LEGACY_BACKLOG = "ingester:compensations"  # before the outbox took every kind o
 # A failed job waits 0.5-2 s, then up to twice as long each time, at most 5 minutes.
 RETRY_BACKOFF = Backoff(base=2.0, cap=300.0, floor=0.5)
 
+# A lease already ours counts as taken: the answer to our SET may have been lost (it ran,
+# then the link failed), and waiting out our own lease would only delay the job.
+_TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -93,6 +102,7 @@ class Outbox:
         self._rng = rng or random.Random()
         self._clock = clock
         self._owner = uuid.uuid4().hex  # this process, as a lease holder
+        self._take = client.register_script(_TAKE) if client is not None else None
         self._release = client.register_script(_RELEASE) if client is not None else None
         self._renew = client.register_script(_RENEW) if client is not None else None
         self._background: set[str] = set()  # kinds whose jobs run in tasks of their own
@@ -256,7 +266,8 @@ class Outbox:
             if job.id in self._running:
                 continue  # ours, still running
             lease = LEASE.format(job.id)
-            if not await self._redis.set(lease, self._owner, nx=True, px=LEASE_MS):
+            assert self._take is not None
+            if not await self._take(keys=[lease], args=[self._owner, LEASE_MS]):
                 continue  # another gateway has it
             if kind in self._background:
                 self._spawn(job.id, self._work_leased(kind, raw, job, lease))

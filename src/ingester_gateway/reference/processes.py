@@ -1,5 +1,5 @@
 """Real server processes for `make run`, the tests and the benchmarks: reference SEs,
-gateways, the Admin Module, the token service, redis, nginx.
+gateways, the Admin Module, the token service, redis (and its Sentinels), nginx.
 
 Each server runs on a free loopback port, logs to a file, and is always stopped.
 """
@@ -271,7 +271,11 @@ def running(*servers: ServerProcess) -> Iterator[tuple[ServerProcess, ...]]:
             server.stop()
 
 
-def redis_server(workdir: Path, port: int | None = None) -> ServerProcess:
+def redis_server(
+    workdir: Path, port: int | None = None, *, replica_of: int | None = None
+) -> ServerProcess:
+    """A redis-server on loopback without persistence; with `replica_of`, a replica of
+    the server on that port."""
     port = port or free_port()
     data = workdir / f"redis-{port}"
     data.mkdir(parents=True, exist_ok=True)
@@ -290,9 +294,54 @@ def redis_server(workdir: Path, port: int | None = None) -> ServerProcess:
         "--protected-mode",
         "no",
     ]
+    if replica_of is not None:
+        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
     return ServerProcess(
         f"redis-{port}", argv, port, workdir / f"redis-{port}.log", ready_path=None
     )
+
+
+SENTINEL_CONF = """\
+port {port}
+bind 127.0.0.1
+protected-mode no
+dir {workdir}
+sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}
+sentinel down-after-milliseconds {master_name} {down_after_ms}
+sentinel failover-timeout {master_name} {failover_timeout_ms}
+sentinel parallel-syncs {master_name} 1
+"""
+
+
+def redis_sentinel(
+    workdir: Path,
+    master_port: int,
+    *,
+    master_name: str = "ingester",
+    quorum: int = 2,
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 5000,
+    port: int | None = None,
+) -> ServerProcess:
+    """A Redis Sentinel (Debian's redis-sentinel) watching the master on `master_port`;
+    it rewrites its own configuration file, so each has one of its own."""
+    port = port or free_port()
+    conf_dir = workdir / f"sentinel-{port}"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    conf = conf_dir / "sentinel.conf"
+    conf.write_text(
+        SENTINEL_CONF.format(
+            port=port,
+            workdir=conf_dir,
+            master_name=master_name,
+            master_port=master_port,
+            quorum=quorum,
+            down_after_ms=down_after_ms,
+            failover_timeout_ms=failover_timeout_ms,
+        )
+    )
+    argv = [find_binary("redis-sentinel"), str(conf)]
+    return ServerProcess(f"sentinel-{port}", argv, port, conf_dir / "sentinel.log", ready_path=None)
 
 
 NGINX_CONF = """\

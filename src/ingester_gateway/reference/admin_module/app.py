@@ -50,7 +50,7 @@ from ingester_gateway.runtime.asgi import read_small_body, send_json
 from ingester_gateway.runtime.redis_io import redis_client
 
 MAX_BODY = 1 << 20
-REDIS_TIMEOUT = 1.0  # seconds an announcement may hold a registry answer
+REDIS_TIMEOUT = 1.0  # seconds one Redis command may take (an announcement retries, see events.py)
 FILES = "/api/v1/files"
 _DELETE_QUERY = {"deletion_reason": Rule("str", nullable=False, min_length=1, max_length=255)}
 
