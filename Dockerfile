@@ -2,7 +2,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir --prefix=/install .
+# [otel]: tracing can be switched on with OTEL_* variables (nothing is imported while off).
+RUN pip install --no-cache-dir --prefix=/install '.[otel]'
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local

@@ -9,19 +9,22 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e '.[dev,bench,otel]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # Real redis-server and nginx for the integration tests and benchmarks, wrk for the
-# benchmarks' small-file load (Debian packages).
+# benchmarks' small-file load, promtool to check deploy/prometheus/alerts.yml (Debian's
+# prometheus package; on a host where apt starts services, `systemctl disable --now
+# prometheus` stops the server it brings along: only promtool is used).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
