@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,8 +30,8 @@ from ingester_gateway.reference.processes import (
     storage_element,
 )
 from tests.faults import StorageElementProxy, se_upload_reply, wrong_checksum
-from tests.kit import DevKeys, eventually, log_events, put
-from tests.stack import se_get
+from tests.kit import DevKeys, eventually, http_call, log_events, put
+from tests.stack import se_get, start_artstore
 
 MiB = 2**20
 INCOMING_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -161,8 +162,16 @@ def _one(spans: list[Exported], name: str) -> Exported:
     return found
 
 
-def _traceparent(span: Exported) -> str:
-    return f"00-{span.trace_id}-{span.span_id}-01"
+def _parent_in(traceparent: str | None) -> tuple[str, str]:
+    """(trace id, span id) of a sampled W3C traceparent header."""
+    assert traceparent is not None
+    version, trace_id, span_id, flags = traceparent.split("-")
+    assert version == "00" and int(flags, 16) & 1, traceparent  # sampled
+    return trace_id, span_id
+
+
+def _ids(span: Exported) -> tuple[str, str]:
+    return span.trace_id, span.span_id
 
 
 def _wait_for(collector: Collector, trace_id: str, names: set[str]) -> list[Exported]:
@@ -204,7 +213,7 @@ def test_a_streamed_upload_is_one_span_tree_under_the_callers_trace(traced: Trac
 
     # The SE saw the attempt's span as the parent of its work ...
     stored = json.loads(se_get(traced.se, traced.keys, f"/api/v1/files/{result['file_id']}"))
-    assert stored["traceparent"] == _traceparent(attempt)
+    assert _parent_in(stored["traceparent"]) == _ids(attempt)
     # ... and the Admin Module the registration's.
     registered = eventually(
         lambda: [
@@ -215,7 +224,7 @@ def test_a_streamed_upload_is_one_span_tree_under_the_callers_trace(traced: Trac
         10,
         "the Admin Module's log line",
     )
-    assert registered[0]["traceparent"] == _traceparent(register)
+    assert _parent_in(registered[0]["traceparent"]) == _ids(register)
 
 
 def test_a_compensated_upload_shows_the_delete_as_a_span_and_carries_it_to_the_se(
@@ -247,7 +256,7 @@ def test_a_compensated_upload_shows_the_delete_as_a_span_and_carries_it_to_the_s
     (delete,) = [
         r for r in traced.proxy.deletes() if compensate.attributes["ingester.file_id"] in r.path
     ]
-    assert delete.traceparent == _traceparent(compensate)
+    assert _parent_in(delete.traceparent) == _ids(compensate)
 
 
 def test_an_upload_without_a_traceparent_starts_its_own_trace(traced: Traced) -> None:
@@ -268,3 +277,64 @@ def test_an_upload_without_a_traceparent_starts_its_own_trace(traced: Traced) ->
 
     upload = eventually(root, 15, "the upload's span")
     assert upload.parent_id == "" and upload.trace_id != INCOMING_TRACE
+
+
+def test_a_finalize_is_one_trace_of_its_steps_and_its_requests_carry_it(
+    tmp_path: Path, keys: DevKeys
+) -> None:
+    """A temporary file finalized: the outbox job's span holds the copy (the upload
+    core's node selection and attempt under it), the verification and the commit; the
+    rw SE gets the attempt's traceparent, the Admin Module's update the commit's."""
+    with (
+        Collector() as collector,
+        start_artstore(tmp_path, keys) as artstore,
+        running(
+            artstore.gateway(
+                "traced-finalize",
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_TRACES_EXPORTER": "otlp"},
+            )
+        ) as (gw,),
+    ):
+        stored = put(
+            gw, keys.auth(), b"finalize me\n" * 1000, "f.txt", "retention_policy=temporary"
+        )
+        assert stored.status == 201, stored.body
+        file_id = stored.json()["file_id"]
+        started = http_call(gw, "POST", f"/api/v1/finalize/{file_id}", b"", keys.auth())
+        assert started.status == 202, started.body
+        transaction_id = started.json()["transaction_id"]
+
+        def job_span() -> Exported | None:
+            with collector.lock:
+                return next(
+                    (
+                        s
+                        for s in collector.spans
+                        if s.name == "outbox.finalize"
+                        and s.attributes.get("ingester.job_id") == transaction_id
+                    ),
+                    None,
+                )
+
+        job = eventually(job_span, 30, "the finalize job's span")
+        assert job.attributes["ingester.done"] is True
+        spans = _wait_for(collector, job.trace_id, {"finalize.commit"})
+        children = {s.name: s for s in spans if s.parent_id == job.span_id}
+        assert sorted(children) == ["finalize.commit", "finalize.copy", "finalize.verify"]
+        copy = children["finalize.copy"]
+        assert copy.attributes["ingester.node"] == artstore.se.name
+        under_copy = [s for s in spans if s.parent_id == copy.span_id]
+        assert sorted(s.name for s in under_copy) == ["upload.attempt", "upload.select_node"]
+        attempt = _one(under_copy, "upload.attempt")
+        assert children["finalize.verify"].attributes["ingester.checksum_verified"] is True
+
+        copied = json.loads(se_get(artstore.se, keys, f"/api/v1/files/{file_id}"))
+        assert _parent_in(copied["traceparent"]) == _ids(attempt)
+        updated = eventually(
+            lambda: [
+                e for e in log_events(artstore.admin, "file_updated") if e["file_id"] == file_id
+            ],
+            10,
+            "the Admin Module's update line",
+        )
+        assert _parent_in(updated[0]["traceparent"]) == _ids(children["finalize.commit"])
