@@ -16,6 +16,7 @@ from benchmarks.scenarios import (
     passthrough,
     registry,
     small_files,
+    tracing,
 )
 from benchmarks.targets import unknown_figures
 
@@ -29,6 +30,7 @@ CONCERNS = (
     first_byte,
     auth,
     finalize,
+    tracing,
 )
 
 SCENARIOS: dict[str, Scenario] = {s.key: s for c in CONCERNS for s in c.SCENARIOS}
