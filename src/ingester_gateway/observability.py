@@ -164,6 +164,7 @@ class Metrics:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            ProcessCollector(registry=registry)  # the process metrics of this worker
             return generate_latest(registry)
         return generate_latest(self.registry)
 

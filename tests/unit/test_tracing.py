@@ -174,3 +174,20 @@ def test_the_service_is_named_unless_otel_service_name_says_otherwise(
     assert service_resource().attributes["service.name"] == "ingester-gateway"
     monkeypatch.setenv("OTEL_SERVICE_NAME", "gw-eu-1")
     assert service_resource().attributes["service.name"] == "gw-eu-1"
+
+
+def test_the_steps_of_an_unsampled_upload_make_no_spans_and_pass_the_decision_on(
+    recorded: tuple[OtelTracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = recorded
+    unsampled = f"00-{INCOMING_TRACE}-{INCOMING_SPAN}-00".encode()
+    headers: dict[str, str] = {}
+    with (
+        tracing.incoming("upload", unsampled, None),
+        tracing.span("upload.attempt", kind="client") as step,
+    ):
+        step.set("ingester.node", "se-1")
+        tracing.inject(headers)
+    assert exporter.get_finished_spans() == ()
+    trace_id, _, flags = headers["traceparent"].split("-")[1:]
+    assert (trace_id, flags) == (INCOMING_TRACE, "00")

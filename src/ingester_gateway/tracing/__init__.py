@@ -82,7 +82,8 @@ class _NoSpanContext:
 
 
 _NO_SPAN = _NoSpan()
-_NO_SPAN_CONTEXT = _NoSpanContext()
+# A span that records nothing: what every step gets when tracing is off.
+NO_SPAN: AbstractContextManager[StepSpan] = _NoSpanContext()
 
 
 class NoTracing:
@@ -93,7 +94,7 @@ class NoTracing:
     def span(
         self, name: str, attributes: Attributes | None = None, kind: SpanKind = "internal"
     ) -> AbstractContextManager[StepSpan]:
-        return _NO_SPAN_CONTEXT
+        return NO_SPAN
 
     def incoming(
         self,
@@ -102,7 +103,7 @@ class NoTracing:
         tracestate: bytes | None,
         attributes: Attributes | None = None,
     ) -> AbstractContextManager[StepSpan]:
-        return _NO_SPAN_CONTEXT
+        return NO_SPAN
 
     def inject(self, headers: dict[str, str]) -> None:
         return None
