@@ -32,6 +32,7 @@ FLUSH_S = 1.0  # the gateway's batch delay is 200 ms: its last spans have left b
 def _counting_spans(
     bench: Bench, run: Callable[[], Measurement], uploads: Callable[[Measurement], int]
 ) -> Measurement:
+    time.sleep(FLUSH_S)  # what earlier runs (the warm-up) exported has arrived
     before = bench.stack.spans_exported()
     m = run()
     time.sleep(FLUSH_S)
