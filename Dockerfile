@@ -2,8 +2,9 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY src ./src
-# The versions CI tested (constraints.txt, `make lock`), not whatever is newest today.
-RUN pip install --no-cache-dir --prefix=/install -c constraints.txt .
+# The versions CI tested (constraints.txt, `make lock`), not whatever is newest today;
+# [otel]: tracing can be switched on with OTEL_* variables (nothing is imported while off).
+RUN pip install --no-cache-dir --prefix=/install -c constraints.txt '.[otel]'
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local

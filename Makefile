@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench,otel]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,7 +22,9 @@ lock: install
 	  --no-emit-find-links --output-file=constraints.txt pyproject.toml
 
 # Real redis-server, redis-sentinel and nginx for the integration tests and benchmarks,
-# wrk for the benchmarks' small-file load (Debian packages).
+# wrk for the benchmarks' small-file load, promtool to check deploy/prometheus/alerts.yml
+# (Debian packages; on a host where apt starts services, `systemctl disable --now
+# prometheus` stops the server it brings along: only promtool is used).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
@@ -30,6 +32,7 @@ system-deps:
 	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

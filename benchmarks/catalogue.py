@@ -17,6 +17,7 @@ from benchmarks.scenarios import (
     passthrough,
     registry,
     small_files,
+    tracing,
 )
 from benchmarks.targets import unknown_figures
 
@@ -31,6 +32,7 @@ CONCERNS = (
     auth,
     finalize,
     drain,
+    tracing,
 )
 
 SCENARIOS: dict[str, Scenario] = {s.key: s for c in CONCERNS for s in c.SCENARIOS}

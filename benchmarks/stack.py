@@ -29,6 +29,13 @@ from ingester_gateway.runtime.redis_io import redis_client
 TOKEN_TTL = 6 * 3600
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = Path(__file__).resolve().parent / "baselines"
+OTLP_SINK = Path(__file__).resolve().parent / "otlp_sink.py"
+TRACING_ON = {
+    "OTEL_TRACES_EXPORTER": "otlp",
+    "OTEL_TRACES_SAMPLER": "always_on",
+    "OTEL_BSP_MAX_QUEUE_SIZE": "262144",
+    "OTEL_BSP_SCHEDULE_DELAY": "200",
+}
 # Further gateway instances: role -> settings on top of the main gateway's.
 # Instances with the same settings as `gateway` but a history of their own: the
 # process keeps what earlier uploads made its allocator grow (64 concurrent small
@@ -47,10 +54,26 @@ GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
     "gateway-reg": {},
     # Finalize (issue 8): the edit SE too, and the Admin Module's registry.
     "gateway-fin": {},
+    # Tracing on (issue 11), every upload sampled, spans to `otlp_sink.py`: the
+    # pass-through, and small files (a twin of gateway-w1). The queue holds a whole
+    # small-file run, so no span is dropped (the sink counts them), and batches go out
+    # every 200 ms, inside the measured window.
+    "gateway-otel": TRACING_ON,
+    "gateway-otel-w1": TRACING_ON,
+    # ... and one upload in ten sampled (the usual production setting), small files.
+    "gateway-otel10-w1": {
+        **TRACING_ON,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    },
 }
 # Gateway instances wired to the reference Admin Module (registration, finalize).
 WITH_ADMIN = frozenset({"gateway-reg", "gateway-fin"})
-SERVER_ROLES = ("se", "se-edit", "nginx", "redis", "admin", *GATEWAY_VARIANTS, "baseline")
+SERVER_ROLES = (
+    *("se", "se-edit", "nginx", "redis", "admin", "otlp-sink"),
+    *GATEWAY_VARIANTS,
+    "baseline",
+)
 
 _SETTINGS_PROBE = """
 import json, msgspec
@@ -172,6 +195,22 @@ class BenchStack:
             )
         return self._servers["admin"]
 
+    def otlp_sink(self) -> ServerProcess:
+        """The traced gateways' OTLP/HTTP endpoint (`otlp_sink.py`): counts, keeps nothing."""
+        if "otlp-sink" not in self._servers:
+            port = processes.free_port()
+            argv = [sys.executable, str(OTLP_SINK), "--port", str(port)]
+            self._start(
+                "otlp-sink",
+                ServerProcess("otlp-sink", argv, port, self.logdir / "otlp-sink.log"),
+            )
+        return self._servers["otlp-sink"]
+
+    def spans_exported(self) -> int:
+        """Spans the sink has received so far."""
+        with urllib.request.urlopen(f"{self.otlp_sink().url}/count", timeout=10) as resp:
+            return int(json.loads(resp.read())["spans"])
+
     def nginx(self) -> ServerProcess:
         if "nginx" not in self._servers:
             se = self.se()
@@ -205,6 +244,8 @@ class BenchStack:
                 }
             if role == "gateway-fin":
                 entries.append(processes.se_entry(self.se_edit(), "edit"))
+            if "OTEL_TRACES_EXPORTER" in env:
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_sink().url
             self._start(
                 role,
                 processes.gateway(self.logdir, self.public_key, entries, env=env, name=role),
@@ -242,6 +283,8 @@ class BenchStack:
             return self.se_edit()
         if role == "admin":
             return self.admin()
+        if role == "otlp-sink":
+            return self.otlp_sink()
         if role == "baseline":
             return self.baseline()
         return self.gateway(role)

@@ -64,6 +64,9 @@ TARGETS: tuple[Target, ...] = (
     # finalize: the copy against a plain streamed upload of the same bytes
     Target("finalize.mb_s.finalize_vs_upload", ">=", 0.8, "issue 8"),
     Target("finalize.peak_rss", "<=", 100, "issue 8"),
+    # tracing on (every upload, OTLP) against off: what the spans cost
+    Target("tracing.cpu.passthrough_on_vs_off", "<=", 1.05, "issue 11"),
+    Target("tracing.cpu_per_1000.small_on_vs_off", "<=", 1.15, "issue 11"),
     # gateway peak RSS, MiB
     Target("memory.peak_rss.passthrough", "<=", 100, "issue 2"),
     Target("memory.peak_rss.zstd", "<=", 100, "issue 2"),

@@ -23,6 +23,7 @@ class ProxiedRequest:
     status: int = 0  # 0 until the SE has answered
     body_bytes: int = 0
     reply: bytes = b""  # what the SE answered, before any rewrite
+    traceparent: str | None = None  # the W3C trace context the request carried
 
 
 ReplyRewrite = Callable[[str, str, int, bytes], tuple[int, bytes]]
@@ -134,7 +135,9 @@ class StorageElementProxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
-        record = ProxiedRequest(request.method, request.path)
+        record = ProxiedRequest(
+            request.method, request.path, traceparent=request.headers.get("traceparent")
+        )
         with self._lock:
             self.requests.append(record)  # on arrival: a request that later fails still counts
         refused = self.refuse(request.method, request.path) if self.refuse else None

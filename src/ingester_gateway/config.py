@@ -16,6 +16,8 @@ import msgspec
 
 from ingester_gateway.models import DEFAULT_UPLOAD_ROLES, CodecName, NodeMode, Role
 from ingester_gateway.runtime.redis_io import is_sentinel_url, parse_sentinel_url
+from ingester_gateway.tracing import TracingConfigError
+from ingester_gateway.tracing import check_environment as check_tracing
 
 PREFIX = "INGESTER_"
 
@@ -112,6 +114,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
+    # OpenTelemetry traces, configured by the standard OTEL_* variables (tracing/).
+    otel_enabled: bool = False
 
     def __post_init__(self) -> None:
         if self.auth_public_key_file is None and self.auth_jwks_url is None:
@@ -230,6 +234,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(message) from None
     if settings.auth_public_key_file is not None:
         _check_public_key_file(settings.auth_public_key_file)
+    try:
+        check_tracing(env, settings.otel_enabled)
+    except TracingConfigError as exc:
+        raise ConfigError(str(exc)) from None
     return settings
 
 

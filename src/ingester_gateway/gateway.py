@@ -31,7 +31,7 @@ from ingester_gateway.config import Settings
 from ingester_gateway.finalize.service import Finalizer, FinalizeSetup
 from ingester_gateway.finalize.transactions import TransactionStore
 from ingester_gateway.models import CodecName
-from ingester_gateway.observability import Metrics, get_logger
+from ingester_gateway.observability import COMPENSATION_FAILURES, Metrics, get_logger
 from ingester_gateway.outbox.compensations import Compensations
 from ingester_gateway.outbox.events import FileAnnouncer
 from ingester_gateway.outbox.jobs import DeleteFile
@@ -48,6 +48,7 @@ from ingester_gateway.registry.watch import RedisWatchedRegistry
 from ingester_gateway.resilience import BreakerPolicy, BreakerState, RetryPolicy
 from ingester_gateway.runtime.drain import Drain
 from ingester_gateway.runtime.redis_io import redis_client
+from ingester_gateway.tracing import tracing_from_environment
 from ingester_gateway.upload.budget import UploadBudget
 from ingester_gateway.upload.driver import UploadServices
 from ingester_gateway.upload.plan import PlanRules
@@ -62,6 +63,8 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.log = get_logger("ingester_gateway")
+        # NO_TRACING unless INGESTER_OTEL_ENABLED / OTEL_TRACES_EXPORTER ask for it.
+        self.tracing = tracing_from_environment(os.environ, settings.otel_enabled)
         self.codecs: dict[CodecName, CompressionCodec] = build_codecs(
             settings.zstd_level, settings.brotli_quality, settings.gzip_level, settings.zstd_threads
         )
@@ -118,7 +121,7 @@ class Gateway:
             refuse_empty=settings.admin_url is not None or self.redis is not None,
         )
         self.journal = Journal(settings.state_dir)
-        self.outbox = Outbox(self.redis, self.journal, self.metrics)
+        self.outbox = Outbox(self.redis, self.journal, self.metrics, tracing=self.tracing)
         self.outbox.handle(DeleteFile, Compensations(self._background_delete, self.metrics))
         # Without an Admin Module to announce stored files, the gateway does.
         self.announcer = (
@@ -156,9 +159,14 @@ class Gateway:
             self._admin_transport = KeepAliveTransport(
                 s.admin_url, timeout=s.upstream_connect_timeout_seconds
             )
-            admin = AdminClient(self._admin_transport, service)
+            admin = AdminClient(self._admin_transport, service, self.tracing)
         self.records = FileRecorder(
-            self.outbox, admin, self.announcer, time.time, registered=self.progress.registered
+            self.outbox,
+            admin,
+            self.announcer,
+            time.time,
+            registered=self.progress.registered,
+            tracing=self.tracing,
         )
         self._admin = admin
         self._service = service
@@ -192,6 +200,7 @@ class Gateway:
             metrics=self.metrics,
             log=self.log,
             rng=self.rng,
+            tracing=self.tracing,
         )
         self.finalizer = self._build_finalizer()
         self.update_node_metrics()
@@ -289,6 +298,7 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.tracing.shutdown()  # the spans still batched go out
 
     def _draining(self, on: bool) -> None:
         self.metrics.draining.set(1 if on else 0)
@@ -303,9 +313,16 @@ class Gateway:
         return self.nodes.readiness(time.time() - 3 * interval)
 
     def update_node_metrics(self) -> None:
+        m = self.metrics
         states = self.nodes.breaker_states()
         for node in self.nodes.view():
-            self.metrics.node_healthy.labels(node.id).set(1 if node.status == "ok" else 0)
+            m.node_healthy.labels(node.id).set(1 if node.status == "ok" else 0)
             state = states.get(node.id, BreakerState.CLOSED)
-            self.metrics.circuit_state.labels(node.id).set(CIRCUIT_LEVEL[state])
-        self.metrics.registry_stale.set(1 if self.nodes.registry.is_stale() else 0)
+            m.circuit_state.labels(node.id).set(CIRCUIT_LEVEL[state])
+            for reason in COMPENSATION_FAILURES:
+                # Every node's series from 0, so increase() sees its first failure.
+                m.child(m.compensation_failures, node.id, reason)
+        m.registry_stale.set(1 if self.nodes.registry.is_stale() else 0)
+        _, details = self.readiness()
+        writable = details.get("writable_nodes_ok", 0)
+        m.writable_nodes.set(writable if isinstance(writable, int) else 0)

@@ -17,6 +17,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
@@ -33,11 +34,18 @@ def request_id_from(header: bytes | None) -> str:
     return secrets.token_hex(16)  # as unguessable as uuid4().hex, a third of the cost
 
 
+# Why a compensation attempt did not remove a file (ingester_compensation_failures_total).
+COMPENSATION_FAILURES = ("forbidden", "failed")
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
+        # of this process (with several workers, /metrics shows the answering worker's).
+        ProcessCollector(registry=r)
         self.uploads = Counter(
             "ingester_uploads_total",
             "Finished uploads by outcome and HTTP status",
@@ -99,6 +107,20 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.writable_nodes = Gauge(
+            "ingester_writable_nodes",
+            "Writable storage elements, not draining, that answered a health check recently"
+            " (0: uploads are refused with 503; /health/ready is 503)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.registrations = Counter(
+            "ingester_registrations_total",
+            "Stored files by what artStore's registry step did: registered, pending (queued"
+            " in the outbox), not_configured (no Admin Module), refused, unavailable",
+            ["outcome"],
+            registry=r,
+        )
         self.registry_stale = Gauge(
             "ingester_registry_stale",
             "1 while the node view could not be refreshed (uploads use the last view)",
@@ -142,6 +164,7 @@ class Metrics:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            ProcessCollector(registry=registry)  # the process metrics of this worker
             return generate_latest(registry)
         return generate_latest(self.registry)
 

@@ -102,3 +102,11 @@ def test_progress_is_readable_from_whichever_worker_answers(
 
 def stored_count(stack: Stack) -> float:
     return metric(stack.gw, "ingester_uploads_total", outcome="stored", status="201") or 0.0
+
+
+def test_process_metrics_are_the_answering_workers(two_workers: Stack) -> None:
+    """The dashboard's memory and fds panels have series with several workers too."""
+    rss = metric(two_workers.gw, "process_resident_memory_bytes")
+    fds = metric(two_workers.gw, "process_open_fds")
+    assert rss is not None and 10 * 2**20 < rss < 2**30
+    assert fds is not None and fds > 0

@@ -6,6 +6,7 @@ reader), store the file part, and may then fail as a script says."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -15,6 +16,9 @@ from dataclasses import dataclass, field
 
 import pytest
 import zstandard
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from ingester_gateway.auth.verify import Principal
 from ingester_gateway.config import StorageElementConfig
@@ -28,6 +32,7 @@ from ingester_gateway.registry.directory import NodeDirectory
 from ingester_gateway.registry.health import HealthProber
 from ingester_gateway.registry.static import StaticRegistry
 from ingester_gateway.resilience import Backoff, BreakerPolicy, BreakerState, RetryPolicy
+from ingester_gateway.tracing.otel import OtelTracing
 from ingester_gateway.upload.budget import UploadBudget
 from ingester_gateway.upload.driver import UploadDriver, UploadServices, new_progress
 from ingester_gateway.upload.plan import PlanRules, UploadRequest
@@ -64,6 +69,7 @@ class ScriptedSE:
     uploads: list[Upload] = field(default_factory=list)
     deletes: list[tuple[str, str]] = field(default_factory=list)
     delete_works: bool = True
+    headers: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (call, headers)
 
     async def upload(
         self,
@@ -73,6 +79,7 @@ class ScriptedSE:
         headers: dict[str, str],
     ) -> StoredFile:
         step = self.scripts[node.id].pop(0) if self.scripts[node.id] else "store"
+        self.headers.append(("upload", headers))
         if step == "connect":
             raise UpstreamError("connect", f"cannot connect to {node.id}")
         if step == "refuse":
@@ -104,6 +111,7 @@ class ScriptedSE:
         self, node: NodeRecord, file_id: str, headers: dict[str, str]
     ) -> DeleteOutcome:
         self.deletes.append((node.id, file_id))
+        self.headers.append(("delete", headers))
         if not self.delete_works:
             return "forbidden"
         self.files.pop((node.id, file_id), None)
@@ -476,3 +484,71 @@ def test_a_file_artstore_refuses_to_register_is_502_with_its_reason_and_removed(
 def test_the_201_says_the_file_is_registered(harness: Callable[..., Harness]) -> None:
     h = harness({"a": ["store"]})
     assert h.upload(b"x" * 5000).registration == "registered"
+
+
+def test_each_step_is_a_span_of_the_uploads_trace_and_each_request_carries_its_own(
+    harness: Callable[..., Harness],
+) -> None:
+    """Stored then 500 on a (its probe fails: the node's fault), stored on b: the plan,
+    both node selections, both attempts and the compensation of a's copy are spans under
+    the upload's; every request to an SE carries the traceparent of its own span."""
+    h = harness({"a": ["store_then_500"], "b": ["store"]})
+    h.down.add("a")
+    exporter = InMemorySpanExporter()
+    tracing = OtelTracing([SimpleSpanProcessor(exporter)])
+    services = dataclasses.replace(h.services, tracing=tracing)
+    request = UploadRequest(
+        upload_id="upload-1",
+        request_id="req-1",
+        principal=PRINCIPAL,
+        filename="report.bin",
+        declared_content_type=None,
+        options=UploadOptions(compress=False),
+    )
+
+    async def go() -> UploadResult:
+        with tracing.incoming("upload", None, None):
+            driver = UploadDriver(services, request, new_progress(request))
+            return await driver.run(ClientStream(pieces_of(blocks(3 * MiB))))
+
+    result = run(go())
+    spans = {
+        (s.name, (s.attributes or {}).get("ingester.node")): s
+        for s in exporter.get_finished_spans()
+    }
+    assert sorted(spans) == sorted(
+        [
+            ("upload", None),
+            ("upload.plan", None),
+            ("upload.select_node", "a"),
+            ("upload.attempt", "a"),
+            ("upload.compensate", "a"),
+            ("upload.select_node", "b"),
+            ("upload.attempt", "b"),
+        ]
+    )
+    upload = spans[("upload", None)]
+    trace_ids = {s.context.trace_id for s in spans.values()}
+    assert trace_ids == {upload.context.trace_id}
+    failed, compensation = spans[("upload.attempt", "a")], spans[("upload.compensate", "a")]
+    assert compensation.parent is not None and compensation.parent.span_id == failed.context.span_id
+    for key in [k for k in spans if k[0] != "upload" and k != ("upload.compensate", "a")]:
+        parent = spans[key].parent
+        assert parent is not None and parent.span_id == upload.context.span_id, key
+    assert failed.status.status_code == StatusCode.ERROR
+    assert (failed.attributes or {}).get("ingester.failure") == "server"
+    assert (compensation.attributes or {}).get("ingester.outcome") == "deleted"
+    assert (spans[("upload.attempt", "b")].attributes or {}).get("ingester.file_id") == (
+        result.file_id
+    )
+
+    def traceparent_of(name: str, node: str) -> str:
+        context = spans[(name, node)].context
+        flags = format(int(context.trace_flags), "02x")
+        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags}"
+
+    assert [(call, sent.get("traceparent")) for call, sent in h.se.headers] == [
+        ("upload", traceparent_of("upload.attempt", "a")),
+        ("delete", traceparent_of("upload.compensate", "a")),
+        ("upload", traceparent_of("upload.attempt", "b")),
+    ]

@@ -15,6 +15,7 @@ import msgspec
 from ingester_gateway.admin.transport import TransportError
 from ingester_gateway.admin.wire import FileRecord, FileRegistration, FileUpdate
 from ingester_gateway.auth.credentials import CredentialError, ServiceAccount
+from ingester_gateway.tracing import NO_TRACING, Tracing
 from ingester_gateway.upstream.wire import describe_error
 
 Registered = Literal["registered", "already_registered"]
@@ -47,9 +48,12 @@ FILES = "/api/v1/files"
 
 
 class AdminClient:
-    def __init__(self, transport: Transport, account: ServiceAccount) -> None:
+    def __init__(
+        self, transport: Transport, account: ServiceAccount, tracing: Tracing = NO_TRACING
+    ) -> None:
         self._transport = transport
         self._account = account
+        self._tracing = tracing  # every call carries the current trace (traceparent)
 
     async def register(self, registration: FileRegistration) -> Registered:
         """Register a file; a file the registry already holds counts as registered
@@ -87,6 +91,7 @@ class AdminClient:
                 headers = {"Authorization": f"Bearer {token}"}
                 if body is not None:
                     headers["Content-Type"] = "application/json"
+                self._tracing.inject(headers)
                 status, raw = await self._transport.request(method, path, headers, body)
             except CredentialError as exc:
                 raise AdminUnavailable(f"no service-account token: {exc}") from None

@@ -30,6 +30,7 @@ from ingester_gateway.pipeline.digest import claimed_sha256
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
 from ingester_gateway.runtime.asgi import send_json
 from ingester_gateway.runtime.http import BATCH, GONE
+from ingester_gateway.tracing import Attributes, StepSpan
 from ingester_gateway.upload.driver import UploadDriver, new_progress
 from ingester_gateway.upload.failover import no_node_error
 from ingester_gateway.upload.plan import UploadRequest, check_filename
@@ -39,6 +40,7 @@ from ingester_gateway.upload.sources import ClientStream
 Outcome = Literal["stored", "rejected", "failed", "aborted"]
 
 FILES_PREFIX = "/api/v1/files/"
+_ROUTES = {"PUT": FILES_PREFIX + "{filename}", "POST": "/api/v1/files/upload"}
 DRAIN_SECONDS = 2.0
 DRAIN_BYTES = 64 * 2**20
 _encoder = msgspec.json.Encoder()
@@ -54,6 +56,8 @@ _WANTED = frozenset(
         b"x-checksum-sha256",
         b"expect",
         b"x-forwarded-for",
+        b"traceparent",
+        b"tracestate",
     }
 )
 
@@ -131,8 +135,25 @@ class UploadEndpoint:
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, source: _SourceFactory
     ) -> None:
-        gw = self.gw
         ex = Exchange(scope)
+        tracing, headers = self.gw.tracing, ex.headers
+        attributes: Attributes | None = None
+        if tracing.enabled:
+            attributes = {
+                "http.request.method": scope["method"],
+                "http.route": _ROUTES[scope["method"]],
+                "ingester.upload_id": ex.upload_id,
+                "ingester.request_id": ex.request_id,
+            }
+        with tracing.incoming(
+            "upload", headers.get(b"traceparent"), headers.get(b"tracestate"), attributes
+        ) as span:
+            await self._serve(ex, span, receive, send, source)
+
+    async def _serve(
+        self, ex: Exchange, span: StepSpan, receive: Receive, send: Send, source: _SourceFactory
+    ) -> None:
+        gw, scope = self.gw, ex.scope
         started = time.perf_counter()
         body: RequestBody | None = None
         driver: UploadDriver | None = None
@@ -191,6 +212,10 @@ class UploadEndpoint:
             gw.metrics.child(gw.metrics.bytes_out, result.storage_element_id).inc(
                 result.stored_size
             )
+            span.set("ingester.node", result.storage_element_id)
+            span.set("ingester.file_id", result.file_id)
+            span.set("ingester.file_size", result.file_size)
+            span.set("ingester.stored_size", result.stored_size)
             gw.log.info(
                 "upload_stored",
                 request_id=ex.request_id,
@@ -225,6 +250,10 @@ class UploadEndpoint:
                 gw.metrics.bytes_in.inc(body.bytes_received)
             gw.metrics.child(gw.metrics.uploads, outcome, str(status)).inc()
             gw.metrics.child(gw.metrics.duration, outcome).observe(time.perf_counter() - started)
+            span.set("http.response.status_code", status)
+            span.set("ingester.outcome", outcome)
+            if status >= 500:
+                span.fail((driver.progress.error if driver is not None else None) or outcome)
 
     @staticmethod
     def _mark_failed(driver: UploadDriver | None, message: str) -> None:

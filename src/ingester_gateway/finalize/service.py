@@ -41,6 +41,7 @@ from ingester_gateway.outbox.queue import Outbox, OutboxUnavailable
 from ingester_gateway.pipeline.codecs import MEDIA_TYPES
 from ingester_gateway.registry import NodeRecord
 from ingester_gateway.registry.directory import NodeDirectory
+from ingester_gateway.tracing import Attributes
 from ingester_gateway.upload.driver import UploadDriver, UploadServices, new_progress
 from ingester_gateway.upload.plan import Stored, UploadPlan, UploadRequest
 from ingester_gateway.upload.progress import ProgressBook
@@ -334,10 +335,13 @@ class Finalizer:
         await s.store.put(tx)
         tx.status = "verifying"
         await s.store.put(tx)
-        if (
-            stored.stored_sha256 != tx.source.checksum_sha256
-            or stored.stored_size != tx.source.file_size
-        ):
+        with s.services.tracing.span("finalize.verify") as span:
+            same = (
+                stored.stored_sha256 == tx.source.checksum_sha256
+                and stored.stored_size == tx.source.file_size
+            )
+            span.set("ingester.checksum_verified", same)
+        if not same:
             await self._remove_copy(tx)
             return await self._end(
                 tx, "rolled_back", "the copy's checksum differs from the source's"
@@ -381,13 +385,28 @@ class Finalizer:
         )
 
     async def _copy(self, tx: Transaction, progress: UploadProgress) -> tuple[NodeRecord, Stored]:
+        attributes: Attributes = {
+            "ingester.transaction_id": tx.transaction_id,
+            "ingester.file_id": tx.source.file_id,
+            "ingester.source_node": tx.source.node_id,
+        }
+        with self._s.services.tracing.span("finalize.copy", attributes) as span:
+            node, stored = await self._copy_traced(tx, progress)
+            span.set("ingester.node", node.id)
+            return node, stored
+
+    async def _copy_traced(
+        self, tx: Transaction, progress: UploadProgress
+    ) -> tuple[NodeRecord, Stored]:
         s, source = self._s, tx.source
         request = self._copy_request(tx)
+        headers = await self._headers()
+        s.services.tracing.inject(headers)  # the source SE's download joins the trace
         download = SeDownload(
             s.session(),
             NodeRecord(id=source.node_id, url=source.node_url, mode="edit"),
             source.file_id,
-            await self._headers(),
+            headers,
             source.file_size,
             s.download_timeout,
         )
@@ -406,6 +425,11 @@ class Finalizer:
             s.progress.close(tx.transaction_id)
 
     async def _commit(self, tx: Transaction) -> bool:
+        attributes: Attributes = {"ingester.transaction_id": tx.transaction_id}
+        with self._s.services.tracing.span("finalize.commit", attributes):
+            return await self._commit_traced(tx)
+
+    async def _commit_traced(self, tx: Transaction) -> bool:
         """Point the registry at the copy, then leave the source to the outbox."""
         s, source = self._s, tx.source
         assert tx.target_storage_element_id is not None and tx.target_url is not None
@@ -471,7 +495,16 @@ class Finalizer:
                 await self._delete_or_owe(node, tx.source.file_id, "finalize_interrupted")
 
     async def _delete_or_owe(self, node: NodeRecord, file_id: str, reason: str) -> None:
-        s = self._s
-        outcome = await s.storage.delete(node, file_id, await self._headers())
+        s, tracing = self._s, self._s.services.tracing
+        attributes: Attributes = {
+            "ingester.node": node.id,
+            "ingester.file_id": file_id,
+            "ingester.reason": reason,
+        }
+        with tracing.span("finalize.compensate", attributes, kind="client") as span:
+            headers = await self._headers()
+            tracing.inject(headers)
+            outcome = await s.storage.delete(node, file_id, headers)
+            span.set("ingester.outcome", outcome)
         if outcome != "deleted":
             await s.outbox.owe_delete(node, file_id, reason)

@@ -35,6 +35,7 @@ from ingester_gateway.registry import NodeRecord
 from ingester_gateway.resilience import Backoff
 from ingester_gateway.runtime.redis_io import REDIS_ERRORS
 from ingester_gateway.runtime.stopping import StopSignal, stop_tasks
+from ingester_gateway.tracing import NO_TRACING, Tracing
 
 PREFIX = "ingester:outbox:"
 LEASE = "ingester:outbox-lease:{}"
@@ -94,8 +95,10 @@ class Outbox:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._redis = client
+        self._tracing = tracing
         self._journal = journal
         self._metrics = metrics
         self._handlers: dict[str, Handler] = {}
@@ -326,14 +329,19 @@ class Outbox:
         await self._redis.zadd(due_key(kind), {raw: retry_at})
 
     async def _run(self, job: Job) -> bool:
-        handler = self._handlers.get(kind_of(job))
+        kind = kind_of(job)
+        handler = self._handlers.get(kind)
         if handler is None:
             return False  # a kind this process cannot work: leave it for one that can
-        try:
-            return await handler(job)
-        except Exception:
-            _log.exception("outbox_job_failed", kind=kind_of(job), job_id=job.id)
-            return False
+        with self._tracing.span(f"outbox.{kind}", {"ingester.job_id": job.id}) as span:
+            try:
+                done = await handler(job)
+            except Exception as exc:
+                _log.exception("outbox_job_failed", kind=kind, job_id=job.id)
+                span.fail(f"{type(exc).__name__}: {exc}")
+                return False
+            span.set("ingester.done", done)
+            return done
 
     async def _adopt_legacy_backlog(self) -> None:
         """Compensations owed under the backlog's old key move into the outbox."""

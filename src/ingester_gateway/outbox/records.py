@@ -41,6 +41,7 @@ from ingester_gateway.outbox.jobs import AnnounceFile, RegisterFile, new_job_id
 from ingester_gateway.outbox.queue import Outbox, OutboxUnavailable
 from ingester_gateway.registry import NodeRecord
 from ingester_gateway.runtime.redis_io import REDIS_ERRORS
+from ingester_gateway.tracing import NO_TRACING, Tracing
 from ingester_gateway.upload.plan import UploadRequest
 from ingester_gateway.upload.ports import RecordRefused, RecordState, RecordUnavailable
 
@@ -101,8 +102,10 @@ class FileRecorder:
         announcer: FileAnnouncer | None,
         clock: Callable[[], float],
         registered: Callable[[str], None] = lambda file_id: None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._outbox = outbox
+        self._tracing = tracing
         self._admin = admin
         self._announcer = announcer
         self._clock = clock
@@ -135,13 +138,19 @@ class FileRecorder:
         self, registration: FileRegistration, request: UploadRequest, result: UploadResult
     ) -> RecordState:
         assert self._admin is not None
-        try:
-            await self._admin.register(registration)
-            return "registered"
-        except AdminRefused as exc:
-            raise RecordRefused(str(exc)) from None
-        except AdminUnavailable as exc:
-            _log.warning("registration_deferred", file_id=result.file_id, error=str(exc))
+        with self._tracing.span(
+            "upload.register", {"ingester.file_id": result.file_id}, kind="client"
+        ) as span:
+            try:
+                await self._admin.register(registration)
+                span.set("ingester.registration", "registered")
+                return "registered"
+            except AdminRefused as exc:
+                span.fail(str(exc))
+                raise RecordRefused(str(exc)) from None
+            except AdminUnavailable as exc:
+                span.set("ingester.registration", "pending")
+                _log.warning("registration_deferred", file_id=result.file_id, error=str(exc))
         job = RegisterFile(
             id=new_job_id(),
             registration=registration,
@@ -160,11 +169,12 @@ class FileRecorder:
         assert self._announcer is not None
         now = iso_utc(self._clock())
         event = created_event(record_of(registration, now), now)
-        try:
-            await self._announcer.announce(event)
-            return
-        except REDIS_ERRORS:
-            pass
+        with self._tracing.span("upload.announce", {"ingester.file_id": registration.file_id}):
+            try:
+                await self._announcer.announce(event)
+                return
+            except REDIS_ERRORS:
+                pass
         try:
             await self._outbox.add(
                 AnnounceFile(id=new_job_id(), event=event, created_at=self._clock())

@@ -38,9 +38,11 @@ from ingester_gateway.pipeline.encode import BlockEncoder
 from ingester_gateway.pipeline.relay import Relay
 from ingester_gateway.registry import NodeRecord
 from ingester_gateway.resilience import RetryPolicy
+from ingester_gateway.tracing import NO_TRACING, Attributes, Tracing
 from ingester_gateway.upload.failover import (
     FAILURES,
     Attempt,
+    Decision,
     Failover,
     GiveUp,
     must_compensate,
@@ -93,6 +95,8 @@ class UploadServices:
     log: FilteringBoundLogger
     rng: random.Random
     clock: Callable[[], float] = time.monotonic
+    # A span per step (never per body piece); NO_TRACING: each call a no-op.
+    tracing: Tracing = NO_TRACING
 
 
 @dataclass(slots=True)
@@ -138,17 +142,25 @@ class UploadDriver:
         svc, req = self.svc, self.req
         blocks = BlockReader(source.pieces(), svc.budget.block_size, FIRST_BLOCK_BYTES)
         first = await blocks.read() or b""
-        plan = plan_upload(req, first, blocks.ended, svc.rules)
+        with svc.tracing.span("upload.plan") as span:
+            plan = plan_upload(req, first, blocks.ended, svc.rules)
+            span.set("ingester.codec", plan.codec if plan.recode else "none")
+            span.set("ingester.whole", plan.whole)
+            span.set("ingester.reservation", plan.reservation)
         node, stored, plan = await self._store(source, blocks, first, plan)
         result = upload_result(req, plan, stored, time.time())
+        registrations = svc.metrics.registrations
         try:
             result.registration = await svc.records.stored(result, req)
         except RecordRefused as exc:
+            svc.metrics.child(registrations, "refused").inc()
             await self._compensate(node, stored.file_id, "registration_refused")
             raise errors.REGISTRATION_REFUSED(f"artStore refused the file: {exc}") from None
         except RecordUnavailable as exc:
+            svc.metrics.child(registrations, "unavailable").inc()
             await self._compensate(node, stored.file_id, "not_recorded")
             raise errors.NO_STORAGE_AVAILABLE(f"the upload could not be recorded: {exc}") from None
+        svc.metrics.child(registrations, result.registration).inc()
         self.progress.registration = result.registration
         return result
 
@@ -171,9 +183,11 @@ class UploadDriver:
         ended up (a whole body that would not shrink is stored as it is)."""
         svc, req = self.svc, self.req
         policy = req.options.retention_policy
-        node = svc.nodes.select(
-            policy, plan.reservation, exclude=req.exclude_nodes, strict=req.strict_mode
-        )
+        with svc.tracing.span("upload.select_node", {"ingester.policy": policy}) as span:
+            node = svc.nodes.select(
+                policy, plan.reservation, exclude=req.exclude_nodes, strict=req.strict_mode
+            )
+            span.set("ingester.node", node.id if node is not None else "")
         if node is None:
             raise no_node_error(
                 svc.nodes.any_usable(policy),
@@ -392,32 +406,24 @@ class UploadDriver:
                 if not svc.nodes.acquire(node.id):
                     decision = walk.skipped(node, svc.clock())
                 else:
-                    try:
-                        reply = await self._attempt(transfer, attempt, body(attempt))
-                    except UpstreamError as exc:
-                        # A 5xx is this request's doing if the node is otherwise fine.
-                        healthy = FAILURES[exc.kind].ask_the_probe and await svc.nodes.healthy(node)
-                        verdict = walk.failed(attempt, exc, replayable(), svc.clock(), healthy)
-                        if verdict.node_fault:
-                            svc.nodes.failed(node.id)
-                        else:
+                    attributes: Attributes = {
+                        "ingester.node": node.id,
+                        "ingester.file_id": attempt.file_id,
+                        "ingester.attempt": walk.tries,
+                    }
+                    with svc.tracing.span("upload.attempt", attributes, kind="client") as span:
+                        try:
+                            reply = await self._attempt(transfer, attempt, body(attempt))
+                        except UpstreamError as exc:
+                            span.set("ingester.failure", exc.kind)
+                            span.fail(exc.message)
+                            decision = await self._failed(walk, attempt, exc, replayable())
+                        except BaseException:
                             svc.nodes.abandoned(node.id)
-                        svc.metrics.child(svc.metrics.node_uploads, node.id, "failed_over").inc()
-                        decision = verdict.decision
-                        if not isinstance(decision, GiveUp):
-                            svc.log.warning(
-                                "upload_attempt_failed",
-                                upload_id=req.upload_id,
-                                node=node.id,
-                                kind=exc.kind,
-                                error=exc.message,
-                            )
-                    except BaseException:
-                        svc.nodes.abandoned(node.id)
-                        raise
-                    else:
-                        svc.nodes.succeeded(node.id)
-                        return node, reply
+                            raise
+                        else:
+                            svc.nodes.succeeded(node.id)
+                            return node, reply
                 if isinstance(decision, GiveUp):
                     raise decision.error
                 await asyncio.sleep(decision.delay)
@@ -426,14 +432,39 @@ class UploadDriver:
             self._reserve(walk.end())
         raise walk.exhausted()
 
+    async def _failed(
+        self, walk: Failover, attempt: Attempt, exc: UpstreamError, replayable: bool
+    ) -> Decision:
+        """A try failed: count it against the node (or not), and what comes next."""
+        svc, node = self.svc, attempt.node
+        # A 5xx is this request's doing if the node is otherwise fine.
+        healthy = FAILURES[exc.kind].ask_the_probe and await svc.nodes.healthy(node)
+        verdict = walk.failed(attempt, exc, replayable, svc.clock(), healthy)
+        if verdict.node_fault:
+            svc.nodes.failed(node.id)
+        else:
+            svc.nodes.abandoned(node.id)
+        svc.metrics.child(svc.metrics.node_uploads, node.id, "failed_over").inc()
+        if not isinstance(verdict.decision, GiveUp):
+            svc.log.warning(
+                "upload_attempt_failed",
+                upload_id=self.req.upload_id,
+                node=node.id,
+                kind=exc.kind,
+                error=exc.message,
+            )
+        return verdict.decision
+
     def _next_node(self, tried: list[str], size: int) -> NodeRecord | None:
         """Another node, or (when none is left) one tried before. A copy never goes back
         to a node it was tried on: a delete owed there may still come for its id."""
         req, nodes = self.req, self.svc.nodes
         policy, strict = req.options.retention_policy, req.strict_mode
-        node = nodes.select(policy, size, exclude=[*tried, *req.exclude_nodes], strict=strict)
-        if node is None and req.file_id is None:
-            node = nodes.select(policy, size, exclude=req.exclude_nodes, strict=strict)
+        with self.svc.tracing.span("upload.select_node", {"ingester.policy": policy}) as span:
+            node = nodes.select(policy, size, exclude=[*tried, *req.exclude_nodes], strict=strict)
+            if node is None and req.file_id is None:
+                node = nodes.select(policy, size, exclude=req.exclude_nodes, strict=strict)
+            span.set("ingester.node", node.id if node is not None else "")
         return node
 
     def _reserve(self, moves: list[tuple[str, int]]) -> None:
@@ -452,6 +483,7 @@ class UploadDriver:
         except CredentialError as exc:
             raise errors.STORAGE_CREDENTIALS(str(exc)) from None
         headers = {"X-Request-ID": req.request_id, **credential}
+        svc.tracing.inject(headers)
         try:
             return await svc.storage.upload(attempt.node, body, transfer.form.content_type, headers)
         except UpstreamError as exc:
@@ -469,8 +501,18 @@ class UploadDriver:
         """Delete a stored (or maybe stored) file now (True), or leave it to the durable
         backlog, which retries until it succeeds (False)."""
         svc = self.svc
-        headers = await svc.credentials.for_delete(self.req.principal)
-        outcome = await svc.storage.delete(node, file_id, headers)
+        attributes: Attributes = {
+            "ingester.node": node.id,
+            "ingester.file_id": file_id,
+            "ingester.reason": reason,
+        }
+        with svc.tracing.span("upload.compensate", attributes, kind="client") as span:
+            headers = await svc.credentials.for_delete(self.req.principal)
+            svc.tracing.inject(headers)
+            outcome = await svc.storage.delete(node, file_id, headers)
+            span.set("ingester.outcome", outcome)
+            if outcome != "deleted":
+                span.fail(f"the delete {outcome}: owed to the outbox")
         if outcome == "deleted":
             return True
         svc.metrics.compensation_failures.labels(node.id, outcome).inc()

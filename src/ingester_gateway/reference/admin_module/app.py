@@ -226,6 +226,7 @@ class AdminModuleApp:
             await self.registry.register(record)
         except FileExists:
             raise HttpError(400, f"File with ID {record.file_id} already exists") from None
+        _log.info("file_registered", file_id=record.file_id, traceparent=_traceparent(scope))
         await self._announce("file:created", record)
         await _json(send, 201, record)
 
@@ -244,6 +245,7 @@ class AdminModuleApp:
         record = await self.registry.update(file_id, lambda old: updated(old, body, now))
         if record is None:
             raise HttpError(404, "File not found")
+        _log.info("file_updated", file_id=record.file_id, traceparent=_traceparent(scope))
         await self._announce("file:updated", record)
         await _json(send, 200, record)
 
@@ -279,6 +281,12 @@ def _allow(method: str, *methods: str) -> None:
 
 def _authorization(scope: Scope) -> bytes | None:
     return next((v for k, v in scope["headers"] if k == b"authorization"), None)
+
+
+def _traceparent(scope: Scope) -> str | None:
+    """The caller's W3C trace context, logged with each registry change."""
+    raw = next((v for k, v in scope["headers"] if k == b"traceparent"), None)
+    return None if raw is None else raw.decode("latin-1")
 
 
 async def _body(receive: Receive) -> bytes:

@@ -205,6 +205,7 @@ class StorageElementApp:
                 version=fields.pop("version", None),
                 fields={k: v for k, v in fields.items() if k != "file_id"},
                 first_byte_at=first_byte[0] if first_byte else None,
+                traceparent=_text(headers.get(b"traceparent")),
             )
             await loop.run_in_executor(self.executor, partial.commit, attrs)
         except StoreFull:
@@ -337,6 +338,10 @@ async def _stamp_first(chunks: AsyncIterator[bytes], stamp: list[float]) -> Asyn
         if chunk and not stamp:
             stamp.append(time.time())
         yield chunk
+
+
+def _text(header: bytes | None) -> str | None:
+    return None if header is None else header.decode("latin-1")
 
 
 def _new_id() -> str:

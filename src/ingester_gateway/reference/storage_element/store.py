@@ -30,6 +30,8 @@ class FileAttributes(msgspec.Struct):
     fields: dict[str, str] = msgspec.field(default_factory=dict)  # other form fields, kept
     # time.time() when the first byte of the file part arrived (benchmarks: streaming delay)
     first_byte_at: float | None = None
+    # The upload request's W3C trace context, when it carried one (tests: tracing)
+    traceparent: str | None = None
 
 
 class StoreFull(Exception):
