@@ -19,6 +19,7 @@ import http.client
 import itertools
 import json
 import random
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -196,6 +197,28 @@ def http_call(
         return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:
         conn.close()
+
+
+def raw_exchange(
+    server: str | Served, data: bytes, source: str = "127.0.0.1", timeout: float = 30.0
+) -> bytes:
+    """Send `data` as it is on a new connection (from `source`, a loopback address) and
+    read what comes back until the server closes: for requests no client library would
+    send. A server that stops reading and resets is read as far as it got."""
+    host, _, port = base_url(server).removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout, (source, 0)) as sock:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            sock.sendall(data)
+        received = bytearray()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+        return bytes(received)
+
+
+def status_of(response: bytes) -> int:
+    """The status code of a raw HTTP response (0 when nothing came)."""
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
 
 
 def files_path(name: str, query: str = "") -> str:

@@ -26,8 +26,10 @@ from ingester_gateway.api.uploads import FILES_PREFIX, UploadEndpoint
 from ingester_gateway.config import Settings
 from ingester_gateway.errors import ApiError, error_body
 from ingester_gateway.gateway import Gateway
-from ingester_gateway.observability import get_logger, request_id_from
+from ingester_gateway.observability import EdgeMetrics, get_logger, request_id_from
 from ingester_gateway.runtime.asgi import send_json
+from ingester_gateway.runtime.edge import EdgeLimits, networks
+from ingester_gateway.runtime.http import configure_edge
 from ingester_gateway.runtime.memory import tune_allocator
 
 _encoder = msgspec.json.Encoder()
@@ -170,4 +172,19 @@ def app_from_environment() -> GatewayApp:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
     tune_allocator()
-    return build_app(settings)
+    app = build_app(settings)
+    configure_edge(edge_limits(settings), EdgeMetrics(app.gateway.metrics))
+    return app
+
+
+def edge_limits(settings: Settings) -> EdgeLimits:
+    return EdgeLimits(
+        max_header_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        max_request_line_bytes=settings.max_request_line_bytes,
+        header_timeout=settings.header_timeout_seconds,
+        max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
+        # An nginx in front carries many clients on its connections.
+        uncapped_peers=networks(settings.trusted_proxies),
+    )

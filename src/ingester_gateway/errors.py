@@ -85,6 +85,29 @@ STORAGE_FAILED_MID_UPLOAD = _problem(
 )
 INSUFFICIENT_STORAGE = _problem(507, "insufficient_storage", "No storage element has room")
 
+# The edge (runtime/edge.py): answered before any route, any token, for every path.
+MALFORMED_REQUEST = _problem(400, "malformed_request", "The request is not valid HTTP/1.1")
+REPEATED_HEADER = _problem(
+    400, "repeated_header", "A header field that must appear once (Authorization, ...) repeats"
+)
+HEADER_TIMEOUT = _problem(408, "header_timeout", "The request's header did not arrive in time")
+REQUEST_LINE_TOO_LONG = _problem(414, "request_line_too_long", "The request target is too long")
+CLIENT_TOO_MANY_CONNECTIONS = _problem(
+    429,
+    "too_many_client_connections",
+    "The client's address holds as many connections as it may",
+    _RETRY_AFTER,
+)
+HEADER_TOO_LARGE = _problem(
+    431, "header_too_large", "The request's header is too large or has too many fields"
+)
+UNSUPPORTED_TRANSFER_CODING = _problem(
+    501, "unsupported_transfer_coding", "A Transfer-Encoding other than chunked"
+)
+TOO_MANY_CONNECTIONS = _problem(
+    503, "too_many_connections", "The server holds as many connections as it may", _RETRY_AFTER
+)
+
 
 class ApiError(Exception):
     """An error answered to the client as `{"error": {code, message, request_id}}`."""

@@ -122,6 +122,22 @@ class Metrics:
             registry=r,
         )
 
+        self.edge_refusals = Counter(
+            "ingester_edge_rejections_total",
+            "Connections the edge refused or closed before a route, by reason"
+            " (header_too_large, too_many_headers, request_line_too_long, header_timeout,"
+            " repeated_header, transfer_coding, malformed_request, connection_limit,"
+            " client_connection_limit, idle_timeout)",
+            ["reason"],
+            registry=r,
+        )
+        self.edge_connections = Gauge(
+            "ingester_edge_connections",
+            "Open client connections (counted under INGESTER_MAX_CONNECTIONS)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once: label values here come from small
         sets (outcomes, statuses, nodes, codecs), and `labels()` validates and locks."""
@@ -138,6 +154,23 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class EdgeMetrics:
+    """The edge's reports (runtime/edge.py's `EdgeObserver`) as metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._open = metrics.edge_connections
+
+    def refused(self, reason: str) -> None:
+        self._metrics.child(self._metrics.edge_refusals, reason).inc()
+
+    def opened(self) -> None:
+        self._open.inc()
+
+    def closed(self) -> None:
+        self._open.dec()
 
 
 _log_json = msgspec.json.Encoder(enc_hook=str)
