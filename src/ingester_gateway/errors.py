@@ -7,6 +7,7 @@ are all built from this table.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,6 +108,30 @@ UNSUPPORTED_TRANSFER_CODING = _problem(
 TOO_MANY_CONNECTIONS = _problem(
     503, "too_many_connections", "The server holds as many connections as it may", _RETRY_AFTER
 )
+
+
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_REPR = re.compile(r"""'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)"|unknown field `([^`]*)`""")
+
+
+def quoted(text: str) -> str:
+    """A client's word in a message: quoted when it is a short plain name (a form field's
+    name, a node id), else left out. Messages, and the logs that repeat them, never
+    carry request bytes."""
+    return repr(text) if _PLAIN_WORD.fullmatch(text) else "(not shown)"
+
+
+def without_values(message: str) -> str:
+    """A decoder's validation message with the client's values in it passed through
+    `quoted` (msgspec quotes an enum's bad value, an unknown field's name)."""
+
+    def one(match: re.Match[str]) -> str:
+        value = next(group for group in match.groups() if group is not None)
+        if match.group(3) is not None:
+            return f"unknown field {quoted(value)}"
+        return quoted(value)
+
+    return _REPR.sub(one, message)
 
 
 class ApiError(Exception):

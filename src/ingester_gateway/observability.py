@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import sys
+import traceback
 from typing import Any
 
 import msgspec
@@ -171,6 +172,17 @@ class EdgeMetrics:
 
     def closed(self) -> None:
         self._open.dec()
+
+
+def failure_fields(exc: BaseException) -> dict[str, object]:
+    """An unexpected exception for a log line: its type and where it was raised, frame by
+    frame, but not its message: that may quote request bytes (a UnicodeDecodeError holds
+    the bytes it could not decode)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return {
+        "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "frames": [f"{f.filename}:{f.lineno} in {f.name}" for f in frames[-12:]],
+    }
 
 
 _log_json = msgspec.json.Encoder(enc_hook=str)

@@ -28,7 +28,7 @@ from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drai
 from ingester_gateway.pipeline.digest import claimed_sha256
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
 from ingester_gateway.runtime.asgi import send_json
-from ingester_gateway.runtime.http import BATCH, GONE
+from ingester_gateway.runtime.http import BATCH, BODY_ERROR, GONE
 from ingester_gateway.upload.driver import UploadDriver, new_progress
 from ingester_gateway.upload.failover import no_node_error
 from ingester_gateway.upload.plan import UploadRequest, check_filename
@@ -135,8 +135,9 @@ class UploadEndpoint:
         started = time.perf_counter()
         body: RequestBody | None = None
         driver: UploadDriver | None = None
-        status = 201
-        outcome: Outcome = "stored"
+        # Counted as a failure unless it is answered otherwise: a bug is a 500, not stored.
+        status = 500
+        outcome: Outcome = "failed"
         gw.metrics.in_flight.inc()
         gw.budget.started()
         try:
@@ -162,6 +163,7 @@ class UploadEndpoint:
                 limit=limit,
                 idle_timeout=gw.settings.client_body_timeout_seconds,
                 gone=extensions.get(GONE),
+                malformed=extensions[BODY_ERROR]() if BODY_ERROR in extensions else None,
             )
             if BATCH in extensions:  # the server hands the body over in our blocks
                 extensions[BATCH](gw.budget.block_size)
@@ -181,6 +183,7 @@ class UploadEndpoint:
             driver.progress.state = "stored"
             driver.progress.finished_at = iso_utc(time.time())
             await send_json(send, 201, _encoder.encode(result), ex.response_headers)
+            status, outcome = 201, "stored"
             gw.metrics.child(gw.metrics.compression_ratio, result.compression_algorithm).observe(
                 result.compression_ratio
             )
@@ -208,11 +211,14 @@ class UploadEndpoint:
             status, outcome = 499, "aborted"
             self._mark_failed(driver, "client disconnected")
             gw.log.info("upload_aborted", request_id=ex.request_id, upload_id=ex.upload_id)
+        except Exception:
+            self._mark_failed(driver, "internal error")
+            raise  # answered and logged by the app's guard
         finally:
             gw.metrics.in_flight.dec()
             gw.budget.finished()
             if driver is not None:
-                gw.progress.close(ex.upload_id)
+                gw.progress.close(ex.upload_id, driver.req.principal.sub)
                 node = driver.progress.storage_element_id
                 if node is not None:
                     gw.metrics.child(gw.metrics.node_uploads, node, outcome).inc()
@@ -288,7 +294,7 @@ class UploadEndpoint:
                 break
             if part.filename is not None:
                 raise errors.BAD_REQUEST(
-                    f"unexpected file part {part.name!r}; send the file as 'file'"
+                    f"unexpected file part {errors.quoted(part.name)}; send the file as 'file'"
                 )
             fields[part.name] = await reader.read_value()
         request = UploadRequest(
@@ -308,7 +314,7 @@ class UploadEndpoint:
             trailing = await reader.next_part()
             if trailing is not None:
                 raise errors.FIELD_AFTER_FILE(
-                    f"field {trailing.name!r} comes after the file part; "
+                    f"field {errors.quoted(trailing.name)} comes after the file part; "
                     "control fields must come before 'file'"
                 )
 
