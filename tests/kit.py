@@ -200,20 +200,35 @@ def http_call(
 
 
 def raw_exchange(
-    server: str | Served, data: bytes, source: str = "127.0.0.1", timeout: float = 30.0
+    server: str | Served,
+    data: bytes,
+    source: str = "127.0.0.1",
+    timeout: float = 30.0,
+    until_close: bool = False,
 ) -> bytes:
     """Send `data` as it is on a new connection (from `source`, a loopback address) and
-    read what comes back until the server closes: for requests no client library would
-    send. A server that stops reading and resets is read as far as it got."""
+    read one response (`until_close`: everything until the server closes): for requests
+    no client library would send. A server that resets is read as far as it got."""
     host, _, port = base_url(server).removeprefix("http://").partition(":")
     with socket.create_connection((host, int(port)), timeout, (source, 0)) as sock:
         with contextlib.suppress(ConnectionResetError, BrokenPipeError):
             sock.sendall(data)
         received = bytearray()
         with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
+            while (until_close or not _one_response(received)) and (chunk := sock.recv(65536)):
                 received += chunk
         return bytes(received)
+
+
+def _one_response(received: bytearray) -> bool:
+    head, found, body = bytes(received).partition(b"\r\n\r\n")
+    if not found:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 def status_of(response: bytes) -> int:

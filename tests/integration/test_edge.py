@@ -47,7 +47,7 @@ def test_a_1_mib_header_is_431_and_closed_and_memory_stays_flat(edge: Stack) -> 
     request = b"PUT /api/v1/files/x HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * MiB + b"\r\n\r\n"
 
     def one(_: int) -> bytes:
-        return raw_exchange(edge.gw, request)
+        return raw_exchange(edge.gw, request, until_close=True)
 
     with ThreadPoolExecutor(20) as pool:
         list(pool.map(one, range(20)))  # warm: the allocator's arenas, the code paths
