@@ -9,6 +9,7 @@ from benchmarks.scenario import Scenario
 from benchmarks.scenarios import (
     auth,
     codecs,
+    edge,
     finalize,
     first_byte,
     memory,
@@ -29,6 +30,7 @@ CONCERNS = (
     first_byte,
     auth,
     finalize,
+    edge,
 )
 
 SCENARIOS: dict[str, Scenario] = {s.key: s for c in CONCERNS for s in c.SCENARIOS}

@@ -47,6 +47,8 @@ GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
     "gateway-reg": {},
     # Finalize (issue 8): the edit SE too, and the Admin Module's registry.
     "gateway-fin": {},
+    # The edge (issue 10): every held connection comes from the bench's one address.
+    "gateway-edge": {"INGESTER_MAX_CONNECTIONS_PER_CLIENT": "100000"},
 }
 # Gateway instances wired to the reference Admin Module (registration, finalize).
 WITH_ADMIN = frozenset({"gateway-reg", "gateway-fin"})
