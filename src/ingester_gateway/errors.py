@@ -60,7 +60,9 @@ METHOD_NOT_ALLOWED = _problem(405, "method_not_allowed", "The route does not tak
 REQUEST_TIMEOUT = _problem(408, "request_timeout", "The client sent no body data for too long")
 FINALIZE_IN_PROGRESS = _problem(409, "finalize_in_progress", "Another finalize moves this file")
 ALREADY_PERMANENT = _problem(409, "already_permanent", "The file is not temporary")
-UPLOAD_ID_IN_USE = _problem(409, "upload_id_in_use", "X-Upload-Id names another upload")
+UPLOAD_ID_IN_USE = _problem(
+    409, "upload_id_in_use", "X-Upload-Id names an upload of the same user still running"
+)
 LENGTH_REQUIRED = _problem(411, "length_required", "Neither Content-Length nor a chunked body")
 PAYLOAD_TOO_LARGE = _problem(413, "payload_too_large", "The upload exceeds the size limit")
 UNSUPPORTED_MEDIA_TYPE = _problem(415, "unsupported_media_type", "The content type is refused")

@@ -172,7 +172,7 @@ class UploadEndpoint:
             if not gw.progress.open(
                 ex.upload_id, principal.sub, progress, named=ex.upload_id_named
             ):
-                # The id is another upload's: its entry is not ours to close.
+                # The id is the uploader's own running upload: its entry is not ours to close.
                 raise errors.UPLOAD_ID_IN_USE("X-Upload-Id is already in use")
             driver = UploadDriver(gw.uploads, request, progress)
             result = await driver.run(stream)
