@@ -149,7 +149,12 @@ def test_a_coded_chunked_body_is_501_and_not_stored(edge: Stack, keys: DevKeys) 
 
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory: pytest.TempPathFactory, keys: DevKeys) -> Iterator[Stack]:
-    env = {"INGESTER_MAX_CONNECTIONS": "6", "INGESTER_MAX_CONNECTIONS_PER_CLIENT": "3"}
+    env = {
+        "INGESTER_MAX_CONNECTIONS": "6",
+        "INGESTER_MAX_CONNECTIONS_PER_CLIENT": "3",
+        # The held connections send nothing: long enough that none is closed as idle.
+        "INGESTER_KEEPALIVE_TIMEOUT_SECONDS": "120",
+    }
     with own_stack(tmp_path_factory.mktemp("capped"), keys, env=env) as stack:
         yield stack
 
