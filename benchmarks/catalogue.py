@@ -10,6 +10,7 @@ from benchmarks.scenarios import (
     auth,
     codecs,
     drain,
+    edge,
     finalize,
     first_byte,
     memory,
@@ -33,6 +34,7 @@ CONCERNS = (
     finalize,
     drain,
     tracing,
+    edge,
 )
 
 SCENARIOS: dict[str, Scenario] = {s.key: s for c in CONCERNS for s in c.SCENARIOS}

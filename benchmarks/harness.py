@@ -97,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--jwt-count", type=int, default=None, help=f"token verifications ({o.jwt_count})"
     )
     parser.add_argument(
+        "--edge-connections",
+        type=int,
+        default=None,
+        help=f"connections holding half a head ({o.edge_connections})",
+    )
+    parser.add_argument(
         "--gateway-env",
         action="append",
         default=[],
@@ -145,6 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             stream_size=parse_size(str(pick(args.stream_size, "200MiB", "20MiB"))),
             stream_rate=args.stream_rate,
             jwt_count=int(pick(args.jwt_count, o.jwt_count, 500)),
+            edge_connections=int(pick(args.edge_connections, o.edge_connections, 500)),
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -61,6 +61,7 @@ class Options:
     stream_size: int = 200 * 2**20  # the paced upload of the first-byte figure
     stream_rate: float = 20e6  # bytes/s
     jwt_count: int = 5000
+    edge_connections: int = 2000  # connections holding half a head (issue 10)
 
 
 @dataclass

@@ -66,6 +66,8 @@ GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": "0.1",
     },
+    # The edge (issue 10): every held connection comes from the bench's one address.
+    "gateway-edge": {"INGESTER_MAX_CONNECTIONS_PER_CLIENT": "100000"},
 }
 # Gateway instances wired to the reference Admin Module (registration, finalize).
 WITH_ADMIN = frozenset({"gateway-reg", "gateway-fin"})

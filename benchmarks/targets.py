@@ -74,6 +74,9 @@ TARGETS: tuple[Target, ...] = (
     Target("memory.peak_rss.concurrent", "<=", 300, "issue 3"),
     # first file byte at the SE after the client's, ms
     Target("first_byte.delay_ms", "<=", 200, "issue 3"),
+    # the edge: 2 000 connections holding half a head (RSS growth MiB; count)
+    Target("edge.rss_growth.half_heads", "<=", 50, "issue 10"),
+    Target("edge.not_closed.half_heads", "==", 0, "issue 10"),
 )
 
 

@@ -19,6 +19,7 @@ import http.client
 import itertools
 import json
 import random
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -196,6 +197,43 @@ def http_call(
         return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:
         conn.close()
+
+
+def raw_exchange(
+    server: str | Served,
+    data: bytes,
+    source: str = "127.0.0.1",
+    timeout: float = 30.0,
+    until_close: bool = False,
+) -> bytes:
+    """Send `data` as it is on a new connection (from `source`, a loopback address) and
+    read one response (`until_close`: everything until the server closes): for requests
+    no client library would send. A server that resets is read as far as it got."""
+    host, _, port = base_url(server).removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout, (source, 0)) as sock:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            sock.sendall(data)
+        received = bytearray()
+        with contextlib.suppress(ConnectionResetError):
+            while (until_close or not _one_response(received)) and (chunk := sock.recv(65536)):
+                received += chunk
+        return bytes(received)
+
+
+def _one_response(received: bytearray) -> bool:
+    head, found, body = bytes(received).partition(b"\r\n\r\n")
+    if not found:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def status_of(response: bytes) -> int:
+    """The status code of a raw HTTP response (0 when nothing came)."""
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
 
 
 def files_path(name: str, query: str = "") -> str:

@@ -164,6 +164,14 @@ def stream_stored_digests(stack: Stack, file_id: str, algorithm: str) -> tuple[s
     return stored_hash.hexdigest(), original_hash.hexdigest(), stored_size, original_size
 
 
+def rss_bytes(server: ServerProcess) -> int:
+    """The resident memory of a server's process (VmRSS)."""
+    for line in Path(f"/proc/{server.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {server.name}")
+
+
 # -- an SE and a gateway ------------------------------------------------------------------------
 
 

@@ -27,9 +27,16 @@ from ingester_gateway.api.uploads import FILES_PREFIX, UploadEndpoint
 from ingester_gateway.config import Settings
 from ingester_gateway.errors import ApiError, error_body
 from ingester_gateway.gateway import Gateway
-from ingester_gateway.observability import get_logger, request_id_from
+from ingester_gateway.observability import (
+    EdgeMetrics,
+    failure_fields,
+    get_logger,
+    request_id_from,
+)
 from ingester_gateway.runtime.asgi import send_json
 from ingester_gateway.runtime.drain import SignalDrain
+from ingester_gateway.runtime.edge import EdgeLimits, networks
+from ingester_gateway.runtime.http import configure_edge
 from ingester_gateway.runtime.memory import tune_allocator
 
 _encoder = msgspec.json.Encoder()
@@ -98,6 +105,10 @@ def build_app(
         headers = [(k.encode(), v.encode()) for k, v in (exc.headers or {}).items()]
         return _error(request, problem(str(exc.detail), headers))
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # Starlette answers with this, then re-raises for GatewayApp._guarded to log.
+        return _error(request, errors.INTERNAL_ERROR("internal error"))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start()
@@ -124,7 +135,11 @@ def build_app(
     starlette = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: api_error, HTTPException: http_error},
+        exception_handlers={
+            ApiError: api_error,
+            HTTPException: http_error,
+            Exception: internal_error,
+        },
     )
     return GatewayApp(gw, starlette)
 
@@ -138,18 +153,24 @@ class GatewayApp:
         self.uploads = UploadEndpoint(gateway)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            method, path = scope["method"], scope["path"]
-            if method == "PUT" and path.startswith(FILES_PREFIX) and len(path) > len(FILES_PREFIX):
-                await self._guarded(self.uploads.put_file, scope, receive, send)
-                return
+        if scope["type"] != "http":
+            await self.starlette(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        if path.startswith(FILES_PREFIX) and len(path) > len(FILES_PREFIX):
             if method == "POST" and path == "/api/v1/files/upload":
                 await self._guarded(self.uploads.post_multipart, scope, receive, send)
-                return
-        await self.starlette(scope, receive, send)
+            elif method == "PUT":
+                await self._guarded(self.uploads.put_file, scope, receive, send)
+            else:  # the upload routes exist, for other methods
+                allowed = "POST, PUT" if path == "/api/v1/files/upload" else "PUT"
+                await self._guarded(_method_not_allowed(allowed), scope, receive, send)
+            return
+        await self._guarded(self.starlette, scope, receive, send)
 
     async def _guarded(self, handler: Any, scope: Scope, receive: Receive, send: Send) -> None:
-        """Last line of defence: a bug answers a JSON 500, never a traceback."""
+        """Last line of defence: a bug answers a JSON 500, never a traceback, and is
+        logged without the exception's message (it may quote the request)."""
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -159,8 +180,8 @@ class GatewayApp:
 
         try:
             await handler(scope, receive, tracking_send)
-        except Exception:
-            _log.exception("unhandled_error", path=scope["path"])
+        except Exception as exc:
+            _log.error("unhandled_error", method=scope["method"], **failure_fields(exc))
             if not started:
                 error = errors.INTERNAL_ERROR("internal error")
                 rid = request_id_from(dict(scope["headers"]).get(b"x-request-id"))
@@ -172,6 +193,16 @@ class GatewayApp:
                 )
 
 
+def _method_not_allowed(allowed: str) -> Any:
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        error = errors.METHOD_NOT_ALLOWED(f"this route takes {allowed}")
+        rid = request_id_from(dict(scope["headers"]).get(b"x-request-id"))
+        headers = [(b"x-request-id", rid.encode()), (b"allow", allowed.encode())]
+        await send_json(send, error.status, error_body(error, rid), headers)
+
+    return answer
+
+
 def app_from_environment() -> GatewayApp:
     """uvicorn factory: each worker process builds its app from the environment."""
     from ingester_gateway.config import load_settings
@@ -180,4 +211,19 @@ def app_from_environment() -> GatewayApp:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
     tune_allocator()
-    return build_app(settings, drain_on_signals=True)
+    app = build_app(settings, drain_on_signals=True)
+    configure_edge(edge_limits(settings), EdgeMetrics(app.gateway.metrics))
+    return app
+
+
+def edge_limits(settings: Settings) -> EdgeLimits:
+    return EdgeLimits(
+        max_header_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        max_request_line_bytes=settings.max_request_line_bytes,
+        header_timeout=settings.header_timeout_seconds,
+        max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
+        # An nginx in front carries many clients on its connections.
+        uncapped_peers=networks(settings.trusted_proxies),
+    )

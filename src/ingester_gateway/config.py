@@ -107,6 +107,15 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     # On SIGTERM: how long streamed uploads in flight may take to finish before they are
     # interrupted (readiness is false and new uploads are refused meanwhile).
     shutdown_grace: Seconds = 20.0
+    # The edge, before any token is read (runtime/edge.py; README "The edge").
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=2**10, le=2**20)] = 64 * 2**10
+    max_header_count: Annotated[int, msgspec.Meta(ge=8, le=10_000)] = 100
+    max_request_line_bytes: Annotated[int, msgspec.Meta(ge=256, le=2**20)] = 8 * 2**10
+    header_timeout_seconds: Seconds = 10.0
+    keepalive_timeout_seconds: Seconds = 5.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096  # per worker process
+    max_connections_per_client: Annotated[int, msgspec.Meta(ge=1)] = 256
+
     client_body_timeout_seconds: Seconds = 60.0
     upstream_connect_timeout_seconds: Seconds = 5.0
     upstream_response_timeout_seconds: Seconds = 120.0
@@ -158,6 +167,15 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(
                     f"INGESTER_TRUSTED_PROXIES: {proxy!r} is not an IP address or network"
                 ) from None
+        if self.max_request_line_bytes > self.max_header_bytes:
+            raise ValueError(
+                "INGESTER_MAX_REQUEST_LINE_BYTES must not exceed INGESTER_MAX_HEADER_BYTES"
+            )
+        if self.auth_max_token_bytes + 1024 > self.max_header_bytes:
+            raise ValueError(
+                "INGESTER_MAX_HEADER_BYTES must leave room for a token of"
+                " INGESTER_AUTH_MAX_TOKEN_BYTES and the other fields (1 KiB more)"
+            )
         ids = [se.id for se in self.storage_elements]
         if len(ids) != len(set(ids)):
             raise ValueError("INGESTER_STORAGE_ELEMENTS: storage element ids must be unique")
@@ -175,6 +193,8 @@ _SIZE_FIELDS = {
     "buffer_budget_bytes",
     "replay_buffer_bytes",
     "compression_min_bytes",
+    "max_header_bytes",
+    "max_request_line_bytes",
 }
 _JSON_FIELDS = {"storage_elements"}
 _LIST_FIELDS = {"allowed_content_types", "auth_upload_roles", "trusted_proxies"}

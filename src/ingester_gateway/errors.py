@@ -7,6 +7,7 @@ are all built from this table.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,7 +60,9 @@ METHOD_NOT_ALLOWED = _problem(405, "method_not_allowed", "The route does not tak
 REQUEST_TIMEOUT = _problem(408, "request_timeout", "The client sent no body data for too long")
 FINALIZE_IN_PROGRESS = _problem(409, "finalize_in_progress", "Another finalize moves this file")
 ALREADY_PERMANENT = _problem(409, "already_permanent", "The file is not temporary")
-UPLOAD_ID_IN_USE = _problem(409, "upload_id_in_use", "X-Upload-Id names another upload")
+UPLOAD_ID_IN_USE = _problem(
+    409, "upload_id_in_use", "X-Upload-Id names an upload of the same user still running"
+)
 LENGTH_REQUIRED = _problem(411, "length_required", "Neither Content-Length nor a chunked body")
 PAYLOAD_TOO_LARGE = _problem(413, "payload_too_large", "The upload exceeds the size limit")
 UNSUPPORTED_MEDIA_TYPE = _problem(415, "unsupported_media_type", "The content type is refused")
@@ -90,6 +93,53 @@ SHUTTING_DOWN = _problem(
     (b"retry-after", b"1"),
 )
 INSUFFICIENT_STORAGE = _problem(507, "insufficient_storage", "No storage element has room")
+
+# The edge (runtime/edge.py): answered before any route, any token, for every path.
+MALFORMED_REQUEST = _problem(400, "malformed_request", "The request is not valid HTTP/1.1")
+REPEATED_HEADER = _problem(
+    400, "repeated_header", "A header field that must appear once (Authorization, ...) repeats"
+)
+HEADER_TIMEOUT = _problem(408, "header_timeout", "The request's header did not arrive in time")
+REQUEST_LINE_TOO_LONG = _problem(414, "request_line_too_long", "The request target is too long")
+CLIENT_TOO_MANY_CONNECTIONS = _problem(
+    429,
+    "too_many_client_connections",
+    "The client's address holds as many connections as it may",
+    _RETRY_AFTER,
+)
+HEADER_TOO_LARGE = _problem(
+    431, "header_too_large", "The request's header is too large or has too many fields"
+)
+UNSUPPORTED_TRANSFER_CODING = _problem(
+    501, "unsupported_transfer_coding", "A Transfer-Encoding other than chunked"
+)
+TOO_MANY_CONNECTIONS = _problem(
+    503, "too_many_connections", "The server holds as many connections as it may", _RETRY_AFTER
+)
+
+
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_REPR = re.compile(r"""'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)"|unknown field `([^`]*)`""")
+
+
+def quoted(text: str) -> str:
+    """A client's word in a message: quoted when it is a short plain name (a form field's
+    name, a node id), else left out. Messages, and the logs that repeat them, never
+    carry request bytes."""
+    return repr(text) if _PLAIN_WORD.fullmatch(text) else "(not shown)"
+
+
+def without_values(message: str) -> str:
+    """A decoder's validation message with the client's values in it passed through
+    `quoted` (msgspec quotes an enum's bad value, an unknown field's name)."""
+
+    def one(match: re.Match[str]) -> str:
+        value = next(group for group in match.groups() if group is not None)
+        if match.group(3) is not None:
+            return f"unknown field {quoted(value)}"
+        return quoted(value)
+
+    return _REPR.sub(one, message)
 
 
 class ApiError(Exception):

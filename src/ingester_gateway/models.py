@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
-from ingester_gateway.errors import INVALID_PARAMETER
+from ingester_gateway.errors import INVALID_PARAMETER, without_values
 
 # The one spelling of each name the gateway, its reference servers and its CLI share.
 RetentionPolicy = Literal["temporary", "permanent"]
@@ -26,7 +27,8 @@ DEFAULT_UPLOAD_ROLES: tuple[Role, ...] = ("super_admin", "admin", "operator", "u
 RETENTION_BY_MODE: dict[str, RetentionPolicy] = {"edit": "temporary", "rw": "permanent"}
 MODE_BY_RETENTION: dict[RetentionPolicy, NodeMode] = {"temporary": "edit", "permanent": "rw"}
 
-MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_BYTES = 16 * 1024  # characters of its JSON text
+MAX_METADATA_DEPTH = 10  # nested objects and arrays, the metadata object itself included
 MAX_TTL_DAYS = 365
 # The gateway's own facts in artStore's user_metadata (admin/wire.py): not the client's.
 RESERVED_METADATA_KEY = "_ingester"
@@ -47,6 +49,22 @@ class UploadOptions(msgspec.Struct, kw_only=True):
 
 _OPTION_NAMES = frozenset(UploadOptions.__struct_fields__) | {"storage_mode"}
 _metadata_decoder = msgspec.json.Decoder(dict[str, Any])
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_INNERMOST = re.compile(r"\{[^{}\[\]]*\}|\[[^{}\[\]]*\]")
+
+
+def json_nesting_within(text: str | bytes, limit: int) -> bool:
+    """Whether JSON text nests objects and arrays at most `limit` deep, judged before it
+    is decoded (a decoder recurses once per level: thousands of levels are a
+    RecursionError, not a 400). Strings are set aside, then the innermost containers
+    are removed a level at a time: regex passes, at most `limit` of them."""
+    rest = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    rest = _JSON_STRING.sub('""', rest)
+    for _ in range(limit):
+        rest, removed = _INNERMOST.subn("0", rest)
+        if not removed:
+            return True
+    return "{" not in rest and "[" not in rest
 
 
 _second: list[object] = [None, ""]  # the last second formatted, and its text
@@ -75,7 +93,9 @@ def parse_upload_options(fields: Mapping[str, str]) -> UploadOptions:
     metadata = raw.pop("metadata", None)
     if metadata is not None and metadata != "":
         if len(metadata) > MAX_METADATA_BYTES:
-            raise INVALID_PARAMETER(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+            raise INVALID_PARAMETER(f"metadata is longer than {MAX_METADATA_BYTES} characters")
+        if not json_nesting_within(metadata, MAX_METADATA_DEPTH):
+            raise INVALID_PARAMETER(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
         try:
             raw["metadata"] = _metadata_decoder.decode(metadata)
         except msgspec.DecodeError:
@@ -95,7 +115,7 @@ def parse_upload_options(fields: Mapping[str, str]) -> UploadOptions:
 
 
 def _describe(exc: msgspec.ValidationError) -> str:
-    message, _, path = str(exc).partition(" - at `$.")
+    message, _, path = without_values(str(exc)).partition(" - at `$.")
     field = path.rstrip("`").split("[")[0] or "options"
     return f"{field}: {message[0].lower()}{message[1:]}"
 

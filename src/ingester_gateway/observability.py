@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import sys
+import traceback
 from typing import Any
 
 import msgspec
@@ -150,6 +151,22 @@ class Metrics:
             registry=r,
         )
 
+        self.edge_refusals = Counter(
+            "ingester_edge_rejections_total",
+            "Connections the edge refused or closed before a route, by reason"
+            " (header_too_large, too_many_headers, request_line_too_long, header_timeout,"
+            " repeated_header, transfer_coding, malformed_request, connection_limit,"
+            " client_connection_limit, idle_timeout)",
+            ["reason"],
+            registry=r,
+        )
+        self.edge_connections = Gauge(
+            "ingester_edge_connections",
+            "Open client connections (counted under INGESTER_MAX_CONNECTIONS)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once: label values here come from small
         sets (outcomes, statuses, nodes, codecs), and `labels()` validates and locks."""
@@ -167,6 +184,34 @@ class Metrics:
             ProcessCollector(registry=registry)  # the process metrics of this worker
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class EdgeMetrics:
+    """The edge's reports (runtime/edge.py's `EdgeObserver`) as metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._open = metrics.edge_connections
+
+    def refused(self, reason: str) -> None:
+        self._metrics.child(self._metrics.edge_refusals, reason).inc()
+
+    def opened(self) -> None:
+        self._open.inc()
+
+    def closed(self) -> None:
+        self._open.dec()
+
+
+def failure_fields(exc: BaseException) -> dict[str, object]:
+    """An unexpected exception for a log line: its type and where it was raised, frame by
+    frame, but not its message: that may quote request bytes (a UnicodeDecodeError holds
+    the bytes it could not decode)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return {
+        "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "frames": [f"{f.filename}:{f.lineno} in {f.name}" for f in frames[-12:]],
+    }
 
 
 _log_json = msgspec.json.Encoder(enc_hook=str)

@@ -22,8 +22,10 @@ import aiohttp
 import pytest
 
 from tests.kit import (
+    AS_SENT,
     CODEC_NAMES,
     DevKeys,
+    assert_error_envelope,
     curl,
     eventually,
     files_path,
@@ -32,7 +34,14 @@ from tests.kit import (
     pseudo_random_blocks,
     sha256_hex,
 )
-from tests.stack import Stack, assert_stored, se_metadata, start_stack, stream_stored_digests
+from tests.stack import (
+    Stack,
+    assert_stored,
+    paced_put,
+    se_metadata,
+    start_stack,
+    stream_stored_digests,
+)
 
 TEXT = b"".join(
     f"{i:06d} the quick brown fox jumps over the lazy dog\n".encode() for i in range(30_000)
@@ -382,11 +391,15 @@ def test_allow_list_refuses_other_types_with_415_and_stores_nothing(
 
 
 @pytest.mark.parametrize(
-    ("name", "se_name"),
-    [("Résumé naïve été.txt", "Resume_naive_ete.txt"), ("../../etc/passwd", "passwd")],
+    ("name", "original", "se_name"),
+    [
+        ("Résumé naïve été.txt", "Résumé naïve été.txt", "Resume_naive_ete.txt"),
+        ("../../etc/passwd", "passwd", "passwd"),  # a name, never a path
+        ("zero\u200bwidth.txt", "zerowidth.txt", "zerowidth.txt"),
+    ],
 )
 def test_original_name_is_kept_and_the_se_gets_a_safe_ascii_basename(
-    stack: Stack, name: str, se_name: str
+    stack: Stack, name: str, original: str, se_name: str
 ) -> None:
     raw = stack.put(TEXT[:2000], name, query="compress=false")
     form = stack.post_form(
@@ -395,7 +408,7 @@ def test_original_name_is_kept_and_the_se_gets_a_safe_ascii_basename(
     for reply in (raw, form):
         assert reply.status == 201, reply.body
         result = reply.json()
-        assert result["original_filename"] == name
+        assert result["original_filename"] == original
         assert result["storage_filename"] == se_name
         assert_stored(stack, result, TEXT[:2000])
         assert se_metadata(stack, result["file_id"])["original_filename"] == se_name
@@ -491,6 +504,48 @@ def test_progress_is_hidden_from_other_users_and_needs_a_token(stack: Stack) -> 
     assert anonymous.status == 401
     assert "error" in anonymous.json()
     assert anonymous.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_an_upload_id_is_its_owners_alone_and_reusable_once_finished(stack: Stack) -> None:
+    upload_id = f"scoped-{uuid.uuid4().hex[:12]}"
+    during: dict[str, Any] = {}
+
+    def while_alice_uploads(sent: int) -> None:
+        if sent == 200_000:  # her upload (and its entry) is running by now
+            during["bob"] = stack.put(
+                b"bob's own",
+                "bob.txt",
+                headers={"X-Upload-Id": upload_id},
+                auth=stack.keys.auth(sub="bob"),
+            )
+            during["alice"] = stack.put(b"again", "again.txt", headers={"X-Upload-Id": upload_id})
+
+    alice = paced_put(
+        stack.gw,
+        files_path("alice.bin", AS_SENT),
+        {**stack.keys.auth(), "X-Upload-Id": upload_id},
+        b"a" * 500_000,
+        chunk=100_000,
+        pause=0.2,
+        between=while_alice_uploads,
+    )
+    assert alice.status == 201, alice.body
+    # Bob is not told that Alice's id exists, and cannot take it from her.
+    assert during["bob"].status == 201, during["bob"].body
+    assert during["bob"].json()["upload_id"] == upload_id
+    assert_error_envelope(during["alice"], 409, "upload_id_in_use")
+
+    def progress_of(sub: str) -> dict[str, Any]:
+        auth = stack.keys.auth(sub=sub)
+        answer = http_call(stack.gw, "GET", f"/api/v1/uploads/{upload_id}", headers=auth)
+        assert answer.status == 200, answer.body
+        return dict(answer.json())
+
+    assert progress_of("alice")["filename"] == "alice.bin"
+    assert progress_of("bob")["filename"] == "bob.txt"
+    reused = stack.put(b"the next night", "nightly.txt", headers={"X-Upload-Id": upload_id})
+    assert reused.status == 201, reused.body
+    assert progress_of("alice")["filename"] == "nightly.txt"
 
 
 def test_failed_upload_shows_failed_with_its_error(stack: Stack) -> None:

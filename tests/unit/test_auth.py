@@ -268,12 +268,30 @@ def test_another_rsa_algorithm_than_rs256_is_401(keys: DevKeys) -> None:
 # -- token type, roles, scope -------------------------------------------------------
 
 
-@pytest.mark.parametrize("token_type", ["refresh", "REFRESH", "Refresh", "password_reset"])
+@pytest.mark.parametrize(
+    "token_type", ["refresh", "REFRESH", "Refresh", "rEfReSh", "refresh ", "password_reset"]
+)
 def test_a_refresh_token_in_any_case_or_an_unknown_type_is_401(
     keys: DevKeys, token_type: str
 ) -> None:
     token = mint_token(keys.private_pem, sub="alice", role="admin", token_type=token_type)
     assert refused(verifier(keys), token).status == 401
+
+
+@pytest.mark.parametrize("crit", [["exp"], ["b64"], ["x-unknown"], []])
+def test_a_token_naming_critical_header_extensions_is_401(keys: DevKeys, crit: list[str]) -> None:
+    """RFC 7515 4.1.11: no extension is understood here, so any `crit` refuses."""
+    token = signed(keys, admin_claims(), headers={"crit": crit, "x-unknown": True})
+    error = refused(verifier(keys), token)
+    assert error.status == 401
+    assert "critical" in error.message
+
+
+@pytest.mark.parametrize("sub", ["", " ", "\t"])
+def test_a_token_with_an_empty_subject_is_401(keys: DevKeys, sub: str) -> None:
+    error = refused(verifier(keys), signed(keys, admin_claims(sub=sub)))
+    assert error.status == 401
+    assert "subject" in error.message
 
 
 @pytest.mark.parametrize("token_type", ["admin_user", "ADMIN_USER", "Service_Account", "access"])

@@ -192,3 +192,37 @@ def test_a_key_file_that_is_not_a_key_is_an_error(base: dict[str, str], tmp_path
     garbage.write_text("hello\n")
     message = config_error({**base, "INGESTER_AUTH_PUBLIC_KEY_FILE": str(garbage)})
     assert message.startswith("INGESTER_AUTH_PUBLIC_KEY_FILE:")
+
+
+def test_the_edge_limits_are_settings_with_sizes_and_their_defaults(base: dict[str, str]) -> None:
+    defaults = load_settings(base)
+    assert (defaults.max_header_bytes, defaults.max_header_count) == (64 * 1024, 100)
+    assert (defaults.max_request_line_bytes, defaults.header_timeout_seconds) == (8192, 10.0)
+    assert (defaults.max_connections, defaults.max_connections_per_client) == (4096, 256)
+    assert defaults.keepalive_timeout_seconds == 5.0
+    settings = load_settings(
+        {
+            **base,
+            "INGESTER_MAX_HEADER_BYTES": "32KiB",
+            "INGESTER_MAX_REQUEST_LINE_BYTES": "4KiB",
+            "INGESTER_HEADER_TIMEOUT_SECONDS": "2.5",
+            "INGESTER_MAX_CONNECTIONS_PER_CLIENT": "16",
+        }
+    )
+    assert (settings.max_header_bytes, settings.max_request_line_bytes) == (32768, 4096)
+    assert (settings.header_timeout_seconds, settings.max_connections_per_client) == (2.5, 16)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"INGESTER_MAX_REQUEST_LINE_BYTES": "128KiB"}, "INGESTER_MAX_REQUEST_LINE_BYTES"),
+        ({"INGESTER_MAX_HEADER_BYTES": "4KiB"}, "INGESTER_MAX_HEADER_BYTES"),  # no room for a token
+        ({"INGESTER_HEADER_TIMEOUT_SECONDS": "0"}, "INGESTER_HEADER_TIMEOUT_SECONDS"),
+        ({"INGESTER_MAX_CONNECTIONS": "0"}, "INGESTER_MAX_CONNECTIONS"),
+    ],
+)
+def test_edge_limits_that_cannot_work_stop_start_up(
+    base: dict[str, str], env: dict[str, str], named: str
+) -> None:
+    assert named in config_error({**base, **env})

@@ -6,10 +6,14 @@ reader), store the file part, and may then fail as a script says."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import gc
 import hashlib
 import os
 import random
+import threading
+import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +29,7 @@ from ingester_gateway.config import StorageElementConfig
 from ingester_gateway.errors import ApiError
 from ingester_gateway.models import UploadOptions, UploadResult
 from ingester_gateway.observability import Metrics, get_logger
+from ingester_gateway.pipeline.body import ClientDisconnected
 from ingester_gateway.pipeline.codecs import build_codecs
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
 from ingester_gateway.registry import NodeRecord
@@ -484,6 +489,111 @@ def test_a_file_artstore_refuses_to_register_is_502_with_its_reason_and_removed(
 def test_the_201_says_the_file_is_registered(harness: Callable[..., Harness]) -> None:
     h = harness({"a": ["store"]})
     assert h.upload(b"x" * 5000).registration == "registered"
+
+
+# -- an upload cut short while its blocks are encoded; progress --------------------------
+
+
+class HeldCompressor:
+    """A compressor whose work on a block waits until the test lets it go, and which
+    records whether it was closed while a worker thread still used it."""
+
+    def __init__(self, codec: HeldCodec) -> None:
+        self._codec = codec
+
+    def compress(self, data: object) -> bytes:
+        self._codec.busy = True
+        self._codec.compressing.set()
+        self._codec.release.wait(10)
+        self._codec.busy = False
+        return b"c"
+
+    def flush(self) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        self._codec.closed_while_busy.append(self._codec.busy)
+
+
+class HeldCodec:
+    name = "zstd"
+
+    def __init__(self) -> None:
+        self.compressing = threading.Event()
+        self.release = threading.Event()
+        self.busy = False
+        self.closed_while_busy: list[bool] = []
+
+    def compressor(self, size_hint: int | None = None, parallel: bool = False) -> HeldCompressor:
+        return HeldCompressor(self)
+
+
+def test_an_upload_aborted_while_a_block_compresses_waits_for_the_job_before_closing(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["store"]})
+    codec = HeldCodec()
+    services = dataclasses.replace(h.services, codecs={**h.services.codecs, "zstd": codec})
+    request = UploadRequest(
+        upload_id="upload-1",
+        request_id="req-1",
+        principal=PRINCIPAL,
+        filename="report.bin",
+        declared_content_type=None,
+        options=UploadOptions(compress=True, compression_algorithm="zstd"),
+    )
+    driver = UploadDriver(services, request, new_progress(request))
+
+    async def client_leaves_mid_block() -> AsyncIterator[bytes]:
+        yield b"a" * 64 * 1024  # the first block: encoded in place
+        yield b"b" * MiB  # the second: in a worker thread, held there
+        while not codec.compressing.is_set():
+            await asyncio.sleep(0.01)
+        threading.Timer(0.2, codec.release.set).start()
+        raise ClientDisconnected()
+
+    async def go() -> None:
+        with pytest.raises(ClientDisconnected):
+            await driver.run(ClientStream(client_leaves_mid_block()))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(go())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+    # The job was awaited: the compressor was closed (given back) only once it was idle.
+    assert codec.closed_while_busy == [False]
+
+
+def test_progress_follows_the_bytes_received_not_the_last_whole_block(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness({"a": ["store"]})
+    request = UploadRequest(
+        upload_id="upload-1",
+        request_id="req-1",
+        principal=PRINCIPAL,
+        filename="slow.bin",
+        declared_content_type=None,
+        options=UploadOptions(compress=False),
+    )
+    progress = new_progress(request)
+    driver = UploadDriver(h.services, request, progress)
+    piece = 10_000
+    seen: list[tuple[int, int]] = []
+
+    async def slow_client() -> AsyncIterator[bytes]:
+        for sent in range(1, 31):  # 300 KB: a 64 KiB first block, then one unfinished MiB
+            yield b"p" * piece
+            seen.append((sent * piece, progress.bytes_received))
+
+    async def go() -> UploadResult:
+        return await driver.run(ClientStream(slow_client()))
+
+    result = run(go())
+    assert result.file_size == 30 * piece
+    assert seen == [(sent, sent) for sent, _ in seen]
+    assert progress.bytes_received == 30 * piece
 
 
 def test_each_step_is_a_span_of_the_uploads_trace_and_each_request_carries_its_own(

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from ingester_gateway.errors import ApiError
-from ingester_gateway.models import MAX_DESCRIPTION_CHARS, UploadOptions, parse_upload_options
+from ingester_gateway.models import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_METADATA_DEPTH,
+    UploadOptions,
+    parse_upload_options,
+)
 
 
 def invalid(fields: dict[str, str]) -> ApiError:
@@ -146,3 +151,32 @@ def test_the_gateways_reserved_metadata_key_is_refused() -> None:
         parse_upload_options({"metadata": '{"_ingester": {"original_sha256": "forged"}}'})
     assert (info.value.status, info.value.code) == (400, "invalid_parameter")
     assert "_ingester" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        '{"a": ' * 11 + "1" + "}" * 11,  # eleven objects deep
+        '{"a": ' + "[" * 10 + "]" * 10 + "}",  # an object around ten arrays
+        '{"a": ' + "[" * 8000 + "]" * 8000 + "}",  # a RecursionError in any decoder
+    ],
+)
+def test_metadata_nested_deeper_than_the_limit_is_400(metadata: str) -> None:
+    message = invalid({"metadata": metadata}).message
+    assert f"deeper than {MAX_METADATA_DEPTH} levels" in message
+
+
+def test_metadata_ten_levels_deep_is_accepted_and_brackets_in_strings_do_not_count() -> None:
+    deep = '{"a": ' * 9 + '{"s": "[[[[{{{{"}' + "}" * 9
+    options = parse_upload_options({"metadata": deep})
+    assert options.metadata["a"]["a"]["a"]["a"]["a"]["a"]["a"]["a"]["a"] == {"s": "[[[[{{{{"}
+
+
+def test_a_bad_value_is_named_but_not_quoted_back_unless_it_is_a_plain_word() -> None:
+    assert invalid({"retention_policy": "forever"}).message == (
+        "retention_policy: invalid enum value 'forever'"
+    )
+    hostile = "\u202e<script>" + "A" * 300
+    message = invalid({"retention_policy": hostile}).message
+    assert hostile not in message and "<script>" not in message
+    assert message.startswith("retention_policy: invalid enum value (not shown)")

@@ -317,3 +317,35 @@ def test_boundary_from_without_a_usable_boundary_is_400(content_type: str) -> No
     with pytest.raises(ApiError) as info:
         boundary_from(content_type)
     assert info.value.status == 400
+
+
+def test_a_part_header_that_is_not_utf8_is_400_without_the_bytes_in_the_message() -> None:
+    secret = b"\xff" + b"s3cr3t-body-bytes " * 80  # ~1.5 KB the message used to echo
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="a"\r\nX-Junk: '
+        + secret
+        + b"\r\n\r\nv\r\n--B--\r\n"
+    )
+    error = read_bad([body])
+    assert error.code == "malformed_multipart"
+    assert "s3cr3t" not in error.message and "\\xff" not in error.message
+    assert len(error.message) < 120, error.message
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data; boundary=abc; boundary=def",
+        'multipart/form-data; boundary="abc"; BOUNDARY=abc',
+        "multipart/form-data; boundary=abc;boundary=abc",
+    ],
+)
+def test_boundary_from_a_repeated_boundary_parameter_is_400(content_type: str) -> None:
+    with pytest.raises(ApiError) as info:
+        boundary_from(content_type)
+    assert (info.value.status, info.value.code) == (400, "bad_request")
+    assert "repeated" in info.value.message
+
+
+def test_boundary_from_a_boundary_word_inside_another_quoted_parameter_is_not_a_repeat() -> None:
+    assert boundary_from('multipart/form-data; x="; boundary=no"; boundary=yes') == b"yes"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 
 import pytest
 from hypothesis import given
@@ -96,16 +97,74 @@ def test_safe_filename_is_always_a_plain_ascii_basename(name: str) -> None:
     assert safe not in (".", "..")
 
 
-@pytest.mark.parametrize("name", ["a.txt", "résumé.pdf", "日本語.txt", "../x", "x" * 1024])
+@pytest.mark.parametrize("name", ["a.txt", "résumé.pdf", "日本語.txt", "x" * 1024, "a b.txt"])
 def test_check_filename_keeps_a_valid_name_as_is(name: str) -> None:
     assert check_filename(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "x" * 1025, "a\nb", "a\rb", "a\x00b", "tab\there", "\x7f"])
-def test_check_filename_refuses_empty_long_or_control_characters(name: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "x" * 1025,
+        "a\nb",
+        "a\rb",
+        "a\x00b",
+        "tab\there",
+        "\x7f",
+        "c1\x85control",  # NEL, a C1 control
+        "\x9bcsi",
+        "invoice\u202efdp.exe",  # right-to-left override: shows as "invoiceexe.pdf"
+        "a\u2066b\u2069.txt",  # bidi isolates
+        "a\u200fb",  # right-to-left mark
+        "line\u2028break",
+        "..",
+        ".",
+        "dir/",
+        "a\\",
+    ],
+)
+def test_check_filename_refuses_empty_long_control_bidi_or_no_file(name: str) -> None:
     with pytest.raises(ApiError) as info:
         check_filename(name)
     assert (info.value.status, info.value.code) == (400, "invalid_filename")
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [
+        ("zero\u200bwidth.txt", "zerowidth.txt"),
+        ("\ufeffbom.txt", "bom.txt"),
+        ("soft\u00adhyphen.txt", "softhyphen.txt"),
+        ("join\u200d\u2060er.txt", "joiner.txt"),
+    ],
+)
+def test_check_filename_removes_invisible_format_characters(name: str, kept: str) -> None:
+    assert check_filename(name) == kept
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("dir/sub/report.pdf", "report.pdf"),
+        ("..\\..\\windows\\system.ini", "system.ini"),
+        ("/abs/path.txt", "path.txt"),
+        ("C:\\Users\\x\\notes.txt", "notes.txt"),
+    ],
+)
+def test_check_filename_keeps_only_the_last_path_component(name: str, kept: str) -> None:
+    assert check_filename(name) == kept
+
+
+@given(st.text(max_size=300))
+def test_check_filename_never_passes_on_a_path_or_an_invisible_character(name: str) -> None:
+    try:
+        kept = check_filename(name)
+    except ApiError:
+        return
+    assert "/" not in kept and "\\" not in kept and kept not in (".", "..")
+    assert all(unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp") for ch in kept)
 
 
 def test_incompressible_data_is_stored_as_is_when_the_client_left_it_to_us() -> None:

@@ -1,4 +1,5 @@
-"""A refused duplicate X-Upload-Id must leave the other upload's progress entry alone."""
+"""A refused duplicate X-Upload-Id (the owner's own running upload) must leave that
+upload's progress entry alone."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def test_a_duplicate_upload_id_is_409_and_the_running_upload_keeps_its_entry(
         "path": "/api/v1/files/b.bin",
         "query_string": b"",
         "headers": [
-            (b"authorization", f"Bearer {keys.token(sub='bob')}".encode()),
+            (b"authorization", f"Bearer {keys.token(sub='alice')}".encode()),
             (b"content-length", b"3"),
             (b"x-upload-id", b"upload-0001"),
         ],

@@ -11,6 +11,7 @@ from ingester_gateway.auth.verify import Principal
 from ingester_gateway.finalize.service import Finalizer
 from ingester_gateway.finalize.transactions import FinalizeRequest
 from ingester_gateway.gateway import Gateway
+from ingester_gateway.models import MAX_METADATA_DEPTH, json_nesting_within
 
 MAX_BODY = 64 * 1024
 _request = msgspec.json.Decoder(FinalizeRequest)
@@ -54,9 +55,15 @@ class FinalizeRoutes:
                 raise errors.PAYLOAD_TOO_LARGE(f"a finalize request is at most {MAX_BODY} bytes")
         if not raw.strip():
             return FinalizeRequest()
+        if not json_nesting_within(raw, MAX_METADATA_DEPTH + 1):  # the request holds it
+            raise errors.INVALID_PARAMETER(
+                f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
+            )
         try:
             return _request.decode(raw)
         except msgspec.ValidationError as exc:
-            raise errors.INVALID_PARAMETER(f"finalize request: {exc}") from None
+            raise errors.INVALID_PARAMETER(
+                f"finalize request: {errors.without_values(str(exc))}"
+            ) from None
         except msgspec.DecodeError:
             raise errors.BAD_REQUEST("the finalize request is not JSON") from None

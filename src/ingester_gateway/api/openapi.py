@@ -10,29 +10,73 @@ from ingester_gateway import __version__, errors
 from ingester_gateway.errors import ErrorEnvelope, Problem
 from ingester_gateway.finalize.service import FinalizeReply, FinalizeStatus
 from ingester_gateway.finalize.transactions import FinalizeRequest
-from ingester_gateway.models import UploadOptions, UploadProgress, UploadResult
+from ingester_gateway.models import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    RESERVED_METADATA_KEY,
+    UploadOptions,
+    UploadProgress,
+    UploadResult,
+)
 
 _REF = "#/components/schemas/{name}"
 
 
-def _query_parameters() -> list[dict[str, Any]]:
-    params = []
+def _option_schemas() -> dict[str, dict[str, Any]]:
+    """The upload options as they travel, one string each (a query parameter, a form
+    field): the struct's schema without its `null` alternatives (absent is the default),
+    `metadata` as JSON text, and the `storage_mode` alias."""
     _, components = msgspec.json.schema_components([UploadOptions], ref_template=_REF)
+    schemas: dict[str, dict[str, Any]] = {}
     for name, prop in components["UploadOptions"]["properties"].items():
-        params.append({"name": name, "in": "query", "required": False, "schema": prop})
-    params.append(
-        {
-            "name": "storage_mode",
-            "in": "query",
-            "required": False,
-            "schema": {"enum": ["edit", "rw"]},
-            "description": "alias of retention_policy",
-        }
+        branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+        schema = {k: v for k, v in branches[0].items() if k != "anyOf"}
+        if prop.get("default") is not None:
+            schema["default"] = prop["default"]
+        schemas[name] = schema
+    schemas["ttl_days"]["description"] = (
+        "days a temporary file is kept: only with retention_policy=temporary"
+        " (or storage_mode=edit); permanent files have none"
     )
-    for p in params:
-        if p["name"] == "metadata":
-            p["schema"] = {"type": "string", "description": "a JSON object"}
-    return params
+    schemas["metadata"] = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "description": f"a JSON object, at most {MAX_METADATA_BYTES} characters, nested at"
+        f" most {MAX_METADATA_DEPTH} levels; the key {RESERVED_METADATA_KEY!r} is reserved",
+    }
+    schemas["storage_mode"] = {"enum": ["edit", "rw"], "description": "alias of retention_policy"}
+    return schemas
+
+
+# The retention rules across the options (a form's fields; a query cannot say it):
+# ttl_days only for a temporary file, and storage_mode must agree with retention_policy.
+_RETENTION_RULES: dict[str, Any] = {
+    "anyOf": [
+        {
+            "description": "temporary, named by either spelling; ttl_days allowed",
+            "properties": {
+                "retention_policy": {"const": "temporary"},
+                "storage_mode": {"const": "edit"},
+            },
+            "anyOf": [{"required": ["retention_policy"]}, {"required": ["storage_mode"]}],
+        },
+        {
+            "description": "permanent (the default); no ttl_days",
+            "properties": {
+                "retention_policy": {"const": "permanent"},
+                "storage_mode": {"const": "rw"},
+                "ttl_days": False,  # never present
+            },
+        },
+    ]
+}
+
+
+def _query_parameters() -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in _option_schemas().items()
+    ]
 
 
 def _errors(problems: list[Problem]) -> dict[str, Any]:
@@ -111,18 +155,7 @@ def build_openapi() -> dict[str, Any]:
         },
         **_errors(UPLOAD_PROBLEMS),
     }
-    form_fields = {
-        name: {"type": "string"}
-        for name in (
-            "description",
-            "retention_policy",
-            "storage_mode",
-            "ttl_days",
-            "compress",
-            "compression_algorithm",
-            "metadata",
-        )
-    }
+    form_fields = _option_schemas()
     return {
         "openapi": "3.1.0",
         "info": {"title": "ingester-gateway", "version": __version__},
@@ -143,11 +176,14 @@ def build_openapi() -> dict[str, Any]:
                             "multipart/form-data": {
                                 "schema": {
                                     "type": "object",
+                                    "description": "control fields first, then 'file'",
                                     "required": ["file"],
                                     "properties": {
                                         **form_fields,
                                         "file": {"type": "string", "format": "binary"},
                                     },
+                                    "additionalProperties": False,
+                                    **_RETENTION_RULES,
                                 }
                             }
                         },

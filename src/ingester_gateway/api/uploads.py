@@ -29,7 +29,7 @@ from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drai
 from ingester_gateway.pipeline.digest import claimed_sha256
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
 from ingester_gateway.runtime.asgi import send_json
-from ingester_gateway.runtime.http import BATCH, GONE
+from ingester_gateway.runtime.http import BATCH, BODY_ERROR, GONE
 from ingester_gateway.tracing import Attributes, StepSpan
 from ingester_gateway.upload.driver import UploadDriver, new_progress
 from ingester_gateway.upload.failover import no_node_error
@@ -157,8 +157,9 @@ class UploadEndpoint:
         started = time.perf_counter()
         body: RequestBody | None = None
         driver: UploadDriver | None = None
-        status = 201
-        outcome: Outcome = "stored"
+        # Counted as a failure unless it is answered otherwise: a bug is a 500, not stored.
+        status = 500
+        outcome: Outcome = "failed"
         gw.metrics.in_flight.inc()
         gw.budget.started()
         draining = contextlib.ExitStack()  # the upload, known to the drain while it runs
@@ -186,6 +187,7 @@ class UploadEndpoint:
                 limit=limit,
                 idle_timeout=gw.settings.client_body_timeout_seconds,
                 gone=extensions.get(GONE),
+                malformed=extensions[BODY_ERROR]() if BODY_ERROR in extensions else None,
             )
             draining.enter_context(gw.drain.track(body))
             if BATCH in extensions:  # the server hands the body over in our blocks
@@ -195,7 +197,7 @@ class UploadEndpoint:
             if not gw.progress.open(
                 ex.upload_id, principal.sub, progress, named=ex.upload_id_named
             ):
-                # The id is another upload's: its entry is not ours to close.
+                # The id is the uploader's own running upload: its entry is not ours to close.
                 raise errors.UPLOAD_ID_IN_USE("X-Upload-Id is already in use")
             driver = UploadDriver(gw.uploads, request, progress)
             result = await driver.run(stream)
@@ -206,6 +208,7 @@ class UploadEndpoint:
             driver.progress.state = "stored"
             driver.progress.finished_at = iso_utc(time.time())
             await send_json(send, 201, _encoder.encode(result), ex.response_headers)
+            status, outcome = 201, "stored"
             gw.metrics.child(gw.metrics.compression_ratio, result.compression_algorithm).observe(
                 result.compression_ratio
             )
@@ -237,12 +240,15 @@ class UploadEndpoint:
             status, outcome = 499, "aborted"
             self._mark_failed(driver, "client disconnected")
             gw.log.info("upload_aborted", request_id=ex.request_id, upload_id=ex.upload_id)
+        except Exception:
+            self._mark_failed(driver, "internal error")
+            raise  # answered and logged by the app's guard
         finally:
             draining.close()
             gw.metrics.in_flight.dec()
             gw.budget.finished()
             if driver is not None:
-                gw.progress.close(ex.upload_id)
+                gw.progress.close(ex.upload_id, driver.req.principal.sub)
                 node = driver.progress.storage_element_id
                 if node is not None:
                     gw.metrics.child(gw.metrics.node_uploads, node, outcome).inc()
@@ -322,7 +328,7 @@ class UploadEndpoint:
                 break
             if part.filename is not None:
                 raise errors.BAD_REQUEST(
-                    f"unexpected file part {part.name!r}; send the file as 'file'"
+                    f"unexpected file part {errors.quoted(part.name)}; send the file as 'file'"
                 )
             fields[part.name] = await reader.read_value()
         request = UploadRequest(
@@ -342,7 +348,7 @@ class UploadEndpoint:
             trailing = await reader.next_part()
             if trailing is not None:
                 raise errors.FIELD_AFTER_FILE(
-                    f"field {trailing.name!r} comes after the file part; "
+                    f"field {errors.quoted(trailing.name)} comes after the file part; "
                     "control fields must come before 'file'"
                 )
 

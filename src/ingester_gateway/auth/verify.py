@@ -263,6 +263,9 @@ class TokenVerifier:
             raise _unauthorized("malformed token") from None
         if header.get("alg") != ALGORITHM:
             raise _unauthorized(f"algorithm must be {ALGORITHM}")
+        if "crit" in header:
+            # RFC 7515 4.1.11: extensions named critical must be understood; none is here.
+            raise _unauthorized("the token names critical header extensions")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise _unauthorized("malformed token")
@@ -300,6 +303,8 @@ class TokenVerifier:
         return self._authorize(claims, token), float(claims.nbf or 0)
 
     def _authorize(self, claims: Claims, token: str) -> Principal:
+        if not claims.sub.strip():
+            raise _unauthorized("the token names no subject")
         token_type = claims.type.lower() if claims.type is not None else None
         if token_type == "refresh":
             raise _unauthorized("refresh tokens cannot be used to upload")

@@ -74,6 +74,7 @@ def _run_uvicorn(settings: Settings) -> None:
         access_log=settings.access_log,
         log_config=None,
         server_header=False,
+        timeout_keep_alive=settings.keepalive_timeout_seconds,  # type: ignore[arg-type]
         # X-Forwarded-For is judged by the gateway (INGESTER_TRUSTED_PROXIES), not by
         # uvicorn, which would believe any local peer.
         proxy_headers=False,

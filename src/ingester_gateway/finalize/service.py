@@ -217,7 +217,9 @@ class Finalizer:
         if target is not None and not any(
             n.id == target and n.mode == "rw" for n in s.nodes.view()
         ):
-            raise errors.INVALID_PARAMETER(f"target_storage_element_id {target!r}: no such rw node")
+            raise errors.INVALID_PARAMETER(
+                f"target_storage_element_id {errors.quoted(target)}: no such rw node"
+            )
         now = self._clock()
         tx = Transaction(
             transaction_id=uuid.uuid4().hex,
@@ -422,7 +424,7 @@ class Finalizer:
             raise
         finally:
             progress.finished_at = iso_utc(self._clock())
-            s.progress.close(tx.transaction_id)
+            s.progress.close(tx.transaction_id, tx.owner)
 
     async def _commit(self, tx: Transaction) -> bool:
         attributes: Attributes = {"ingester.transaction_id": tx.transaction_id}

@@ -42,11 +42,14 @@ class RequestBody:
         limit: int,
         idle_timeout: float,
         gone: Callable[[], bool] | None = None,
+        malformed: Callable[[], bool] | None = None,
     ) -> None:
         self._receive = receive
         # The server's word on whether the client left (runtime/http.py's extension);
         # without it, a receive() that does not wait answers the question.
         self._gone_probe = gone
+        # ... and on whether a disconnect means the body's framing broke (then a 400).
+        self._malformed = malformed
         self.content_length = content_length
         self._limit = limit
         self._idle_timeout = idle_timeout
@@ -81,6 +84,8 @@ class RequestBody:
                 message = await self._receive()
                 self._waiting_since = None
                 if message["type"] != "http.request":
+                    if self._malformed is not None and self._malformed():
+                        raise errors.MALFORMED_REQUEST("the body's chunked framing is malformed")
                     raise ClientDisconnected()
                 piece: bytes = message.get("body", b"")
                 more = message.get("more_body", False)

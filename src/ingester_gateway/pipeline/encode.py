@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable
 from concurrent.futures import Executor
+from typing import Any
 
 from ingester_gateway.pipeline.codecs import CompressionCodec
 
@@ -29,6 +31,8 @@ class BlockEncoder:
         # Pass-through: the stored bytes are the original bytes, hash them once.
         self._stored = self._original if codec.name == "none" else hashlib.sha256()
         self._executor = executor
+        # Worker-thread jobs of the last `submit`: they use the compressor until done.
+        self._in_flight: tuple[asyncio.Future[Any], ...] = ()
         self.original_size = 0
         self.stored_size = 0
 
@@ -58,8 +62,10 @@ class BlockEncoder:
         hashed = loop.run_in_executor(self._executor, self._original.update, block)
         if self._stored is self._original:  # pass-through: the hash is all the work
             self.stored_size += len(block)
+            self._in_flight = (hashed,)
             return _after(hashed, block)
         compressed = loop.run_in_executor(self._executor, self._compress, block)
+        self._in_flight = (hashed, compressed)
         return _after(hashed, compressed)
 
     def finish(self) -> bytes:
@@ -70,7 +76,11 @@ class BlockEncoder:
         return tail
 
     def close(self) -> None:
-        """Give pooled codec state back (after `finish`, or when the upload failed)."""
+        """Give pooled codec state back (after `finish`, or when the upload failed). While
+        a worker thread still compresses with it, it is not given back but dropped: the
+        next upload must not share a compressor with a running job."""
+        if any(not job.done() for job in self._in_flight):
+            return
         self._compressor.close()
 
     @property
@@ -93,3 +103,11 @@ async def _ready(value: bytes) -> bytes:
 async def _after(first: Awaitable[object], result: Awaitable[bytes] | bytes) -> bytes:
     await first
     return result if isinstance(result, bytes) else await result
+
+
+async def settle(job: Awaitable[bytes]) -> None:
+    """Wait for a submitted block whose result is no longer wanted (the upload failed
+    while it was being encoded): its worker threads finish with the compressor before
+    the compressor is closed, and the job is awaited, not left for the collector."""
+    with contextlib.suppress(Exception):
+        await job

@@ -7,6 +7,7 @@ fields, then one streamed `file` part) and the reference Storage Element.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -27,11 +28,20 @@ class PartHeader:
     content_type: str | None
 
 
+# A media type's parameter: a token, `=`, a token or a quoted string (RFC 9110 5.6.6).
+_PARAMETER = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;]*)')
+
+
 def boundary_from(content_type: str) -> bytes:
     """The boundary of a `multipart/form-data` Content-Type, or a 400/415."""
     media, options = multipart.parse_options_header(content_type)
     if media != "multipart/form-data":
         raise errors.UNSUPPORTED_MEDIA_TYPE("expected multipart/form-data")
+    names = [name.lower() for name in _PARAMETER.findall(content_type)]
+    if names.count("boundary") > 1:
+        # Parsers differ on which one counts: the SE or a proxy could split the body
+        # at another boundary than the gateway did.
+        raise errors.BAD_REQUEST("the multipart boundary parameter is repeated")
     boundary = options.get("boundary", "")
     if not boundary or len(boundary) > 200:
         raise errors.BAD_REQUEST("multipart/form-data needs a boundary of 1 to 200 characters")
@@ -42,7 +52,10 @@ def boundary_from(content_type: str) -> bytes:
 
 
 def malformed(exc: Exception) -> ApiError:
-    return errors.MALFORMED_MULTIPART(f"malformed multipart body: {exc}")
+    # The parser's own sentence only: its further arguments may hold the bytes it could
+    # not read (a part header that is not UTF-8 comes with the whole line).
+    what = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "unreadable"
+    return errors.MALFORMED_MULTIPART(f"malformed multipart body: {errors.without_values(what)}")
 
 
 class MultipartReader:

@@ -34,7 +34,7 @@ from ingester_gateway.models import CodecName, UploadProgress, UploadResult, iso
 from ingester_gateway.observability import Metrics
 from ingester_gateway.pipeline.blocks import BlockReader
 from ingester_gateway.pipeline.codecs import CompressionCodec
-from ingester_gateway.pipeline.encode import BlockEncoder
+from ingester_gateway.pipeline.encode import BlockEncoder, settle
 from ingester_gateway.pipeline.relay import Relay
 from ingester_gateway.registry import NodeRecord
 from ingester_gateway.resilience import RetryPolicy
@@ -140,7 +140,7 @@ class UploadDriver:
     async def run(self, source: BodySource) -> UploadResult:
         """Store what `source` yields; the result once it is stored and recorded."""
         svc, req = self.svc, self.req
-        blocks = BlockReader(source.pieces(), svc.budget.block_size, FIRST_BLOCK_BYTES)
+        blocks = self._blocks(source)
         first = await blocks.read() or b""
         with svc.tracing.span("upload.plan") as span:
             plan = plan_upload(req, first, blocks.ended, svc.rules)
@@ -169,12 +169,20 @@ class UploadDriver:
         file's bytes moving to another node: finalize). No record step: the caller
         updates the record once it has checked the copy."""
         assert self.req.file_id is not None and not plan.recode
-        blocks = BlockReader(source.pieces(), self.svc.budget.block_size, FIRST_BLOCK_BYTES)
+        blocks = self._blocks(source)
         first = await blocks.read() or b""
         node, stored, _ = await self._store(
             source, blocks, first, dataclasses.replace(plan, whole=blocks.ended)
         )
         return node, stored
+
+    def _blocks(self, source: BodySource) -> BlockReader:
+        progress = self.progress
+
+        def received(size: int) -> None:
+            progress.bytes_received += size
+
+        return BlockReader(source.pieces(), self.svc.budget.block_size, FIRST_BLOCK_BYTES, received)
 
     async def _store(
         self, source: BodySource, blocks: BlockReader, first: bytes, plan: UploadPlan
@@ -288,7 +296,6 @@ class UploadDriver:
         request with a Content-Length body (no streaming machinery), as often as
         failover needs."""
         rest = encoded + await self._seal(encoder, source, transfer)
-        self.progress.bytes_received = encoder.original_size
         self.progress.bytes_sent = encoder.stored_size
 
         def body(attempt: Attempt) -> bytes:
@@ -359,9 +366,12 @@ class UploadDriver:
         block: bytes | None = first
         while block is not None:
             encoded = encoder.submit(block)
-            following = await blocks.read()
+            try:
+                following = await blocks.read()
+            except BaseException:
+                await settle(encoded)
+                raise
             out = await encoded
-            self.progress.bytes_received = encoder.original_size
             if out:
                 await self._hand_over(relay, out)
             block = following

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -141,17 +142,29 @@ def choose_codec(
     return algorithm
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Refused: control characters (C0, DEL, C1), bidirectional controls (they make a name
+# read otherwise than it is: "exe.txt" shown for "txt.exe"), line and paragraph separators.
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_REFUSED = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_BIDI}\\u2028\\u2029]")
 
 
 def check_filename(name: str) -> str:
-    """The client's file name, if it is one we keep (as the original; the SE gets
-    `safe_filename` of it)."""
-    if not name or len(name) > 1024:
+    """The client's file name as the gateway keeps it (the original: in the answer, the
+    registry, the events; the SE gets `safe_filename` of it). Control and bidi characters
+    are refused, other invisible format characters removed; only the last path component
+    is kept (a name is never passed on as a path); 1 to 1024 characters."""
+    if _REFUSED.search(name):
+        raise errors.INVALID_FILENAME("filename contains control or bidirectional characters")
+    if not name.isascii():
+        # The other invisible format characters (Unicode's Cf: zero-width space and
+        # joiners, word joiner, byte order mark, soft hyphen, ...) are removed.
+        name = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
+    base = name.rpartition("/")[2].rpartition("\\")[2]
+    if base in ("", ".", ".."):
+        raise errors.INVALID_FILENAME("filename names no file (empty, '.' or '..')")
+    if len(base) > 1024:
         raise errors.INVALID_FILENAME("filename must be 1 to 1024 characters")
-    if _CONTROL.search(name):
-        raise errors.INVALID_FILENAME("filename contains control characters")
-    return name
+    return base
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
