@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ingester_gateway.models import DEFAULT_UPLOAD_ROLES, CodecName, NodeMode, Role
+from ingester_gateway.models import DEFAULT_UPLOAD_ROLES, ROLES, CodecName, NodeMode, Role
 
 PREFIX = "INGESTER_"
 
@@ -23,6 +23,10 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
 RedisUrl = Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://\S+$")]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# A limit per role (`INGESTER_FAIR_USE_*`): role -> value, "*" for any other role; 0 or a
+# role not named (and no "*") means no limit.
+RoleLimits = dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+ANY_ROLE = "*"
 
 
 class StorageElementConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,6 +103,18 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     service_client_id: str | None = None
     service_client_secret: str | None = None
 
+    # Fair use per user (sub), shared by every instance through Redis when it is set
+    # (README, "Fair use"): uploads in flight, requests per minute (the token's
+    # `rate_limit` claim overrides the role's), bytes per window (reading is paced).
+    fair_use: bool = True
+    fair_use_concurrent_uploads: RoleLimits = msgspec.field(default_factory=lambda: {"*": 16})
+    fair_use_requests_per_minute: RoleLimits = msgspec.field(default_factory=dict)
+    fair_use_bytes_per_window: RoleLimits = msgspec.field(default_factory=dict)
+    fair_use_window_seconds: Seconds = 60.0
+    fair_use_token_rate_limit: bool = True
+    # A slot in Redis lives this long unless its gateway renews it (a dead one cannot).
+    fair_use_lease_seconds: Annotated[float, msgspec.Meta(ge=1)] = 30.0
+
     client_body_timeout_seconds: Seconds = 60.0
     upstream_connect_timeout_seconds: Seconds = 5.0
     upstream_response_timeout_seconds: Seconds = 120.0
@@ -143,6 +159,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(
                     f"INGESTER_TRUSTED_PROXIES: {proxy!r} is not an IP address or network"
                 ) from None
+        for name in _ROLE_LIMIT_FIELDS:
+            unknown = sorted(set(getattr(self, name)) - {*ROLES, ANY_ROLE})
+            if unknown:
+                raise ValueError(
+                    f"{PREFIX}{name.upper()}: unknown role {unknown[0]!r}"
+                    f" (roles: {', '.join(ROLES)}, or * for any other)"
+                )
         ids = [se.id for se in self.storage_elements]
         if len(ids) != len(set(ids)):
             raise ValueError("INGESTER_STORAGE_ELEMENTS: storage element ids must be unique")
@@ -162,6 +185,12 @@ _SIZE_FIELDS = {
     "compression_min_bytes",
 }
 _JSON_FIELDS = {"storage_elements"}
+_ROLE_LIMIT_FIELDS = (
+    "fair_use_concurrent_uploads",
+    "fair_use_requests_per_minute",
+    "fair_use_bytes_per_window",
+)
+_ROLE_SIZE_FIELDS = {"fair_use_bytes_per_window"}
 _LIST_FIELDS = {"allowed_content_types", "auth_upload_roles", "trusted_proxies"}
 
 
@@ -174,9 +203,39 @@ def parse_size(text: str) -> int:
     return int(number) * (_SIZE_UNITS[unit[0].lower()] if unit else 1)
 
 
+def parse_role_limits(text: str, size: bool = False) -> dict[str, int]:
+    """`16` (every role), `user=4,operator=8,*=16` (per role, * for the others), or
+    `user=10GiB,*=0` with sizes; 0 is no limit. Names are checked by `Settings`."""
+    value = parse_size if size else _count
+    text = text.strip()
+    if not text:
+        return {}
+    if "=" not in text:
+        return {ANY_ROLE: value(text)}
+    limits: dict[str, int] = {}
+    for item in text.split(","):
+        role, sep, number = item.partition("=")
+        role = role.strip()
+        if not sep or not role:
+            raise ValueError(f"expected role=value pairs separated by commas, got {item!r}")
+        if role in limits:
+            raise ValueError(f"role {role!r} is named twice")
+        limits[role] = value(number)
+    return limits
+
+
+def _count(text: str) -> int:
+    text = text.strip()
+    if not text.isdigit():
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(text)
+
+
 def _raw_value(name: str, text: str) -> Any:
     if name in _SIZE_FIELDS:
         return parse_size(text)
+    if name in _ROLE_LIMIT_FIELDS:
+        return parse_role_limits(text, size=name in _ROLE_SIZE_FIELDS)
     if name in _JSON_FIELDS:
         return msgspec.json.decode(text)
     if name in _LIST_FIELDS:

@@ -21,6 +21,7 @@ from ingester_gateway import errors
 from ingester_gateway.api.forwarded import TrustedProxies
 from ingester_gateway.auth.verify import Principal
 from ingester_gateway.errors import ApiError, error_body
+from ingester_gateway.fair_use.ports import UploadSlot
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.models import iso_utc, parse_upload_options
 from ingester_gateway.observability import request_id_from
@@ -134,6 +135,7 @@ class UploadEndpoint:
         ex = Exchange(scope)
         started = time.perf_counter()
         body: RequestBody | None = None
+        slot: UploadSlot | None = None
         driver: UploadDriver | None = None
         status = 201
         outcome: Outcome = "stored"
@@ -155,6 +157,7 @@ class UploadEndpoint:
                     gw.nodes.could_fit_anywhere("permanent", length or 0),
                     length or 0,
                 )
+            slot = await gw.fair_use.acquire_upload(principal)  # 429 before any body
             extensions = scope.get("extensions") or {}
             body = RequestBody(
                 receive,
@@ -162,6 +165,7 @@ class UploadEndpoint:
                 limit=limit,
                 idle_timeout=gw.settings.client_body_timeout_seconds,
                 gone=extensions.get(GONE),
+                meter=slot.meter,
             )
             if BATCH in extensions:  # the server hands the body over in our blocks
                 extensions[BATCH](gw.budget.block_size)
@@ -180,6 +184,8 @@ class UploadEndpoint:
                 raise ClientDisconnected()
             driver.progress.state = "stored"
             driver.progress.finished_at = iso_utc(time.time())
+            # Before the answer: a client that sends its next upload at once has its slot.
+            await slot.release()
             await send_json(send, 201, _encoder.encode(result), ex.response_headers)
             gw.metrics.child(gw.metrics.compression_ratio, result.compression_algorithm).observe(
                 result.compression_ratio
@@ -203,12 +209,16 @@ class UploadEndpoint:
             status = exc.status
             outcome = "rejected" if status < 500 else "failed"
             self._mark_failed(driver, exc.message)
+            if slot is not None:
+                await slot.release()
             await self._answer_error(ex, receive, send, body, exc)
         except ClientDisconnected:
             status, outcome = 499, "aborted"
             self._mark_failed(driver, "client disconnected")
             gw.log.info("upload_aborted", request_id=ex.request_id, upload_id=ex.upload_id)
         finally:
+            if slot is not None:
+                await slot.release()  # a no-op when given back before the answer
             gw.metrics.in_flight.dec()
             gw.budget.finished()
             if driver is not None:
