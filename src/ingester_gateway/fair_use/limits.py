@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ingester_gateway.auth.verify import Principal
@@ -63,15 +63,24 @@ class FairUsePolicy:
     bytes_per_window: Mapping[str, int]
     window: float = 60.0
     token_rate_limit: bool = True  # the token's `rate_limit` claim replaces the role's
+    # (role, claim) -> limits: a handful of roles and claim values, asked on every upload
+    _resolved: dict[tuple[str, int | None], UserLimits] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def limits_for(self, principal: Principal) -> UserLimits:
-        role = principal.role
-        rate = role_limit(self.requests_per_minute, role)
-        if self.token_rate_limit and principal.rate_limit:
-            rate = principal.rate_limit
+        key = (principal.role, principal.rate_limit if self.token_rate_limit else None)
+        found = self._resolved.get(key)
+        if found is None:
+            if len(self._resolved) >= 1024:  # claims are signed, but never unbounded
+                self._resolved.clear()
+            found = self._resolved[key] = self._resolve(*key)
+        return found
+
+    def _resolve(self, role: str, claim: int | None) -> UserLimits:
         return UserLimits(
             concurrent_uploads=role_limit(self.concurrent_uploads, role),
-            requests_per_minute=rate,
+            requests_per_minute=claim or role_limit(self.requests_per_minute, role),
             bytes_per_window=role_limit(self.bytes_per_window, role),
             window=self.window,
         )

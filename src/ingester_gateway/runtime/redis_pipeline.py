@@ -95,7 +95,9 @@ class PipelinedRedis:
                 )
                 self._connecting.set_result(None)
             except BaseException as exc:
-                self._connecting.set_exception(exc)
+                # Waiters see a Redis error, never this caller's own cancellation.
+                failed = exc if isinstance(exc, Exception) else RedisConnectionError("interrupted")
+                self._connecting.set_exception(failed)
                 self._connecting.exception()  # retrieved: waiters see it through shield
                 raise
             finally:
