@@ -192,6 +192,8 @@ def references_table(summaries: Summaries) -> str:
 
 
 SMALL_ROLES = ("gateway-w1", "gateway-w2", "baseline", "nginx", "se", "client")
+# Instances shown in the "gateway (1 worker)" column when they are the one on the path.
+ONE_WORKER_GATEWAYS = frozenset({"gateway-w1", "gateway-reg", "gateway-fair", "gateway-fair-off"})
 
 
 def _median_run(s: Summary) -> Measurement:
@@ -223,7 +225,12 @@ def small_table(summaries: Summaries) -> str:
                 f"{x['non_201']}",
                 *(
                     f"{per.get(r, 0.0):.2f}" if r in on_path else f"({per.get(r, 0.0):.2f})"
-                    for r in SMALL_ROLES
+                    for r in (
+                        x["server"]
+                        if role == "gateway-w1" and x["server"] in ONE_WORKER_GATEWAYS
+                        else role
+                        for role in SMALL_ROLES
+                    )
                 ),
                 f"{sum(x['cpu_per_1000_s'].values()):.2f}",
             ]

@@ -68,9 +68,19 @@ GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
     },
     # The edge (issue 10): every held connection comes from the bench's one address.
     "gateway-edge": {"INGESTER_MAX_CONNECTIONS_PER_CLIENT": "100000"},
+    # Fair use across instances (issue 10): small files with every limit on, through
+    # Redis (none of them reached), and the same instance settings with fair use off.
+    "gateway-fair": {
+        "INGESTER_FAIR_USE_CONCURRENT_UPLOADS": "16",
+        "INGESTER_FAIR_USE_REQUESTS_PER_MINUTE": "1000000",
+        "INGESTER_FAIR_USE_BYTES_PER_WINDOW": "1TiB",
+    },
+    "gateway-fair-off": {"INGESTER_FAIR_USE": "false"},
 }
 # Gateway instances wired to the reference Admin Module (registration, finalize).
 WITH_ADMIN = frozenset({"gateway-reg", "gateway-fin"})
+# Gateway instances given the bench's redis-server (INGESTER_REDIS_URL).
+WITH_REDIS = frozenset({"gateway-redis", "gateway-fair", "gateway-fair-off"})
 SERVER_ROLES = (
     *("se", "se-edit", "nginx", "redis", "admin", "otlp-sink"),
     *GATEWAY_VARIANTS,
@@ -234,7 +244,7 @@ class BenchStack:
             se = self.se()
             env = {**self.gateway_env, **GATEWAY_VARIANTS[role]}
             entries = [processes.se_entry(se)]
-            if env.get("INGESTER_REGISTRY") == "redis":
+            if role in WITH_REDIS:
                 env["INGESTER_REDIS_URL"] = f"redis://127.0.0.1:{self.redis().port}/0"
             if role in WITH_ADMIN:
                 client_id, secret = processes.SERVICE_CLIENT

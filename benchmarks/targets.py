@@ -61,6 +61,8 @@ TARGETS: tuple[Target, ...] = (
     # registering every upload in the Admin Module against the same run without
     Target("small_files.cpu_per_1000.sr_vs_unregistered", "<=", 1.3, "issue 8"),
     Target("small_files.p99.sr_vs_unregistered", "<=", 1.5, "issue 8"),
+    # fair use through Redis against the same instance with fair use off
+    Target("small_files.cpu_per_1000.sf_vs_fair_use_off", "<=", 1.1, "issue 10"),
     # finalize: the copy against a plain streamed upload of the same bytes
     Target("finalize.mb_s.finalize_vs_upload", ">=", 0.8, "issue 8"),
     Target("finalize.peak_rss", "<=", 100, "issue 8"),

@@ -468,6 +468,63 @@ def paced_put(
         conn.close()
 
 
+class HeldUpload:
+    """A raw PUT whose body is sent only in part until `finish()`: an upload in flight
+    for as long as the test wants (its slot held, its bytes partly in)."""
+
+    def __init__(
+        self, gw: ServerProcess, auth: Mapping[str, str], data: bytes, upload_id: str
+    ) -> None:
+        self.gw, self.auth, self.data, self.upload_id = gw, auth, data, upload_id
+        self.conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=60)
+        self.sent = 0
+
+    def begin(self, first: int) -> HeldUpload:
+        """Send the headers and the first `first` bytes; return once the gateway shows the
+        upload in progress (so it has been admitted)."""
+        self.conn.putrequest("PUT", f"/api/v1/files/held-{self.upload_id}.bin?compress=false")
+        headers = {
+            **self.auth,
+            "Content-Length": str(len(self.data)),
+            "X-Upload-Id": self.upload_id,
+        }
+        for name, value in headers.items():
+            self.conn.putheader(name, value)
+        self.conn.endheaders()
+        self.conn.send(self.data[:first])
+        self.sent = first
+
+        def in_progress() -> bool:
+            path = f"/api/v1/uploads/{self.upload_id}"
+            return http_call(self.gw, "GET", path, headers=self.auth, timeout=5).status == 200
+
+        eventually(in_progress, timeout=15, what=f"upload {self.upload_id} in progress")
+        return self
+
+    def finish(self) -> Answer:
+        """Send the rest of the body; the gateway's answer."""
+        self.conn.send(self.data[self.sent :])
+        self.sent = len(self.data)
+        resp = self.conn.getresponse()
+        return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@contextlib.contextmanager
+def held_upload(
+    gw: ServerProcess, auth: Mapping[str, str], upload_id: str, size: int = 256 * 1024
+) -> Iterator[HeldUpload]:
+    """An upload in flight on `gw` (half its `size` bytes sent) until the block ends or
+    the test calls `finish()`; its connection is always closed."""
+    upload = HeldUpload(gw, auth, os.urandom(size), upload_id)
+    try:
+        yield upload.begin(size // 2)
+    finally:
+        upload.close()
+
+
 class LoopbackRelay:
     """A TCP relay on loopback, run on a thread of its own; `_relay` moves the bytes."""
 

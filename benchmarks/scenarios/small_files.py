@@ -2,7 +2,8 @@
 (rotated), to the gateway with 1 worker (s1) and 2 workers (s2), to the FastAPI
 baseline built like the first artStore ingester (sb) and through nginx straight to the
 SE (sn). Figures 4: CPU per 1 000 stored uploads, latency and requests/s against the
-baseline and nginx, and every response a 201.
+baseline and nginx, and every response a 201. sf and sf0: a gateway with Redis with
+fair use on (every limit, none reached) and off, for what fair use costs (issue 10).
 
 s1 and s2 use gateway instances of their own (`gateway-w1`, `gateway-w2`): 64
 concurrent uploads must not grow `gateway`'s peak RSS. The client is `wrk.py`.
@@ -26,12 +27,19 @@ def _wrk_against(key: str, server: str) -> Callable[[Bench], Measurement]:
     return run
 
 
+# What a gateway instance needs besides the SE.
+EXTRA_SERVERS = {
+    "gateway-reg": ("admin",),
+    "gateway-fair": ("redis",),
+    "gateway-fair-off": ("redis",),
+}
+
 SCENARIOS = tuple(
     Scenario(
         key,
         f"4 KiB x 64 clients -> {title}",
         _wrk_against(key, server),
-        servers=("se", "admin", server) if server == "gateway-reg" else ("se", server),
+        servers=("se", *EXTRA_SERVERS.get(server, ()), server),
         rounds="once",
         uses_payload=False,
         table="small",
@@ -42,6 +50,8 @@ SCENARIOS = tuple(
         ("sr", "gateway, 1 worker, registering in the Admin Module", "gateway-reg"),
         ("sb", "FastAPI baseline", "baseline"),
         ("sn", "nginx -> SE", "nginx"),
+        ("sf0", "gateway, 1 worker, Redis, fair use off", "gateway-fair-off"),
+        ("sf", "gateway, 1 worker, Redis, fair use on (every limit)", "gateway-fair"),
     )
 )
 
@@ -60,6 +70,7 @@ REFERENCES = {
     "sb": ("baseline", "baseline (sb)"),
     "sn": ("nginx", "nginx -> SE (sn)"),
     "s1": ("unregistered", "the same without registration (s1)"),
+    "sf0": ("fair_use_off", "the same with fair use off (sf0)"),
 }
 
 
@@ -112,5 +123,8 @@ FIGURES = (
     ),
     # Issue 8: what registering every upload in the Admin Module costs.
     *(_versus(metric, "sr", "1 worker, registering", "s1") for metric in ("cpu_per_1000", "p99")),
+    # Issue 10: what fair use through Redis costs (concurrent uploads, request rate and
+    # byte quota all on, none reached).
+    *(_versus(metric, "sf", "1 worker, fair use on", "sf0") for metric in ("cpu_per_1000", "p99")),
     Figure("small_files.non_201", (), non_201),
 )

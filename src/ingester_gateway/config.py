@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ingester_gateway.models import DEFAULT_UPLOAD_ROLES, CodecName, NodeMode, Role
+from ingester_gateway.models import DEFAULT_UPLOAD_ROLES, ROLES, CodecName, NodeMode, Role
 from ingester_gateway.runtime.redis_io import is_sentinel_url, parse_sentinel_url
 from ingester_gateway.tracing import TracingConfigError
 from ingester_gateway.tracing import check_environment as check_tracing
@@ -28,6 +28,10 @@ RedisUrl = Annotated[
     str, msgspec.Meta(pattern=r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://\S+$")
 ]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# A limit per role (`INGESTER_FAIR_USE_*`): role -> value, "*" for any other role; 0 or a
+# role not named (and no "*") means no limit.
+RoleLimits = dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+ANY_ROLE = "*"
 
 
 class StorageElementConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -115,6 +119,17 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     keepalive_timeout_seconds: Seconds = 5.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096  # per worker process
     max_connections_per_client: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # Fair use per user (sub), shared by every instance through Redis when it is set
+    # (README, "Fair use"): uploads in flight, requests per minute (the token's
+    # `rate_limit` claim overrides the role's), bytes per window (reading is paced).
+    fair_use: bool = True
+    fair_use_concurrent_uploads: RoleLimits = msgspec.field(default_factory=lambda: {"*": 16})
+    fair_use_requests_per_minute: RoleLimits = msgspec.field(default_factory=dict)
+    fair_use_bytes_per_window: RoleLimits = msgspec.field(default_factory=dict)
+    fair_use_window_seconds: Seconds = 60.0
+    fair_use_token_rate_limit: bool = True
+    # A slot in Redis lives this long unless its gateway renews it (a dead one cannot).
+    fair_use_lease_seconds: Annotated[float, msgspec.Meta(ge=1)] = 30.0
 
     client_body_timeout_seconds: Seconds = 60.0
     upstream_connect_timeout_seconds: Seconds = 5.0
@@ -176,6 +191,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
                 "INGESTER_MAX_HEADER_BYTES must leave room for a token of"
                 " INGESTER_AUTH_MAX_TOKEN_BYTES and the other fields (1 KiB more)"
             )
+        for name in _ROLE_LIMIT_FIELDS:
+            unknown = sorted(set(getattr(self, name)) - {*ROLES, ANY_ROLE})
+            if unknown:
+                raise ValueError(
+                    f"{PREFIX}{name.upper()}: unknown role {unknown[0]!r}"
+                    f" (roles: {', '.join(ROLES)}, or * for any other)"
+                )
         ids = [se.id for se in self.storage_elements]
         if len(ids) != len(set(ids)):
             raise ValueError("INGESTER_STORAGE_ELEMENTS: storage element ids must be unique")
@@ -197,6 +219,12 @@ _SIZE_FIELDS = {
     "max_request_line_bytes",
 }
 _JSON_FIELDS = {"storage_elements"}
+_ROLE_LIMIT_FIELDS = (
+    "fair_use_concurrent_uploads",
+    "fair_use_requests_per_minute",
+    "fair_use_bytes_per_window",
+)
+_ROLE_SIZE_FIELDS = {"fair_use_bytes_per_window"}
 _LIST_FIELDS = {"allowed_content_types", "auth_upload_roles", "trusted_proxies"}
 
 
@@ -209,9 +237,39 @@ def parse_size(text: str) -> int:
     return int(number) * (_SIZE_UNITS[unit[0].lower()] if unit else 1)
 
 
+def parse_role_limits(text: str, size: bool = False) -> dict[str, int]:
+    """`16` (every role), `user=4,operator=8,*=16` (per role, * for the others), or
+    `user=10GiB,*=0` with sizes; 0 is no limit. Names are checked by `Settings`."""
+    value = parse_size if size else _count
+    text = text.strip()
+    if not text:
+        return {}
+    if "=" not in text:
+        return {ANY_ROLE: value(text)}
+    limits: dict[str, int] = {}
+    for item in text.split(","):
+        role, sep, number = item.partition("=")
+        role = role.strip()
+        if not sep or not role:
+            raise ValueError(f"expected role=value pairs separated by commas, got {item!r}")
+        if role in limits:
+            raise ValueError(f"role {role!r} is named twice")
+        limits[role] = value(number)
+    return limits
+
+
+def _count(text: str) -> int:
+    text = text.strip()
+    if not text.isdigit():
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(text)
+
+
 def _raw_value(name: str, text: str) -> Any:
     if name in _SIZE_FIELDS:
         return parse_size(text)
+    if name in _ROLE_LIMIT_FIELDS:
+        return parse_role_limits(text, size=name in _ROLE_SIZE_FIELDS)
     if name in _JSON_FIELDS:
         return msgspec.json.decode(text)
     if name in _LIST_FIELDS:

@@ -67,6 +67,24 @@ LENGTH_REQUIRED = _problem(411, "length_required", "Neither Content-Length nor a
 PAYLOAD_TOO_LARGE = _problem(413, "payload_too_large", "The upload exceeds the size limit")
 UNSUPPORTED_MEDIA_TYPE = _problem(415, "unsupported_media_type", "The content type is refused")
 DIGEST_MISMATCH = _problem(422, "digest_mismatch", "The body does not match the client's digest")
+TOO_MANY_UPLOADS = _problem(
+    429,
+    "too_many_uploads",
+    "The user has as many uploads in flight as its role allows",
+    _RETRY_AFTER,
+)
+RATE_LIMITED = _problem(
+    429,
+    "rate_limited",
+    "The user sent more requests per minute than its role or token allows",
+    _RETRY_AFTER,
+)
+BYTE_QUOTA_EXCEEDED = _problem(
+    429,
+    "byte_quota_exceeded",
+    "The user sent more bytes over the window than its quota allows",
+    _RETRY_AFTER,
+)
 INTERNAL_ERROR = _problem(500, "internal_error", "A bug: reported, never a traceback")
 STORAGE_FAILED = _problem(502, "storage_failed", "The storage element refused or failed")
 STORAGE_TIMEOUT = _problem(502, "storage_timeout", "The storage element stopped taking data")
@@ -149,7 +167,12 @@ class ApiError(Exception):
         super().__init__(message)
         self.problem = problem
         self.message = message
-        self.headers: list[Header] = [*problem.headers, *headers]
+        # A header given here replaces the problem's default of the same name.
+        given = {name for name, _ in headers}
+        self.headers: list[Header] = [
+            *(h for h in problem.headers if h[0] not in given),
+            *headers,
+        ]
 
     @property
     def status(self) -> int:

@@ -28,6 +28,10 @@ from ingester_gateway.auth.verify import (
     TokenVerifier,
 )
 from ingester_gateway.config import Settings
+from ingester_gateway.fair_use.gate import FairUseGate
+from ingester_gateway.fair_use.limits import FairUsePolicy
+from ingester_gateway.fair_use.local import LocalLedger
+from ingester_gateway.fair_use.redis_ledger import RedisLedger
 from ingester_gateway.finalize.service import Finalizer, FinalizeSetup
 from ingester_gateway.finalize.transactions import TransactionStore
 from ingester_gateway.models import CodecName
@@ -48,6 +52,7 @@ from ingester_gateway.registry.watch import RedisWatchedRegistry
 from ingester_gateway.resilience import BreakerPolicy, BreakerState, RetryPolicy
 from ingester_gateway.runtime.drain import Drain
 from ingester_gateway.runtime.redis_io import redis_client
+from ingester_gateway.runtime.redis_pipeline import PipelinedRedis
 from ingester_gateway.tracing import tracing_from_environment
 from ingester_gateway.upload.budget import UploadBudget
 from ingester_gateway.upload.driver import UploadServices
@@ -87,6 +92,8 @@ class Gateway:
             if settings.redis_url
             else None
         )
+        self._fair_redis: PipelinedRedis | None = None
+        self.fair_use = self._build_fair_use()
         keys: KeySource
         if settings.auth_public_key_file:
             keys = StaticKeySource.from_file(settings.auth_public_key_file)
@@ -132,6 +139,28 @@ class Gateway:
         self.records: FileRecorder  # once started (the Admin client needs the session)
         self.finalizer: Finalizer | None = None  # once started, with a service account
         self._admin_transport: KeepAliveTransport | None = None
+
+    def _build_fair_use(self) -> FairUseGate:
+        """Limits shared through Redis when it is configured, else this process's own."""
+        s = self.settings
+        policy = FairUsePolicy(
+            concurrent_uploads=s.fair_use_concurrent_uploads if s.fair_use else {},
+            requests_per_minute=s.fair_use_requests_per_minute if s.fair_use else {},
+            bytes_per_window=s.fair_use_bytes_per_window if s.fair_use else {},
+            window=s.fair_use_window_seconds,
+            token_rate_limit=s.fair_use and s.fair_use_token_rate_limit,
+        )
+        if self.redis is None or not s.fair_use:
+            return FairUseGate(policy, LocalLedger(), self.metrics, self.log)
+        self._fair_redis = PipelinedRedis(self.redis, s.redis_timeout_seconds)
+        return FairUseGate(
+            policy,
+            RedisLedger(self._fair_redis, s.fair_use_lease_seconds),
+            self.metrics,
+            self.log,
+            lease=s.fair_use_lease_seconds,
+            fallback=LocalLedger(),
+        )
 
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "gateway not started"
@@ -206,6 +235,7 @@ class Gateway:
         self.update_node_metrics()
         self.journal.open()
         await self.outbox.start()
+        await self.fair_use.start()
         if service is None and self._rw_nodes_possible():
             self.log.warning(
                 "no_service_account",
@@ -284,6 +314,9 @@ class Gateway:
         return await self.storage.delete(node, file_id, headers)
 
     async def stop(self) -> None:
+        await self.fair_use.stop()
+        if self._fair_redis is not None:
+            await self._fair_redis.close()
         await self.outbox.stop()
         if self._admin_transport is not None:
             await self._admin_transport.close()

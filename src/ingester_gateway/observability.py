@@ -166,6 +166,23 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.fair_use_refusals = Counter(
+            "ingester_fair_use_refusals_total",
+            "Uploads refused with 429 by fair use, by the limit the user was over"
+            " (concurrent_uploads, requests, bytes)",
+            ["limit"],
+            registry=r,
+        )
+        self.fair_use_paced = Counter(
+            "ingester_fair_use_paced_seconds_total",
+            "Time uploads' reading was held back to keep users within their byte quota",
+            registry=r,
+        )
+        self.fair_use_redis_errors = Counter(
+            "ingester_fair_use_redis_errors_total",
+            "Fair-use calls Redis did not answer (the instance then decides alone for a while)",
+            registry=r,
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once: label values here come from small

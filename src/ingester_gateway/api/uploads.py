@@ -22,6 +22,7 @@ from ingester_gateway import errors
 from ingester_gateway.api.forwarded import TrustedProxies
 from ingester_gateway.auth.verify import Principal
 from ingester_gateway.errors import ApiError, error_body
+from ingester_gateway.fair_use.ports import UploadSlot
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.models import iso_utc, parse_upload_options
 from ingester_gateway.observability import request_id_from
@@ -156,6 +157,7 @@ class UploadEndpoint:
         gw, scope = self.gw, ex.scope
         started = time.perf_counter()
         body: RequestBody | None = None
+        slot: UploadSlot | None = None
         driver: UploadDriver | None = None
         # Counted as a failure unless it is answered otherwise: a bug is a 500, not stored.
         status = 500
@@ -180,6 +182,7 @@ class UploadEndpoint:
                     gw.nodes.could_fit_anywhere("permanent", length or 0),
                     length or 0,
                 )
+            slot = await gw.fair_use.acquire_upload(principal)  # 429 before any body
             extensions = scope.get("extensions") or {}
             body = RequestBody(
                 receive,
@@ -188,6 +191,7 @@ class UploadEndpoint:
                 idle_timeout=gw.settings.client_body_timeout_seconds,
                 gone=extensions.get(GONE),
                 malformed=extensions[BODY_ERROR]() if BODY_ERROR in extensions else None,
+                meter=slot.meter,
             )
             draining.enter_context(gw.drain.track(body))
             if BATCH in extensions:  # the server hands the body over in our blocks
@@ -207,6 +211,8 @@ class UploadEndpoint:
                 raise ClientDisconnected()
             driver.progress.state = "stored"
             driver.progress.finished_at = iso_utc(time.time())
+            # Before the answer: a client that sends its next upload at once has its slot.
+            await slot.release()
             await send_json(send, 201, _encoder.encode(result), ex.response_headers)
             status, outcome = 201, "stored"
             gw.metrics.child(gw.metrics.compression_ratio, result.compression_algorithm).observe(
@@ -235,6 +241,8 @@ class UploadEndpoint:
             status = exc.status
             outcome = "rejected" if status < 500 else "failed"
             self._mark_failed(driver, exc.message)
+            if slot is not None:
+                await slot.release()
             await self._answer_error(ex, receive, send, body, exc)
         except ClientDisconnected:
             status, outcome = 499, "aborted"
@@ -245,6 +253,8 @@ class UploadEndpoint:
             raise  # answered and logged by the app's guard
         finally:
             draining.close()
+            if slot is not None:
+                await slot.release()  # a no-op when given back before the answer
             gw.metrics.in_flight.dec()
             gw.budget.finished()
             if driver is not None:

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import aiohttp
 import msgspec
@@ -41,6 +41,8 @@ class Principal(msgspec.Struct, frozen=True):
     client_id: str | None
     expires_at: int
     token: str = msgspec.field(default="")  # forwarded upstream; never logged
+    # The Admin Module's `rate_limit` claim: requests per minute (fair use), None: none.
+    rate_limit: int | None = None
 
     def __repr__(self) -> str:  # keep the token out of any accidental log line
         return f"Principal(sub={self.sub!r}, role={self.role!r})"
@@ -62,6 +64,8 @@ class Claims(msgspec.Struct):
     iat: int | float | None = None
     nbf: int | float | None = None
     jti: str | None = None
+    # Requests per minute allowed to this account (artStore's service accounts carry it).
+    rate_limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -328,6 +332,7 @@ class TokenVerifier:
             client_id=claims.client_id,
             expires_at=claims.exp,
             token=token,
+            rate_limit=claims.rate_limit or None,
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import Message, Receive
 
@@ -24,6 +24,19 @@ def _interrupted() -> ApiError:
 
 class ClientDisconnected(Exception):
     """The client went away before the body was complete."""
+
+
+class BodyMeter(Protocol):
+    """Counts body bytes as they arrive (fair use's byte quota) and may hold back the
+    reading of more."""
+
+    def count(self, nbytes: int) -> bool:
+        """`nbytes` more arrived; True when `settle()` must be awaited before more is read."""
+        ...
+
+    async def settle(self) -> None:
+        """Pass the counts on, and wait while the client is over its quota."""
+        ...
 
 
 def too_large(limit: int) -> ApiError:
@@ -43,8 +56,10 @@ class RequestBody:
         idle_timeout: float,
         gone: Callable[[], bool] | None = None,
         malformed: Callable[[], bool] | None = None,
+        meter: BodyMeter | None = None,
     ) -> None:
         self._receive = receive
+        self._meter = meter
         # The server's word on whether the client left (runtime/http.py's extension);
         # without it, a receive() that does not wait answers the question.
         self._gone_probe = gone
@@ -75,11 +90,17 @@ class RequestBody:
         watchdog = _IdleSweeper.for_loop(loop)
         watchdog.add(self, task)
         self.started = True
+        meter = self._meter
+        settle = False
         try:
             more = True
             while more:
                 if self.interrupted:
                     raise _interrupted()
+                if settle:  # paced before reading more, never after the last piece
+                    settle = False
+                    assert meter is not None
+                    await meter.settle()
                 self._waiting_since = loop.time()
                 message = await self._receive()
                 self._waiting_since = None
@@ -101,6 +122,8 @@ class RequestBody:
                         and self.bytes_received > self.content_length
                     ):
                         raise errors.LENGTH_MISMATCH("body longer than Content-Length")
+                    if meter is not None:
+                        settle = meter.count(len(piece))
                     yield piece
             if self.content_length is not None and self.bytes_received != self.content_length:
                 raise errors.LENGTH_MISMATCH("body shorter than Content-Length")
