@@ -13,7 +13,9 @@ The app asks through two scope extensions: `ingester.body_batch(size)` sets the 
 (`size` is a callable, read again after each hand-over, so batches shrink as uploads
 are added and the budget's share per upload falls),
 `ingester.client_gone()` tells whether the client left (without a receive(): a poll
-with a zero timeout costs a timer and a cancellation each time).
+with a zero timeout costs a timer and a cancellation each time), `ingester.trailers()`
+gives the trailer fields of a chunked body once it is in (uvicorn parses them into the
+request's header list and hands them to no one; tus checksum-trailer needs them).
 
 Only the body handling changes; uvicorn's own code does everything else. Written
 against uvicorn 0.54's `httptools_impl` (the version range is pinned in pyproject).
@@ -31,6 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 GONE = "ingester.client_gone"
 BATCH = "ingester.body_batch"
+TRAILERS = "ingester.trailers"
 # A batch not yet full is handed over this long after its first piece came.
 WAKE_DELAY = 0.002
 
@@ -97,6 +100,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             extensions = scope.setdefault("extensions", {})
             extensions[GONE] = lambda: cycle.disconnected
             extensions[BATCH] = cycle.set_batch
+            # httptools reports trailer fields through on_header, after the headers.
+            headers, count = self.headers, len(self.headers)
+            extensions[TRAILERS] = lambda: headers[count:]
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
