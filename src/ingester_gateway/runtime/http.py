@@ -57,8 +57,10 @@ class _PieceCycle(RequestResponseCycle):
             await self.message_event.wait()
             self.message_event.clear()
 
-        if self.disconnected or self.response_complete:
+        if self.response_complete or (self.disconnected and not self.pieces):
             return {"type": "http.disconnect"}
+        # A client that left may have sent data first: it is handed over before the
+        # disconnect (a resumable upload keeps every byte that arrived).
         pieces = self.pieces
         if not pieces:
             body = b""
