@@ -239,6 +239,8 @@ class TusEndpoint:
         exc: ApiError,
         extra: list[Header] | None = None,
     ) -> None:
+        if ex.dialect == "ietf" and exc.problem is errors.UPLOAD_CHECKSUM_MISMATCH:
+            exc = errors.DIGEST_MISMATCH(exc.message)  # 460 is tus's; RFC 9530 names none
         headers = [*ex.answer_headers(), *exc.headers, *(extra or [])]
         if ex.dialect == "ietf" and exc.status == 409:
             headers.append((b"upload-complete", b"?0"))
