@@ -154,9 +154,10 @@ class UploadStorer:
         progress = new_progress(request)
         self.running[state.id] = progress
         try:
-            source = s.staging.source(
-                await self._parts(state), self._follower(state.id) if following else None
-            )
+            if following:  # read what is durable now, then follow the upload's offset
+                source = s.staging.source([(state.id, state.offset)], self._follower(state.id))
+            else:
+                source = s.staging.source(await self._parts(state))
             result = await UploadDriver(s.services, request, progress).run(source)
         except (ApiError, SourceFailed) as exc:
             return await self._failed(state, exc, following)

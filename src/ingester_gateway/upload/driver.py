@@ -19,6 +19,7 @@ stored anything, so most failures need only an abort.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import time
@@ -345,7 +346,14 @@ class UploadDriver:
         block: bytes | None = first
         while block is not None:
             encoded = encoder.submit(block)
-            following = await blocks.read()
+            try:
+                following = await blocks.read()
+            except BaseException:
+                # The source failed: let the block in the worker threads finish before
+                # the encoder's codec state is given back.
+                with contextlib.suppress(Exception):
+                    await encoded
+                raise
             out = await encoded
             self.progress.bytes_received = encoder.original_size
             if out:
