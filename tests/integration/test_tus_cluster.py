@@ -72,8 +72,13 @@ def test_a_second_patch_elsewhere_takes_the_upload_over(stack: Stack, pair: Pair
     data = os.urandom(12 * MiB)
     path = create(pair.one, auth, len(data), {"filename": "shared.bin"})
     upload_id = path.removeprefix(TUS)
-    headers = {**TUS_VERSION, **OFFSET_STREAM, **auth, "Upload-Offset": "0",
-               "Content-Length": str(len(data))}  # fmt: skip
+    headers = {
+        **TUS_VERSION,
+        **OFFSET_STREAM,
+        **auth,
+        "Upload-Offset": "0",
+        "Content-Length": str(len(data)),
+    }
     block = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     first = socket.create_connection(("127.0.0.1", pair.one.port), timeout=30)
     with contextlib.closing(first):

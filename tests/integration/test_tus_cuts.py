@@ -61,8 +61,12 @@ def test_patches_cut_anywhere_then_resumed_store_the_same_bytes(
 @pytest.fixture
 def lone_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A gateway of its own (no Redis: its state beside the staging files), to kill."""
-    gw = gateway(tmp_path_factory.mktemp("tus-kill"), stack.keys.public_path, [se_entry(stack.se)],
-                 name="gw-kill")  # fmt: skip
+    gw = gateway(
+        tmp_path_factory.mktemp("tus-kill"),
+        stack.keys.public_path,
+        [se_entry(stack.se)],
+        name="gw-kill",
+    )
     with running(gw):
         yield gw
 
@@ -73,8 +77,13 @@ def test_a_gateway_killed_mid_patch_keeps_a_durable_offset_and_resumes(
     auth = stack.keys.auth()
     data = os.urandom(16 * MiB)
     path = create(lone_gateway, auth, len(data), {"filename": "killed.bin"})
-    headers = {**TUS_VERSION, **OFFSET_STREAM, **auth, "Upload-Offset": "0",
-               "Content-Length": str(len(data))}  # fmt: skip
+    headers = {
+        **TUS_VERSION,
+        **OFFSET_STREAM,
+        **auth,
+        "Upload-Offset": "0",
+        "Content-Length": str(len(data)),
+    }
     head_block = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     sent = 0
     with contextlib.closing(socket.create_connection(("127.0.0.1", lone_gateway.port))) as sock:

@@ -23,19 +23,27 @@ def sf_digest(data: bytes) -> str:
 def test_create_cut_resume_complete_gives_the_same_bytes(stack: Stack) -> None:
     auth = stack.keys.auth()
     data = os.urandom(2 * MiB + 4321)
-    created = http_call(stack.gw, "POST", TUS, data[:300_000], {
-        **IETF, **auth, "Upload-Complete": "?0", "Upload-Length": str(len(data)),
-        "Content-Type": "application/octet-stream",
-        "Content-Disposition": "inline; filename*=UTF-8''r%C3%A9sum%C3%A9.bin",
-    })  # fmt: skip
+    created = http_call(
+        stack.gw,
+        "POST",
+        TUS,
+        data[:300_000],
+        {
+            **IETF,
+            **auth,
+            "Upload-Complete": "?0",
+            "Upload-Length": str(len(data)),
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": "inline; filename*=UTF-8''r%C3%A9sum%C3%A9.bin",
+        },
+    )
     assert created.status == 201, created.body
     assert created.headers["upload-complete"] == "?0"
     assert created.headers["upload-offset"] == "300000"
     assert created.headers["upload-draft-interop-version"] == "8"
     assert "max-age=" in created.headers["upload-limit"]
     path = created.headers["location"]
-    append = {**IETF, **auth, **PARTIAL_UPLOAD, "Upload-Complete": "?1",
-              "Upload-Offset": "300000"}  # fmt: skip
+    append = {**IETF, **auth, **PARTIAL_UPLOAD, "Upload-Complete": "?1", "Upload-Offset": "300000"}
     send_cut(stack.gw, "PATCH", path, append, data[300_000:], cut=700_000)
     state = head(stack.gw, auth, path, ietf=True)
     assert state.status == 204
@@ -45,13 +53,15 @@ def test_create_cut_resume_complete_gives_the_same_bytes(stack: Stack) -> None:
     assert state.headers["upload-length"] == str(len(data))
     assert state.headers["cache-control"] == "no-store"
     assert state.headers["upload-limit"].startswith("min-size=0, max-size=")
-    stale = http_call(stack.gw, "PATCH", path, data[offset - 10 :],
-                      {**append, "Upload-Offset": str(offset - 10)})  # fmt: skip
+    stale = http_call(
+        stack.gw, "PATCH", path, data[offset - 10 :], {**append, "Upload-Offset": str(offset - 10)}
+    )
     assert_error_envelope(stale, 409, "offset_mismatch")
     assert stale.headers["upload-offset"] == str(offset)
     assert stale.headers["upload-complete"] == "?0"
-    done = http_call(stack.gw, "PATCH", path, data[offset:],
-                     {**append, "Upload-Offset": str(offset)})  # fmt: skip
+    done = http_call(
+        stack.gw, "PATCH", path, data[offset:], {**append, "Upload-Offset": str(offset)}
+    )
     assert done.status == 202, done.body
     assert done.headers["upload-complete"] == "?1"
     assert done.json()["upload_id"] == path.removeprefix(TUS)
@@ -67,10 +77,20 @@ def test_create_cut_resume_complete_gives_the_same_bytes(stack: Stack) -> None:
 def test_one_request_with_a_representation_digest(stack: Stack) -> None:
     auth = stack.keys.auth()
     data = b"the whole file in one request\n" * 1000
-    answer = http_call(stack.gw, "POST", f"{TUS}?retention_policy=temporary&ttl_days=3", data, {
-        **IETF, **auth, "Upload-Complete": "?1", "Content-Type": "text/plain",
-        "Repr-Digest": sf_digest(data), "Content-Disposition": 'inline; filename="notes.txt"',
-    })  # fmt: skip
+    answer = http_call(
+        stack.gw,
+        "POST",
+        f"{TUS}?retention_policy=temporary&ttl_days=3",
+        data,
+        {
+            **IETF,
+            **auth,
+            "Upload-Complete": "?1",
+            "Content-Type": "text/plain",
+            "Repr-Digest": sf_digest(data),
+            "Content-Disposition": 'inline; filename="notes.txt"',
+        },
+    )
     assert answer.status == 202 and answer.headers["upload-complete"] == "?1"
     result = wait_stored(stack.gw, auth, answer.headers["location"])["result"]
     assert (result["retention_policy"], result["ttl_days"]) == ("temporary", 3)
@@ -81,9 +101,18 @@ def test_one_request_with_a_representation_digest(stack: Stack) -> None:
 def test_a_representation_digest_that_does_not_match_fails_the_upload(stack: Stack) -> None:
     auth = stack.keys.auth()
     data = os.urandom(50_000)
-    answer = http_call(stack.gw, "POST", TUS, data, {
-        **IETF, **auth, "Upload-Complete": "?1", "Repr-Digest": sf_digest(b"other bytes"),
-    })  # fmt: skip
+    answer = http_call(
+        stack.gw,
+        "POST",
+        TUS,
+        data,
+        {
+            **IETF,
+            **auth,
+            "Upload-Complete": "?1",
+            "Repr-Digest": sf_digest(b"other bytes"),
+        },
+    )
     assert answer.status == 202
     path = answer.headers["location"]
     deadline = time.monotonic() + 60
@@ -100,16 +129,19 @@ def test_a_content_digest_mismatch_keeps_nothing_of_that_append(stack: Stack) ->
     created = http_call(stack.gw, "POST", TUS, b"", {**IETF, **auth, "Upload-Complete": "?0"})
     path = created.headers["location"]
     append = {**IETF, **auth, **PARTIAL_UPLOAD, "Upload-Complete": "?0", "Upload-Offset": "0"}
-    wrong = http_call(stack.gw, "PATCH", path, b"a" * 1000,
-                      {**append, "Content-Digest": sf_digest(b"b" * 1000)})  # fmt: skip
+    wrong = http_call(
+        stack.gw, "PATCH", path, b"a" * 1000, {**append, "Content-Digest": sf_digest(b"b" * 1000)}
+    )
     assert_error_envelope(wrong, 422, "digest_mismatch")
     assert offset_of(stack.gw, auth, path, ietf=True) == 0
-    right = http_call(stack.gw, "PATCH", path, b"a" * 1000,
-                      {**append, "Content-Digest": sf_digest(b"a" * 1000)})  # fmt: skip
+    right = http_call(
+        stack.gw, "PATCH", path, b"a" * 1000, {**append, "Content-Digest": sf_digest(b"a" * 1000)}
+    )
     assert right.status == 204 and right.headers["upload-offset"] == "1000"
     # An empty append that says the upload is complete: its length is what came.
-    end = http_call(stack.gw, "PATCH", path, b"",
-                    {**append, "Upload-Offset": "1000", "Upload-Complete": "?1"})  # fmt: skip
+    end = http_call(
+        stack.gw, "PATCH", path, b"", {**append, "Upload-Offset": "1000", "Upload-Complete": "?1"}
+    )
     assert end.status == 202
     assert stack.download(wait_stored(stack.gw, auth, path)["file_id"]) == b"a" * 1000
 
@@ -122,10 +154,19 @@ def test_cancellation_and_bad_appends(stack: Stack) -> None:
     assert_error_envelope(missing, 400, "bad_request")  # no Upload-Complete
     created = http_call(stack.gw, "POST", TUS, b"", {**IETF, **auth, "Upload-Complete": "?0"})
     path = created.headers["location"]
-    octet = http_call(stack.gw, "PATCH", path, b"x", {
-        **IETF, **auth, "Upload-Complete": "?0", "Upload-Offset": "0",
-        "Content-Type": "application/offset+octet-stream",
-    })  # fmt: skip
+    octet = http_call(
+        stack.gw,
+        "PATCH",
+        path,
+        b"x",
+        {
+            **IETF,
+            **auth,
+            "Upload-Complete": "?0",
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
     assert_error_envelope(octet, 415, "unsupported_media_type")
     gone = http_call(stack.gw, "DELETE", path, None, {**IETF, **auth})
     assert gone.status == 204

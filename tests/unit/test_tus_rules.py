@@ -35,9 +35,14 @@ ALICE = Owner("alice", "user")
 
 def state(**changes: object) -> UploadState:
     base = UploadState(
-        id="a" * 32, owner=ALICE, dialect="tus", created_at=100.0, expires_at=200.0,
-        length=10, filename="f.bin",
-    )  # fmt: skip
+        id="a" * 32,
+        owner=ALICE,
+        dialect="tus",
+        created_at=100.0,
+        expires_at=200.0,
+        length=10,
+        filename="f.bin",
+    )
     return msgspec.structs.replace(base, **changes)
 
 
@@ -77,11 +82,15 @@ def test_tus_creation() -> None:
     meta = "filename " + base64.b64encode(b"r.csv").decode() + ",retention_policy dGVtcG9yYXJ5"
     creation = protocol.creation_of(
         "tus",
-        {"upload-length": "10", "upload-metadata": meta, "content-length": "4",
-         "content-type": "application/offset+octet-stream"},
+        {
+            "upload-length": "10",
+            "upload-metadata": meta,
+            "content-length": "4",
+            "content-type": "application/offset+octet-stream",
+        },
         {"ttl_days": "3"},
         MAX,
-    )  # fmt: skip
+    )
     assert (creation.length, creation.filename, creation.body) == (10, "r.csv", True)
     assert (creation.options.retention_policy, creation.options.ttl_days) == ("temporary", 3)
     deferred = protocol.creation_of("tus", {"upload-defer-length": "1"}, {}, MAX)
@@ -122,11 +131,15 @@ def test_tus_creation_refusals(headers: dict[str, str], expected: tuple[int, str
 def test_ietf_creation_takes_the_length_from_a_complete_request() -> None:
     creation = protocol.creation_of(
         "ietf",
-        {"upload-complete": "?1", "content-length": "7", "content-type": "text/csv",
-         "content-disposition": 'inline; filename="d.csv"'},
+        {
+            "upload-complete": "?1",
+            "content-length": "7",
+            "content-type": "text/csv",
+            "content-disposition": 'inline; filename="d.csv"',
+        },
         {},
         MAX,
-    )  # fmt: skip
+    )
     assert (creation.length, creation.complete, creation.filetype) == (7, True, "text/csv")
     assert creation.filename == "d.csv" and creation.data().size == 7
     assert problem(lambda: protocol.creation_of("ietf", {}, {}, MAX)) == (400, "bad_request")
@@ -141,22 +154,34 @@ def test_appends() -> None:
     digest = base64.b64encode(hashlib.sha256(b"x").digest()).decode()
     tus = protocol.append_of(
         "tus",
-        {"content-type": "application/offset+octet-stream", "upload-offset": "5",
-         "content-length": "3", "upload-checksum": f"sha256 {digest}"},
-    )  # fmt: skip
+        {
+            "content-type": "application/offset+octet-stream",
+            "upload-offset": "5",
+            "content-length": "3",
+            "upload-checksum": f"sha256 {digest}",
+        },
+    )
     assert (tus.offset, tus.size, tus.empty, tus.complete) == (5, 3, False, False)
     assert tus.checksum is not None and tus.checksum.algorithm == "sha256"
     ietf = protocol.append_of(
         "ietf",
-        {"content-type": "application/partial-upload", "upload-offset": "5",
-         "upload-complete": "?1", "content-length": "3"},
-    )  # fmt: skip
+        {
+            "content-type": "application/partial-upload",
+            "upload-offset": "5",
+            "upload-complete": "?1",
+            "content-length": "3",
+        },
+    )
     assert (ietf.length, ietf.complete) == (8, True)
     trailer = protocol.append_of(
         "tus",
-        {"content-type": "application/offset+octet-stream", "upload-offset": "0",
-         "transfer-encoding": "chunked", "trailer": "Upload-Checksum"},
-    )  # fmt: skip
+        {
+            "content-type": "application/offset+octet-stream",
+            "upload-offset": "0",
+            "transfer-encoding": "chunked",
+            "trailer": "Upload-Checksum",
+        },
+    )
     assert trailer.trailer_checksum and not trailer.empty
     wrong_type = {"content-type": "application/octet-stream", "upload-offset": "0"}
     assert problem(lambda: protocol.append_of("tus", wrong_type))[0] == 415
@@ -210,13 +235,24 @@ def test_the_last_byte_completes_an_upload_but_not_a_partial_one() -> None:
 
 def test_stored_failed_and_retried() -> None:
     result = UploadResult(
-        file_id="f-1", original_filename="f.bin", storage_filename="f.bin",
-        content_type="application/octet-stream", file_size=10, stored_size=10, compressed=False,
-        compression_algorithm="none", compression_ratio=1.0, checksum="00" * 32,
-        stored_checksum="00" * 32, uploaded_at="2026-01-01T00:00:00.000Z",
-        storage_element_id="se-1", storage_element_url="http://se", retention_policy="permanent",
-        ttl_expires_at=None, upload_id="a" * 32,
-    )  # fmt: skip
+        file_id="f-1",
+        original_filename="f.bin",
+        storage_filename="f.bin",
+        content_type="application/octet-stream",
+        file_size=10,
+        stored_size=10,
+        compressed=False,
+        compression_algorithm="none",
+        compression_ratio=1.0,
+        checksum="00" * 32,
+        stored_checksum="00" * 32,
+        uploaded_at="2026-01-01T00:00:00.000Z",
+        storage_element_id="se-1",
+        storage_element_url="http://se",
+        retention_policy="permanent",
+        ttl_expires_at=None,
+        upload_id="a" * 32,
+    )
     upload = state(offset=10, phase="storing")
     failed(upload, "no node", now=300.0, expiry=50.0)
     assert (upload.phase, upload.error, upload.expires_at) == ("failed", "no node", 350.0)

@@ -26,9 +26,14 @@ ID = "0123456789abcdef0123456789abcdef"
 
 def upload(**changes: object) -> UploadState:
     base = UploadState(
-        id=ID, owner=Owner("alice", "user"), dialect="tus", created_at=0.0, expires_at=100.0,
-        length=10, filename="f.bin",
-    )  # fmt: skip
+        id=ID,
+        owner=Owner("alice", "user"),
+        dialect="tus",
+        created_at=0.0,
+        expires_at=100.0,
+        length=10,
+        filename="f.bin",
+    )
     return msgspec.structs.replace(base, **changes)
 
 
