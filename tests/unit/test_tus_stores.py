@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,12 +15,13 @@ import msgspec
 import pytest
 
 from ingester_gateway.errors import ApiError
+from ingester_gateway.resumable.expiry import Sweeper
 from ingester_gateway.resumable.files import FileStagingArea, FileStateStore
 from ingester_gateway.resumable.locks import LOCK, LocalLocker, RedisLocker
 from ingester_gateway.resumable.ports import Locker, LockTimeout, StateStore
 from ingester_gateway.resumable.redis_store import RedisStateStore
 from ingester_gateway.resumable.state import Owner, UploadState
-from tests.kit import collect, run
+from tests.kit import FakeClock, collect, run
 
 ID = "0123456789abcdef0123456789abcdef"
 
@@ -210,3 +212,29 @@ def test_a_growing_file_is_followed_to_its_end(tmp_path: Path) -> None:
             return b"".join(pieces)
 
     assert run(scenario()) == b"12345"
+
+
+def test_the_sweep_removes_idle_expired_uploads_only(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, list[str], list[str]]:
+        with ThreadPoolExecutor(1) as executor:
+            store, staging = FileStateStore(tmp_path), FileStagingArea(tmp_path, executor)
+            store.open()
+            staging.open()
+            locker = LocalLocker()
+            idle, busy, storing, orphan = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
+            for upload_id in (idle, busy, storing, orphan):
+                await staging.create(upload_id)
+            os.utime(staging.path(orphan), (0, 0))  # long untouched, and no state knows it
+            await store.put(upload(id=idle))
+            await store.put(upload(id=busy))
+            await store.put(upload(id=storing, phase="storing"))
+            await locker.acquire(busy, lambda: None, 0)  # a request is using it right now
+            sweeper = Sweeper(store, staging, locker, {idle: "token"}, 10.0, FakeClock(500.0))
+            removed = await sweeper.sweep()
+            kept = [i for i in (idle, busy, storing) if await store.get(i) is not None]
+            files = sorted(p.name for p in staging.dir.iterdir())
+            return removed, kept, files
+
+    removed, kept, files = run(scenario())
+    assert removed == 2  # the idle upload, and the orphan staging file
+    assert kept == ["b" * 32, "c" * 32] and files == ["b" * 32, "c" * 32]

@@ -7,10 +7,12 @@ from typing import Any
 import msgspec
 
 from ingester_gateway import __version__, errors
+from ingester_gateway.api.openapi_tus import TUS_PROBLEMS, tus_paths
 from ingester_gateway.errors import ErrorEnvelope, Problem
 from ingester_gateway.finalize.service import FinalizeReply, FinalizeStatus
 from ingester_gateway.finalize.transactions import FinalizeRequest
 from ingester_gateway.models import UploadOptions, UploadProgress, UploadResult
+from ingester_gateway.resumable.state import ResumableStatus
 
 _REF = "#/components/schemas/{name}"
 
@@ -64,6 +66,7 @@ _NOT_UPLOAD = {
     errors.METHOD_NOT_ALLOWED,
     errors.FINALIZE_IN_PROGRESS,
     errors.ALREADY_PERMANENT,
+    *TUS_PROBLEMS,
 }
 UPLOAD_PROBLEMS = [p for p in errors.CATALOGUE if p not in _NOT_UPLOAD]
 PROGRESS_PROBLEMS = [errors.UNAUTHORIZED, errors.FORBIDDEN, errors.NOT_FOUND, errors.INTERNAL_ERROR]
@@ -101,6 +104,7 @@ def build_openapi() -> dict[str, Any]:
             FinalizeRequest,
             FinalizeReply,
             FinalizeStatus,
+            ResumableStatus,
         ],
         ref_template=_REF,
     )
@@ -228,6 +232,7 @@ def build_openapi() -> dict[str, Any]:
                     },
                 }
             },
+            **tus_paths(_errors),
             "/health/live": {
                 "get": {
                     "summary": "Liveness",

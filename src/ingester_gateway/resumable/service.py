@@ -6,8 +6,6 @@ through the `Staging` and `StateStore` Protocols, one request at a time per uplo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
@@ -22,6 +20,7 @@ from ingester_gateway.observability import get_logger
 from ingester_gateway.outbox.jobs import StoreUpload, new_job_id
 from ingester_gateway.outbox.queue import Outbox, OutboxUnavailable
 from ingester_gateway.resumable.appender import Appended, Appender
+from ingester_gateway.resumable.expiry import Sweeper, discard
 from ingester_gateway.resumable.headers import CHECKSUM_ALGORITHMS, DIGEST_ALGORITHMS, Checksum
 from ingester_gateway.resumable.ports import (
     Lock,
@@ -46,11 +45,9 @@ from ingester_gateway.resumable.state import (
     room,
 )
 from ingester_gateway.resumable.storing import Signals, UploadStorer
-from ingester_gateway.runtime.stopping import StopSignal, stop_tasks
 
 _log = get_logger("ingester_gateway.resumable")
 EAGER_MIN_BYTES = 8 * 2**20  # smaller uploads are stored after their last byte only
-SWEEP_BATCH = 100
 MAX_TOKENS = 10_000
 
 
@@ -100,18 +97,17 @@ async def _bounded(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[byte
 class ResumableUploads:
     def __init__(self, setup: ResumableSetup) -> None:
         self._s = setup
-        self._stop = StopSignal()
-        self._sweeper: asyncio.Task[None] | None = None
+        s = setup
+        self.sweeper = Sweeper(s.store, s.staging, s.locker, s.tokens, s.expiry, s.clock)
 
     # -- life ----------------------------------------------------------------------
 
     async def start(self) -> None:
         await self._s.locker.start()
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="tus-sweeper")
+        await self.sweeper.start()
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            await stop_tasks([self._sweeper], self._stop)
+        await self.sweeper.stop()
         await self._s.locker.stop()
 
     # -- the operations ------------------------------------------------------------
@@ -295,7 +291,8 @@ class ResumableUploads:
                 raise errors.UPLOAD_BUSY(
                     "the upload is being stored" if busy else "the upload is part of a final one"
                 )
-            await self._remove(state)
+            await discard(s.store, s.staging, state)
+            s.tokens.pop(state.id, None)
         finally:
             await lock.release()
         _log.info("resumable_terminated", upload_id=upload_id)
@@ -366,59 +363,3 @@ class ResumableUploads:
         except OutboxUnavailable as exc:
             raise errors.UPLOAD_STATE_UNAVAILABLE(f"the store could not be queued: {exc}") from None
         self._s.outbox.nudge()
-
-    async def _remove(self, state: UploadState) -> None:
-        s = self._s
-        for part_id in state.parts:
-            await s.staging.remove(part_id)
-            await s.store.delete(part_id)
-        await s.staging.remove(state.id)
-        await s.store.delete(state.id)
-        s.tokens.pop(state.id, None)
-
-    # -- expiry --------------------------------------------------------------------
-
-    def _sweep_interval(self) -> float:
-        return max(0.25, min(60.0, self._s.expiry / 4))
-
-    async def _sweep_loop(self) -> None:
-        while not self._stop.is_set:
-            await self._stop.sleep(self._sweep_interval())
-            if self._stop.is_set:
-                return
-            try:
-                await self.sweep()
-            except StateUnavailable:
-                pass  # Redis away: the next round
-            except Exception:
-                _log.exception("tus_sweep_failed")
-
-    async def sweep(self) -> int:
-        """Remove expired uploads (and staging files no state knows of); how many."""
-        s = self._s
-        now = s.clock()
-        removed = 0
-        for upload_id in await s.store.expiring(now, SWEEP_BATCH):
-            state = await s.store.get(upload_id)
-            if state is None:
-                await s.store.delete(upload_id)  # a stale index entry
-                continue
-            if not state.expired(now) or state.final_of is not None:
-                await s.store.postpone(upload_id, now + s.expiry)  # its owner decides
-                continue
-            try:
-                lock = await s.locker.acquire(upload_id, _Release(), 0)
-            except LockTimeout:
-                continue  # in use right now: not idle
-            try:
-                await self._remove(state)
-            finally:
-                await lock.release()
-            removed += 1
-            _log.info("resumable_expired", upload_id=upload_id, phase=state.phase)
-        for upload_id in await s.staging.orphans(now - 2 * s.expiry):
-            with contextlib.suppress(StateUnavailable):
-                if await s.store.get(upload_id) is None:
-                    await s.staging.remove(upload_id)
-                    removed += 1
-        return removed

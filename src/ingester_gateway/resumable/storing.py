@@ -40,9 +40,14 @@ FOLLOW_IDLE = 30.0  # a growing upload that stays this long without new bytes: s
 FOLLOW_POLL = 0.25  # how often the state is read while following (another gateway appends)
 # A failure another attempt may not see: no node now, full, slow, no credential.
 _TRANSIENT = frozenset(
-    {"no_storage_available", "storage_failed_mid_upload", "insufficient_storage",
-     "storage_timeout", "storage_credentials"}
-)  # fmt: skip
+    {
+        "no_storage_available",
+        "storage_failed_mid_upload",
+        "insufficient_storage",
+        "storage_timeout",
+        "storage_credentials",
+    }
+)
 
 
 class SourcePaused(SourceFailed):
