@@ -284,6 +284,13 @@ class Gateway:
             local = FileStateStore(s.tus_dir)
             local.open()
             store, locker = local, LocalLocker()
+            if s.workers > 1:
+                self.log.warning(
+                    "resumable_uploads_unsafe",
+                    problem="without Redis, resumable uploads' locks are per process: two"
+                    " workers could write one upload at once",
+                    hint="set INGESTER_REDIS_URL, or INGESTER_WORKERS=1",
+                )
         tokens: dict[str, str] = {}
         signals = Signals()
         services = self.uploads
