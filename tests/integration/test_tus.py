@@ -413,3 +413,11 @@ def test_cors_preflight_and_exposed_headers_for_an_allowed_origin(
     )
     assert "access-control-allow-origin" not in closed.headers  # closed by default
     status(short_lived, stack.keys.auth(), answer.headers["location"])
+
+
+def test_an_empty_upload_is_complete_at_its_creation(stack: Stack) -> None:
+    auth = stack.keys.auth()
+    path = create(stack.gw, auth, 0, {"filename": "empty.txt"})
+    result = wait_stored(stack.gw, auth, path)["result"]
+    assert (result["file_size"], result["original_filename"]) == (0, "empty.txt")
+    assert stack.download(result["file_id"]) == b""

@@ -171,3 +171,10 @@ def test_cancellation_and_bad_appends(stack: Stack) -> None:
     gone = http_call(stack.gw, "DELETE", path, None, {**IETF, **auth})
     assert gone.status == 204
     assert head(stack.gw, auth, path, ietf=True).status == 404
+
+
+def test_an_empty_creation_that_is_complete_is_stored(stack: Stack) -> None:
+    auth = stack.keys.auth()
+    answer = http_call(stack.gw, "POST", TUS, b"", {**IETF, **auth, "Upload-Complete": "?1"})
+    assert answer.status == 202 and answer.headers["upload-complete"] == "?1"
+    assert stack.download(wait_stored(stack.gw, auth, answer.headers["location"])["file_id"]) == b""

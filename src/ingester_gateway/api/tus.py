@@ -76,6 +76,17 @@ class _Exchange:
         return {name.decode("latin-1"): value.decode("latin-1") for name, value in pairs}
 
 
+def _unique(headers: list[Header]) -> list[Header]:
+    """Each field once (the first of a name wins)."""
+    seen: set[bytes] = set()
+    unique = []
+    for name, value in headers:
+        if name not in seen:
+            seen.add(name)
+            unique.append((name, value))
+    return unique
+
+
 def scope_header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -167,7 +178,7 @@ class TusEndpoint:
             principal, ex.dialect, creation, self._client_address(ex.scope)
         )
         outcome = None
-        if creation.body:
+        if creation.body or (creation.complete and state.receiving):
             outcome = await self._uploads.created_with_data(
                 state, creation.data(), self._body(ex, receive), ex.trailers
             )
@@ -241,7 +252,7 @@ class TusEndpoint:
     ) -> None:
         if ex.dialect == "ietf" and exc.problem is errors.UPLOAD_CHECKSUM_MISMATCH:
             exc = errors.DIGEST_MISMATCH(exc.message)  # 460 is tus's; RFC 9530 names none
-        headers = [*ex.answer_headers(), *exc.headers, *(extra or [])]
+        headers = _unique([*ex.answer_headers(), *exc.headers, *(extra or [])])
         if ex.dialect == "ietf" and exc.status == 409:
             headers.append((b"upload-complete", b"?0"))
         body = ex.body

@@ -160,11 +160,13 @@ class ResumableUploads:
             state.offset, state.phase = state.length or 0, "complete"
         else:
             await s.staging.create(state.id)
+            if length == 0 and not partial:
+                state.phase = "complete"  # an empty file has all its bytes already
         await s.store.put(state)
         for part in parts:
             part.final_of, part.phase = state.id, "complete"
             await s.store.put(part)
-        if parts or state.eager:
+        if state.phase == "complete" or state.eager:
             await self._enqueue(state.id)
         _log.info("resumable_created", upload_id=state.id, dialect=dialect, length=length)
         return state
