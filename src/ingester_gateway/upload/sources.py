@@ -132,10 +132,10 @@ class StagedFiles:
                 os.close(fd)
 
     async def _file(self, fd: int, end: int) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
         growing = self._available is not None
         position = 0
-        ahead: asyncio.Future[bytes] | None = None
+        ahead: asyncio.Future[int] | None = None
+        buffer = bytearray()
         try:
             while True:
                 if ahead is None:
@@ -146,23 +146,29 @@ class StagedFiles:
                         self.expected = end
                     if position >= end:
                         return
-                    want = min(STAGED_PIECE, end - position)
-                    ahead = loop.run_in_executor(self._executor, os.pread, fd, want, position)
-                piece = await ahead
+                    buffer, ahead = self._read(fd, position, end)
+                got = await ahead
                 ahead = None
-                if not piece:
+                if not got:
                     raise SourceFailed("a staged file is shorter than its upload")
-                position += len(piece)
-                self.received += len(piece)
+                piece = bytes(buffer) if got == len(buffer) else bytes(buffer[:got])
+                position += got
+                self.received += got
                 if position < end:  # read the next piece while this one is processed
-                    want = min(STAGED_PIECE, end - position)
-                    ahead = loop.run_in_executor(self._executor, os.pread, fd, want, position)
+                    buffer, ahead = self._read(fd, position, end)
                 yield piece
         except OSError as exc:
             raise SourceFailed(f"staged bytes unreadable: {exc.strerror}") from None
         finally:
             if ahead is not None:  # the fd closes after this: let the read end first
                 await asyncio.gather(ahead, return_exceptions=True)
+
+    def _read(self, fd: int, position: int, end: int) -> tuple[bytearray, asyncio.Future[int]]:
+        """Read the next piece in a worker thread, into memory taken here: a thread's
+        own allocations would stay in its malloc arena (RSS) once freed."""
+        buffer = bytearray(min(STAGED_PIECE, end - position))
+        loop = asyncio.get_running_loop()
+        return buffer, loop.run_in_executor(self._executor, os.preadv, fd, [buffer], position)
 
     async def finish(self) -> None:
         if self.received != self.expected:
