@@ -10,13 +10,20 @@ import random
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingester_gateway.reference.processes import ServerProcess, gateway, running, se_entry
-from tests.kit import log_events
+from ingester_gateway.reference.processes import (
+    ServerProcess,
+    gateway,
+    running,
+    se_entry,
+    storage_element,
+)
+from tests.kit import DevKeys, eventually, log_events
 from tests.resumable import (
     OFFSET_STREAM,
     TUS,
@@ -25,6 +32,7 @@ from tests.resumable import (
     offset_of,
     patch,
     send_cut,
+    status,
     wait_stored,
 )
 from tests.stack import Stack
@@ -106,3 +114,25 @@ def test_a_gateway_killed_mid_patch_keeps_a_durable_offset_and_resumes(
         e["upload_id"] == path.removeprefix(TUS)
         for e in log_events(lone_gateway, "resumable_stored")
     )
+
+
+def test_a_store_that_fails_keeps_the_staged_bytes_and_is_tried_again(
+    keys: DevKeys, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    workdir = tmp_path_factory.mktemp("tus-retry")
+    se = storage_element(workdir, keys.public_path)
+    gw = gateway(workdir, keys.public_path, [se_entry(se)], name="gw-retry")
+    with running(se, gw):
+        se.stop()  # no SE: the store cannot happen now
+        auth = keys.auth()
+        data = os.urandom(300_000)
+        path = create(gw, auth, len(data), {"filename": "later.bin"})
+        answer = patch(gw, auth, path, 0, data)
+        assert answer.status == 204  # the last byte is answered at once, stored or not
+        staged = Path(gw.env["INGESTER_STATE_DIR"]) / "tus" / "staging" / path.removeprefix(TUS)  # type: ignore[index]
+        waiting = eventually(lambda: (s := status(gw, auth, path))["error"] and s, 30, "a failure")
+        assert waiting["state"] == "storing" and staged.exists()
+        se.start()
+        result = wait_stored(gw, auth, path)["result"]
+        assert Stack(se, gw, keys, workdir / "se-1-data").download(result["file_id"]) == data
+        assert not staged.exists()
