@@ -18,11 +18,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingester_gateway import errors
+from ingester_gateway.api.cors import CorsMiddleware, CorsPolicy
 from ingester_gateway.api.finalize import FinalizeRoutes
 from ingester_gateway.api.openapi import build_openapi
+from ingester_gateway.api.tus import TusEndpoint, is_tus_path
 from ingester_gateway.api.uploads import FILES_PREFIX, UploadEndpoint
 from ingester_gateway.config import Settings
 from ingester_gateway.errors import ApiError, error_body
@@ -86,7 +88,10 @@ def build_app(
         principal = await gw.verifier.verify_header(
             request.headers.get("authorization", "").encode("latin-1") or None
         )
-        progress = gw.progress.get(request.path_params["upload_id"], principal.sub)
+        upload_id = request.path_params["upload_id"]
+        progress = gw.progress.get(upload_id, principal.sub)
+        if progress is None:  # a resumable upload's, if it is one
+            progress = await gw.resumable.progress(upload_id, principal.sub)
         if progress is None:
             raise errors.NOT_FOUND("no such upload")
         # Registered since by another gateway's outbox? The registry knows.
@@ -141,18 +146,24 @@ def build_app(
             Exception: internal_error,
         },
     )
-    return GatewayApp(gw, starlette)
+    return GatewayApp(gw, starlette, CorsPolicy(settings.cors_origins))
 
 
 class GatewayApp:
-    """The ASGI callable: uploads to raw handlers, the rest to Starlette."""
+    """The ASGI callable: uploads to raw handlers, the rest to Starlette; CORS around
+    everything when origins are allowed."""
 
-    def __init__(self, gateway: Gateway, starlette: Starlette) -> None:
+    def __init__(self, gateway: Gateway, starlette: Starlette, cors: CorsPolicy) -> None:
         self.gateway = gateway
         self.starlette = starlette
         self.uploads = UploadEndpoint(gateway)
+        self.tus = TusEndpoint(gateway)
+        self._entry: ASGIApp = CorsMiddleware(self._route, cors) if cors.enabled else self._route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.starlette(scope, receive, send)
             return
@@ -165,6 +176,9 @@ class GatewayApp:
             else:  # the upload routes exist, for other methods
                 allowed = "POST, PUT" if path == "/api/v1/files/upload" else "PUT"
                 await self._guarded(_method_not_allowed(allowed), scope, receive, send)
+            return
+        if is_tus_path(path):
+            await self._guarded(self.tus, scope, receive, send)
             return
         await self._guarded(self.starlette, scope, receive, send)
 

@@ -98,6 +98,19 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     # Peers (IPs or CIDRs, e.g. an nginx in front) whose X-Forwarded-For is believed.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
+    # Resumable uploads (tus, IETF draft): staged bytes (and, without Redis, their state)
+    # here (default: `tus` in the state directory); shared by every gateway behind one
+    # nginx when they share one Redis.
+    tus_dir: str | None = None
+    # An unfinished upload is removed this long after its last request (so is the state
+    # of a stored one): tus `Upload-Expires`, the draft's `max-age`.
+    tus_expiry_seconds: Seconds = 86400.0
+    # Uploads of known length are stored while they are received (the SE has most of
+    # the file when its last byte arrives); off: stored after the last byte only.
+    tus_store_while_receiving: bool = True
+    # Browser origins (scheme://host[:port]) allowed to call the API; `*` for any.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+
     # How long a finalized file's source stays on its edit SE (artStore: 24 h).
     finalize_safety_margin: Annotated[float, msgspec.Meta(ge=0)] = 86400.0
     # artStore's Admin Module: every stored file is registered in its file registry
@@ -142,6 +155,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     otel_enabled: bool = False
 
     def __post_init__(self) -> None:
+        if self.tus_dir is None:
+            self.tus_dir = os.path.join(self.state_dir, "tus")
         if self.auth_public_key_file is None and self.auth_jwks_url is None:
             raise ValueError("INGESTER_AUTH_PUBLIC_KEY_FILE or INGESTER_AUTH_JWKS_URL must be set")
         if self.registry != "static" and self.redis_url is None:
@@ -198,6 +213,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
                     f"{PREFIX}{name.upper()}: unknown role {unknown[0]!r}"
                     f" (roles: {', '.join(ROLES)}, or * for any other)"
                 )
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin.rstrip("/")):
+                raise ValueError(
+                    f"INGESTER_CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port])"
+                )
         ids = [se.id for se in self.storage_elements]
         if len(ids) != len(set(ids)):
             raise ValueError("INGESTER_STORAGE_ELEMENTS: storage element ids must be unique")
@@ -225,7 +245,7 @@ _ROLE_LIMIT_FIELDS = (
     "fair_use_bytes_per_window",
 )
 _ROLE_SIZE_FIELDS = {"fair_use_bytes_per_window"}
-_LIST_FIELDS = {"allowed_content_types", "auth_upload_roles", "trusted_proxies"}
+_LIST_FIELDS = {"allowed_content_types", "auth_upload_roles", "trusted_proxies", "cors_origins"}
 
 
 def parse_size(text: str) -> int:

@@ -47,6 +47,20 @@ MISSING_FILE = _problem(400, "missing_file", "The form has no 'file' part")
 FIELD_AFTER_FILE = _problem(400, "field_after_file", "A control field follows the 'file' part")
 EMPTY_FILE = _problem(400, "empty_file", "A 0-byte file, which artStore cannot register")
 LENGTH_MISMATCH = _problem(400, "length_mismatch", "The body does not match its Content-Length")
+UNSUPPORTED_CHECKSUM = _problem(
+    400, "unsupported_checksum", "Upload-Checksum names an algorithm the server does not offer"
+)
+INCONSISTENT_LENGTH = _problem(
+    400, "inconsistent_length", "The upload's length differs from what was declared before"
+)
+UPLOAD_INTERRUPTED = _problem(
+    400,
+    "upload_interrupted",
+    "Another request for this resumable upload took it over; the bytes that arrived are kept",
+)
+PARTIAL_UNFINISHED = _problem(
+    400, "partial_unfinished", "A partial upload named in Upload-Concat is not complete"
+)
 UNAUTHORIZED = _problem(
     401,
     "unauthorized",
@@ -56,6 +70,10 @@ UNAUTHORIZED = _problem(
 FORBIDDEN = _problem(403, "forbidden", "The token's role may not do this")
 INSUFFICIENT_SCOPE = _problem(403, "insufficient_scope", "The token lacks the files:write scope")
 NOT_FOUND = _problem(404, "not_found", "No such resource (or not the caller's)")
+FINAL_UPLOAD = _problem(403, "final_upload", "A concatenated (final) upload takes no data")
+ORIGIN_NOT_ALLOWED = _problem(
+    403, "origin_not_allowed", "The Origin is not in INGESTER_CORS_ORIGINS"
+)
 METHOD_NOT_ALLOWED = _problem(405, "method_not_allowed", "The route does not take this method")
 REQUEST_TIMEOUT = _problem(408, "request_timeout", "The client sent no body data for too long")
 FINALIZE_IN_PROGRESS = _problem(409, "finalize_in_progress", "Another finalize moves this file")
@@ -63,7 +81,20 @@ ALREADY_PERMANENT = _problem(409, "already_permanent", "The file is not temporar
 UPLOAD_ID_IN_USE = _problem(
     409, "upload_id_in_use", "X-Upload-Id names an upload of the same user still running"
 )
+OFFSET_MISMATCH = _problem(
+    409, "offset_mismatch", "Upload-Offset is not the upload's offset (sent in Upload-Offset)"
+)
+UPLOAD_BUSY = _problem(
+    409, "upload_busy", "The upload is being stored, or is part of a final upload"
+)
+UPLOAD_EXPIRED = _problem(410, "upload_expired", "The resumable upload expired")
 LENGTH_REQUIRED = _problem(411, "length_required", "Neither Content-Length nor a chunked body")
+TUS_VERSION = _problem(
+    412,
+    "tus_version",
+    "Neither Tus-Resumable: 1.0.0 nor Upload-Draft-Interop-Version: 8",
+    (b"tus-version", b"1.0.0"),
+)
 PAYLOAD_TOO_LARGE = _problem(413, "payload_too_large", "The upload exceeds the size limit")
 UNSUPPORTED_MEDIA_TYPE = _problem(415, "unsupported_media_type", "The content type is refused")
 DIGEST_MISMATCH = _problem(422, "digest_mismatch", "The body does not match the client's digest")
@@ -84,6 +115,12 @@ BYTE_QUOTA_EXCEEDED = _problem(
     "byte_quota_exceeded",
     "The user sent more bytes over the window than its quota allows",
     _RETRY_AFTER,
+)
+UPLOAD_LOCKED = _problem(
+    423, "upload_locked", "Another request holds the resumable upload; retry", _RETRY_AFTER
+)
+UPLOAD_CHECKSUM_MISMATCH = _problem(
+    460, "upload_checksum_mismatch", "The request's content does not match its checksum (tus)"
 )
 INTERNAL_ERROR = _problem(500, "internal_error", "A bug: reported, never a traceback")
 STORAGE_FAILED = _problem(502, "storage_failed", "The storage element refused or failed")
@@ -109,6 +146,12 @@ SHUTTING_DOWN = _problem(
     "shutting_down",
     "This instance is draining before it stops; retry, another one will answer",
     (b"retry-after", b"1"),
+)
+UPLOAD_STATE_UNAVAILABLE = _problem(
+    503,
+    "upload_state_unavailable",
+    "The resumable uploads' state (Redis) cannot be reached now",
+    _RETRY_AFTER,
 )
 INSUFFICIENT_STORAGE = _problem(507, "insufficient_storage", "No storage element has room")
 

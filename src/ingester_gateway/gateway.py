@@ -38,7 +38,7 @@ from ingester_gateway.models import CodecName
 from ingester_gateway.observability import COMPENSATION_FAILURES, Metrics, get_logger
 from ingester_gateway.outbox.compensations import Compensations
 from ingester_gateway.outbox.events import FileAnnouncer
-from ingester_gateway.outbox.jobs import DeleteFile
+from ingester_gateway.outbox.jobs import DeleteFile, StoreUpload
 from ingester_gateway.outbox.journal import Journal
 from ingester_gateway.outbox.queue import Outbox
 from ingester_gateway.outbox.records import FileRecorder
@@ -50,6 +50,12 @@ from ingester_gateway.registry.health import HealthProber
 from ingester_gateway.registry.static import StaticRegistry
 from ingester_gateway.registry.watch import RedisWatchedRegistry
 from ingester_gateway.resilience import BreakerPolicy, BreakerState, RetryPolicy
+from ingester_gateway.resumable.files import FileStagingArea, FileStateStore
+from ingester_gateway.resumable.locks import LocalLocker, RedisLocker
+from ingester_gateway.resumable.ports import Locker, StateStore
+from ingester_gateway.resumable.redis_store import RedisStateStore
+from ingester_gateway.resumable.service import ResumableSetup, ResumableUploads
+from ingester_gateway.resumable.storing import Signals, StoreSetup, UploadStorer
 from ingester_gateway.runtime.drain import Drain
 from ingester_gateway.runtime.redis_io import redis_client
 from ingester_gateway.runtime.redis_pipeline import PipelinedRedis
@@ -138,6 +144,8 @@ class Gateway:
         )
         self.records: FileRecorder  # once started (the Admin client needs the session)
         self.finalizer: Finalizer | None = None  # once started, with a service account
+        self.resumable: ResumableUploads  # once started
+        self.clock = time.time
         self._admin_transport: KeepAliveTransport | None = None
 
     def _build_fair_use(self) -> FairUseGate:
@@ -232,8 +240,10 @@ class Gateway:
             tracing=self.tracing,
         )
         self.finalizer = self._build_finalizer()
+        self.resumable = self._build_resumable()
         self.update_node_metrics()
         self.journal.open()
+        await self.resumable.start()
         await self.outbox.start()
         await self.fair_use.start()
         if service is None and self._rw_nodes_possible():
@@ -300,6 +310,62 @@ class Gateway:
             )
         )
 
+    def _build_resumable(self) -> ResumableUploads:
+        """tus and the IETF draft: staging files in INGESTER_TUS_DIR, state and locks in
+        Redis when there is one (shared by every gateway), else beside the files."""
+        s = self.settings
+        assert s.tus_dir is not None  # the settings default it
+        staging = FileStagingArea(s.tus_dir, self.executor)
+        staging.open()
+        store: StateStore
+        locker: Locker
+        if self.redis is not None:
+            store, locker = RedisStateStore(self.redis), RedisLocker(self.redis)
+        else:
+            local = FileStateStore(s.tus_dir)
+            local.open()
+            store, locker = local, LocalLocker()
+            if s.workers > 1:
+                self.log.warning(
+                    "resumable_uploads_unsafe",
+                    problem="without Redis, resumable uploads' locks are per process: two"
+                    " workers could write one upload at once",
+                    hint="set INGESTER_REDIS_URL, or INGESTER_WORKERS=1",
+                )
+        tokens: dict[str, str] = {}
+        signals = Signals()
+        services = self.uploads
+        if self._service is not None:  # the store acts for no client, as finalize does
+            services = dataclasses.replace(services, credentials=ServiceCredentials(self._service))
+        storer = UploadStorer(
+            StoreSetup(
+                store=store,
+                staging=staging,
+                locker=locker,
+                services=services,
+                has_service_account=self._service is not None,
+                tokens=tokens,
+                signals=signals,
+                expiry=s.tus_expiry_seconds,
+            )
+        )
+        self.outbox.handle(StoreUpload, storer.work, background=True)
+        return ResumableUploads(
+            ResumableSetup(
+                store=store,
+                staging=staging,
+                locker=locker,
+                outbox=self.outbox,
+                storer=storer,
+                signals=signals,
+                tokens=tokens,
+                expiry=s.tus_expiry_seconds,
+                max_size=s.max_upload_bytes,
+                refuse_empty=self.plan_rules.refuse_empty,
+                eager=s.tus_store_while_receiving,
+            )
+        )
+
     def _rw_nodes_possible(self) -> bool:
         """Can an upload land on an rw node: a configured one, or any from Redis?"""
         if self.settings.registry != "static":
@@ -318,6 +384,7 @@ class Gateway:
         if self._fair_redis is not None:
             await self._fair_redis.close()
         await self.outbox.stop()
+        await self.resumable.stop()
         if self._admin_transport is not None:
             await self._admin_transport.close()
         self.journal.close()

@@ -882,19 +882,19 @@ def test_the_gauges_count_journal_and_redis_jobs_by_kind_with_the_oldest_age(
         await world.outbox.add(register_file("r-3", created_at=1010.0))
         world.clock.now = 1020.0
         await world.outbox.start(interval=0.01)
-        await eventually(lambda: gauges() == [(2, 20), (1, 10), (0, 0), (0, 0)])
+        await eventually(lambda: gauges() == [(2, 20), (1, 10), (0, 0), (0, 0), (0, 0)])
         world.redis_down()  # Redis's last count stands; the journal's share is current
         await world.outbox.add(delete_file("j-1", created_at=990.0))
         await world.outbox.add(announce_file("j-2", created_at=1015.0))
-        await eventually(lambda: gauges() == [(3, 30), (1, 10), (1, 5), (0, 0)])
+        await eventually(lambda: gauges() == [(3, 30), (1, 10), (1, 5), (0, 0), (0, 0)])
         world.clock.advance(100)  # ages grow with the clock
-        await eventually(lambda: gauges() == [(3, 130), (1, 110), (1, 105), (0, 0)])
+        await eventually(lambda: gauges() == [(3, 130), (1, 110), (1, 105), (0, 0), (0, 0)])
         world.redis_up()  # the journal moves to Redis: the same jobs, counted once
         await eventually(lambda: world.journaled() == [])
-        await eventually(lambda: gauges() == [(3, 130), (1, 110), (1, 105), (0, 0)])
+        await eventually(lambda: gauges() == [(3, 130), (1, 110), (1, 105), (0, 0), (0, 0)])
         return [len(await world.scheduled(kind)) for kind in KINDS]
 
-    assert in_world(tmp_path, scenario) == [3, 1, 1, 0]
+    assert in_world(tmp_path, scenario) == [3, 1, 1, 0, 0]
 
 
 def test_without_redis_the_gauges_count_the_journal(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from ingester_gateway import __version__, errors
+from ingester_gateway.api.openapi_tus import TUS_PROBLEMS, tus_paths
 from ingester_gateway.errors import ErrorEnvelope, Problem
 from ingester_gateway.finalize.service import FinalizeReply, FinalizeStatus
 from ingester_gateway.finalize.transactions import FinalizeRequest
@@ -18,6 +19,7 @@ from ingester_gateway.models import (
     UploadProgress,
     UploadResult,
 )
+from ingester_gateway.resumable.state import ResumableStatus
 
 _REF = "#/components/schemas/{name}"
 
@@ -108,6 +110,7 @@ _NOT_UPLOAD = {
     errors.METHOD_NOT_ALLOWED,
     errors.FINALIZE_IN_PROGRESS,
     errors.ALREADY_PERMANENT,
+    *TUS_PROBLEMS,
 }
 UPLOAD_PROBLEMS = [p for p in errors.CATALOGUE if p not in _NOT_UPLOAD]
 PROGRESS_PROBLEMS = [errors.UNAUTHORIZED, errors.FORBIDDEN, errors.NOT_FOUND, errors.INTERNAL_ERROR]
@@ -145,6 +148,7 @@ def build_openapi() -> dict[str, Any]:
             FinalizeRequest,
             FinalizeReply,
             FinalizeStatus,
+            ResumableStatus,
         ],
         ref_template=_REF,
     )
@@ -264,6 +268,7 @@ def build_openapi() -> dict[str, Any]:
                     },
                 }
             },
+            **tus_paths(_errors),
             "/health/live": {
                 "get": {
                     "summary": "Liveness",

@@ -56,7 +56,17 @@ class FinalizeFile(msgspec.Struct, tag="finalize", frozen=True, kw_only=True):
     created_at: float
 
 
-Job = DeleteFile | RegisterFile | AnnounceFile | FinalizeFile
+class StoreUpload(msgspec.Struct, tag="resumable", frozen=True, kw_only=True):
+    """A resumable upload to store into artStore (its state is kept apart, see
+    resumable/state.py). An upload may have more than one such job (one started while
+    it is received, one when its last byte came): they never store it at once."""
+
+    id: str
+    upload_id: str
+    created_at: float
+
+
+Job = DeleteFile | RegisterFile | AnnounceFile | FinalizeFile | StoreUpload
 
 
 def kind_of(job: Job | type[Job]) -> str:
@@ -68,5 +78,5 @@ def kind_of(job: Job | type[Job]) -> str:
 
 
 KINDS: tuple[str, ...] = tuple(
-    kind_of(cls) for cls in (DeleteFile, RegisterFile, AnnounceFile, FinalizeFile)
+    kind_of(cls) for cls in (DeleteFile, RegisterFile, AnnounceFile, FinalizeFile, StoreUpload)
 )

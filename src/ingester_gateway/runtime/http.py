@@ -13,7 +13,9 @@ The app asks through two scope extensions: `ingester.body_batch(size)` sets the 
 (`size` is a callable, read again after each hand-over, so batches shrink as uploads
 are added and the budget's share per upload falls),
 `ingester.client_gone()` tells whether the client left (without a receive(): a poll
-with a zero timeout costs a timer and a cancellation each time).
+with a zero timeout costs a timer and a cancellation each time), `ingester.trailers()`
+gives the trailer fields of a chunked body once it is in (uvicorn parses them into the
+request's header list and hands them to no one; tus checksum-trailer needs them).
 
 It is also the edge (`runtime/edge.py` holds the rules): httptools gathers a header
 field whole before it reports it, so the bytes of a head are counted here, in
@@ -57,6 +59,7 @@ BATCH = "ingester.body_batch"
 # `watch()` -> a probe: True once the body's framing turned out malformed (the app then
 # answers 400 itself; an app that does not watch sees a disconnect).
 BODY_ERROR = "ingester.body_error"
+TRAILERS = "ingester.trailers"
 # A batch not yet full is handed over this long after its first piece came.
 WAKE_DELAY = 0.002
 
@@ -88,8 +91,10 @@ class _PieceCycle(RequestResponseCycle):
                 self.disconnected = True
                 self.transport.close()
             return {"type": "http.disconnect"}
-        if self.disconnected or self.response_complete:
+        if self.response_complete or (self.disconnected and not self.pieces):
             return {"type": "http.disconnect"}
+        # A client that left may have sent data first: it is handed over before the
+        # disconnect (a resumable upload keeps every byte that arrived).
         pieces = self.pieces
         if not pieces:
             body = b""
@@ -288,6 +293,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             extensions[GONE] = lambda: cycle.disconnected
             extensions[BATCH] = cycle.set_batch
             extensions[BODY_ERROR] = cycle.watch_body_error
+            # httptools reports trailer fields through on_header, after the headers.
+            headers, count = self.headers, len(self.headers)
+            extensions[TRAILERS] = lambda: headers[count:]
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

@@ -6,7 +6,11 @@ driver does not change.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+import asyncio
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
 
 import aiohttp
 
@@ -15,6 +19,7 @@ from ingester_gateway.upstream.wire import describe_error
 
 # Read ahead of the copy (aiohttp pauses the socket beyond twice this).
 DOWNLOAD_BUFFER = 512 * 1024
+STAGED_PIECE = 2**20  # what one read of a staged file takes
 
 
 async def _nothing() -> None:
@@ -87,3 +92,84 @@ class SeDownload:
             raise SourceFailed(
                 f"the source gave {self.received} bytes, the record says {self._expected}"
             )
+
+
+# While an upload is still received: wait until more than the given bytes are durable;
+# the durable end then, and whether it is the upload's end.
+Available = Callable[[int], Awaitable[tuple[int, bool]]]
+
+
+class StagedFiles:
+    """A resumable upload's staged bytes: its files (a concatenated upload's parts) read
+    one after the other in place, never first copied into one; each piece is read in a
+    worker thread while the one before is processed. With `available`, the (single)
+    file may still be growing: reading follows its durable end until the upload's
+    last byte (a file stored while it is received)."""
+
+    def __init__(
+        self,
+        files: Sequence[tuple[Path, int]],
+        executor: Executor,
+        available: Available | None = None,
+    ) -> None:
+        assert available is None or len(files) == 1
+        self._files = list(files)
+        self._executor = executor
+        self._available = available
+        self.expected = sum(size for _, size in self._files)
+        self.received = 0
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        for path, size in self._files:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                raise SourceFailed(f"staged bytes unreadable: {exc.strerror}") from None
+            try:
+                async for piece in self._file(fd, size):
+                    yield piece
+            finally:
+                os.close(fd)
+
+    async def _file(self, fd: int, end: int) -> AsyncIterator[bytes]:
+        growing = self._available is not None
+        position = 0
+        ahead: asyncio.Future[int] | None = None
+        buffer = bytearray()
+        try:
+            while True:
+                if ahead is None:
+                    if growing and position >= end:
+                        assert self._available is not None
+                        end, last = await self._available(position)
+                        growing = not last
+                        self.expected = end
+                    if position >= end:
+                        return
+                    buffer, ahead = self._read(fd, position, end)
+                got = await ahead
+                ahead = None
+                if not got:
+                    raise SourceFailed("a staged file is shorter than its upload")
+                piece = bytes(buffer) if got == len(buffer) else bytes(buffer[:got])
+                position += got
+                self.received += got
+                if position < end:  # read the next piece while this one is processed
+                    buffer, ahead = self._read(fd, position, end)
+                yield piece
+        except OSError as exc:
+            raise SourceFailed(f"staged bytes unreadable: {exc.strerror}") from None
+        finally:
+            if ahead is not None:  # the fd closes after this: let the read end first
+                await asyncio.gather(ahead, return_exceptions=True)
+
+    def _read(self, fd: int, position: int, end: int) -> tuple[bytearray, asyncio.Future[int]]:
+        """Read the next piece in a worker thread, into memory taken here: a thread's
+        own allocations would stay in its malloc arena (RSS) once freed."""
+        buffer = bytearray(min(STAGED_PIECE, end - position))
+        loop = asyncio.get_running_loop()
+        return buffer, loop.run_in_executor(self._executor, os.preadv, fd, [buffer], position)
+
+    async def finish(self) -> None:
+        if self.received != self.expected:
+            raise SourceFailed(f"read {self.received} staged bytes, expected {self.expected}")

@@ -1,0 +1,1 @@
+"""Resumable uploads: tus 1.0 and the IETF resumable-upload draft on one endpoint."""
