@@ -120,10 +120,10 @@ def send_chunked(
     body.append(b"\r\n")
     with contextlib.closing(_connect(gw)) as sock:
         sock.sendall(b"".join(body))
-        return _read_answer(sock)
+        return read_answer(sock)
 
 
-def _read_answer(sock: socket.socket) -> Answer:
+def read_answer(sock: socket.socket) -> Answer:
     raw = b""
     while b"\r\n\r\n" not in raw:
         piece = sock.recv(65536)

@@ -45,6 +45,7 @@ from tests.kit import (
     run,
     scrape,
 )
+from tests.resumable import TUS, TUS_VERSION, create, offset_of, patch, wait_stored
 from tests.stack import Stack, held_upload, own_stack, paced_put, redis_url
 
 T = TypeVar("T")
@@ -94,6 +95,26 @@ def test_a_user_at_its_limit_gets_429_while_another_uploads(local: Stack, keys: 
         assert finished.status == 201, finished.body
     assert upload(local.gw, alice).status == 201  # the slot came back with the answer
     assert refusals(local.gw, "concurrent_uploads") >= 1
+
+
+def test_resumable_requests_take_a_slot_like_any_upload(local: Stack, keys: DevKeys) -> None:
+    """A tus creation or PATCH is an upload in flight: refused with 429 while the user is
+    at its limit, and its own PATCH holds the slot while it runs."""
+    alice, bob = keys.auth("alice-tus"), keys.auth("bob-tus")
+    data = os.urandom(64 * KiB)
+    path = create(local.gw, alice, len(data), {"filename": "fair.bin"})
+    with held_upload(local.gw, alice, uuid.uuid4().hex) as held:
+        assert_refused(patch(local.gw, alice, path, 0, data), "too_many_uploads")
+        refused = http_call(
+            local.gw, "POST", TUS, b"", {**alice, **TUS_VERSION, "Upload-Length": "1"}
+        )
+        assert_refused(refused, "too_many_uploads")
+        assert create(local.gw, bob, 1, {"filename": "b.bin"}).startswith(TUS)
+        assert held.finish().status == 201
+    assert offset_of(local.gw, alice, path) == 0  # the refused PATCH wrote nothing
+    answer = patch(local.gw, alice, path, 0, data)
+    assert answer.status == 204, answer
+    assert local.download(wait_stored(local.gw, alice, path)["file_id"]) == data
 
 
 def test_a_refusal_comes_before_the_body_so_a_waiting_client_sends_none(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from tests.resumable import (
     create,
     offset_of,
     patch,
+    read_answer,
     send_cut,
     status,
     wait_stored,
@@ -136,3 +138,51 @@ def test_a_store_that_fails_keeps_the_staged_bytes_and_is_tried_again(
         result = wait_stored(gw, auth, path)["result"]
         assert Stack(se, gw, keys, workdir / "se-1-data").download(result["file_id"]) == data
         assert not staged.exists()
+
+
+def test_sigterm_interrupts_a_patch_at_once_keeping_its_bytes(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A resumable body is not given the grace: on SIGTERM the PATCH is answered 503 with
+    the offset of what arrived (kept), the process exits long before the grace ends, and
+    the next process resumes from that offset."""
+    gw = gateway(
+        tmp_path_factory.mktemp("tus-drain"),
+        stack.keys.public_path,
+        [se_entry(stack.se)],
+        env={"INGESTER_SHUTDOWN_GRACE": "60"},
+        name="gw-drain",
+    )
+    auth = stack.keys.auth()
+    data = os.urandom(8 * MiB)
+    with running(gw):
+        path = create(gw, auth, len(data), {"filename": "drained.bin"})
+        headers = {
+            **TUS_VERSION,
+            **OFFSET_STREAM,
+            **auth,
+            "Upload-Offset": "0",
+            "Content-Length": str(len(data)),
+        }
+        head_block = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sent = 3 * MiB
+        with contextlib.closing(socket.create_connection(("127.0.0.1", gw.port))) as sock:
+            sock.sendall(f"PATCH {path} HTTP/1.1\r\nHost: x\r\n{head_block}\r\n".encode())
+            sock.sendall(data[:sent])
+            time.sleep(1.0)  # the bytes are in the staging file, not yet synced
+            signalled = time.monotonic()
+            assert gw.process is not None
+            os.killpg(gw.process.pid, signal.SIGTERM)
+            sock.settimeout(10)
+            answer = read_answer(sock)
+        assert answer.status == 503, answer
+        assert answer.json()["error"]["code"] == "shutting_down"
+        kept = int(answer.headers["upload-offset"])
+        assert 0 < kept <= sent
+        gw.process.wait(15)
+        assert time.monotonic() - signalled < 10  # not the 60 s grace
+    with running(gw):
+        assert offset_of(gw, auth, path) == kept  # durable
+        answer = patch(gw, auth, path, kept, data[kept:])
+        assert answer.status == 204, answer
+        assert stack.download(wait_stored(gw, auth, path)["file_id"]) == data

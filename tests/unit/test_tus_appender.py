@@ -122,6 +122,14 @@ def test_a_slow_client_is_a_408_with_its_bytes_kept(tmp_path: Path) -> None:
     assert saved == [(START + 3, False)]
 
 
+def test_a_draining_gateway_keeps_the_bytes_and_answers_503(tmp_path: Path) -> None:
+    stopping = errors.SHUTTING_DOWN("the gateway is shutting down")
+    outcome, saved, staged = append(tmp_path, [b"abc", b"de"], end=stopping)
+    assert isinstance(outcome, Appended) and outcome.ending == "cut"
+    assert outcome.error is stopping
+    assert saved == [(START + 5, False)] and staged == b"oldabcde"
+
+
 def test_a_body_too_long_keeps_nothing(tmp_path: Path) -> None:
     too_long = errors.PAYLOAD_TOO_LARGE("big")
     outcome, saved, staged = append(tmp_path, [b"abc"], end=too_long)

@@ -9,6 +9,7 @@ nothing in vain. The rules are in `resumable/protocol.py`; the work in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
@@ -20,6 +21,7 @@ from ingester_gateway import errors
 from ingester_gateway.api.forwarded import TrustedProxies
 from ingester_gateway.auth.verify import Principal
 from ingester_gateway.errors import ApiError, error_body
+from ingester_gateway.fair_use.ports import UploadSlot
 from ingester_gateway.gateway import Gateway
 from ingester_gateway.observability import request_id_from
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drain_body
@@ -58,6 +60,9 @@ class _Exchange:
         path: str = scope["path"]
         self.upload_id = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
         self.body: RequestBody | None = None
+        # A request that brings data: its fair-use slot, and the drain's hold on it.
+        self.slot: UploadSlot | None = None
+        self.draining = contextlib.ExitStack()
 
     def answer_headers(self) -> list[Header]:
         return [(b"x-request-id", self.request_id.encode()), *protocol.common(self.dialect)]
@@ -117,6 +122,7 @@ class TusEndpoint:
                     raise errors.METHOD_NOT_ALLOWED("the collection takes OPTIONS and POST")
                 reading = True
                 self.gw.budget.started()
+                await self._admit(ex, principal)
                 await self._create(ex, principal, receive, send)
                 return
             if not valid_upload_id(ex.upload_id):
@@ -124,6 +130,7 @@ class TusEndpoint:
             if ex.method == "PATCH":
                 reading = True
                 self.gw.budget.started()
+                await self._admit(ex, principal)
                 await self._append(ex, principal, receive, send)
             elif ex.method in ("HEAD", "GET"):
                 await self._read(ex, principal, send)
@@ -140,6 +147,9 @@ class TusEndpoint:
         except ClientDisconnected:
             pass  # what arrived was kept; there is no one to answer
         finally:
+            ex.draining.close()
+            if ex.slot is not None:
+                await ex.slot.release()
             if reading:
                 self.gw.budget.finished()
                 if ex.body is not None:
@@ -147,6 +157,12 @@ class TusEndpoint:
 
     def _discovery(self) -> list[Header]:
         return protocol.discovery(self.gw.settings.max_upload_bytes)
+
+    async def _admit(self, ex: _Exchange, principal: Principal) -> None:
+        """A request that may bring data: refused while the gateway drains (503), and
+        counted by fair use like any upload (429), before anything is read."""
+        self.gw.drain.admit()
+        ex.slot = await self.gw.fair_use.acquire_upload(principal)
 
     def _body(self, ex: _Exchange, receive: Receive) -> RequestBody:
         extensions = ex.scope.get("extensions") or {}
@@ -157,7 +173,11 @@ class TusEndpoint:
             limit=self.gw.settings.max_upload_bytes,
             idle_timeout=self.gw.settings.client_body_timeout_seconds,
             gone=extensions.get(GONE),
+            meter=ex.slot.meter if ex.slot is not None else None,
         )
+        # On SIGTERM a resumable body is interrupted at once: what arrived is kept and
+        # the client is answered 503 with the offset, to resume on another instance.
+        ex.draining.enter_context(self.gw.drain.track(ex.body, resumable=True))
         if BATCH in extensions:  # the server hands the body over in our blocks
             extensions[BATCH](self.gw.budget.block_size)
         return ex.body
@@ -199,6 +219,14 @@ class TusEndpoint:
         state, outcome = await self._uploads.append(
             principal, ex.upload_id, spec, self._body(ex, receive), ex.trailers
         )
+        if (
+            outcome is not None
+            and outcome.error is not None
+            and outcome.error.problem is errors.SHUTTING_DOWN
+        ):
+            answer = self._answer(ex, state, created=False)
+            await self._error(ex, receive, send, outcome.error, answer)
+            return
         if await self._gone(ex, outcome):
             return
         headers = [*ex.answer_headers(), *self._answer(ex, state, created=False)]

@@ -102,8 +102,10 @@ class Appender:
         except ClientDisconnected:
             ending = "cut"
         except ApiError as exc:
-            if exc.status != 408:
-                await self._writer.rollback()  # too long, or the staging is full
+            # A slow client (408) or a gateway that drains (503): the request ends, what
+            # arrived is kept and answered. Anything else (too long, staging full): nothing.
+            if exc.status != 408 and exc.problem is not errors.SHUTTING_DOWN:
+                await self._writer.rollback()
                 raise
             ending, error = "cut", exc
         if ending != "complete":
