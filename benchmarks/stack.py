@@ -139,6 +139,10 @@ class BenchStack:
             "INGESTER_WORKERS": "1",
             "INGESTER_HEALTH_CHECK_INTERVAL_SECONDS": "5",
             "INGESTER_LOG_LEVEL": "info",
+            # Every bench client is one user ("bench"): the concurrent scenarios (100
+            # uploads at once, 20 in the drain) would meet fair use's default of 16 in
+            # flight. gateway-fair sets its own limits; fair use is measured there.
+            "INGESTER_FAIR_USE_CONCURRENT_UPLOADS": "0",
             **(gateway_env or {}),
         }
         private, public = generate_keypair(workdir / "keys")

@@ -180,6 +180,15 @@ def test_a_wrong_tus_version_is_412_and_names_ours(stack: Stack) -> None:
     assert answer.headers["tus-version"] == "1.0.0"
 
 
+def test_a_method_neither_protocol_knows_is_405_with_allow(stack: Stack) -> None:
+    path = create(stack.gw, stack.keys.auth(), 10)
+    for target, allowed in ((TUS, "OPTIONS, POST"), (path, "OPTIONS, HEAD, GET, PATCH, DELETE")):
+        for method in ("TRACE", "PUT", "PROPFIND"):
+            answer = http_call(stack.gw, method, target, b"", stack.keys.auth())  # no version
+            assert_error_envelope(answer, 405, "method_not_allowed")
+            assert answer.headers["allow"] == allowed
+
+
 def test_bad_requests_get_the_statuses_tus_names(stack: Stack) -> None:
     auth = stack.keys.auth()
     cases = [

@@ -37,6 +37,8 @@ from ingester_gateway.runtime.http import BATCH, GONE, TRAILERS
 from ingester_gateway.upload.progress import valid_upload_id
 
 COLLECTION = PREFIX.rstrip("/")
+COLLECTION_METHODS = "OPTIONS, POST"
+UPLOAD_METHODS = "OPTIONS, HEAD, GET, PATCH, DELETE"
 DRAIN_SECONDS = 2.0
 DRAIN_BYTES = 64 * 2**20
 _encoder = msgspec.json.Encoder()
@@ -115,11 +117,15 @@ class TusEndpoint:
             if ex.method == "OPTIONS":
                 await self._send(send, 204, [*ex.answer_headers(), *self._discovery()])
                 return
+            # A method neither protocol knows is 405 whatever the version headers say.
+            allowed = UPLOAD_METHODS if ex.upload_id else COLLECTION_METHODS
+            if ex.method not in allowed.split(", "):
+                raise errors.METHOD_NOT_ALLOWED(
+                    f"this route takes {allowed}", [(b"allow", allowed.encode())]
+                )
             protocol.check_version(ex.method, ex.dialect, ex.headers)
             principal = await self.gw.verifier.verify_header(scope_header(scope, b"authorization"))
             if not ex.upload_id:
-                if ex.method != "POST":
-                    raise errors.METHOD_NOT_ALLOWED("the collection takes OPTIONS and POST")
                 reading = True
                 self.gw.budget.started()
                 await self._admit(ex, principal)
@@ -134,11 +140,9 @@ class TusEndpoint:
                 await self._append(ex, principal, receive, send)
             elif ex.method in ("HEAD", "GET"):
                 await self._read(ex, principal, send)
-            elif ex.method == "DELETE":
+            else:  # DELETE
                 await self._uploads.terminate(principal, ex.upload_id)
                 await self._send(send, 204, ex.answer_headers())
-            else:
-                raise errors.METHOD_NOT_ALLOWED("an upload takes HEAD, GET, PATCH and DELETE")
         except StateUnavailable as exc:
             error = errors.UPLOAD_STATE_UNAVAILABLE(f"the upload state is unreachable: {exc}")
             await self._error(ex, receive, send, error)
