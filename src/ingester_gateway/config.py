@@ -95,7 +95,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     brotli_quality: Annotated[int, msgspec.Meta(ge=0, le=11)] = 4
     gzip_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 6
     allowed_content_types: list[str] = msgspec.field(default_factory=list)
-    # Peers (IPs or CIDRs, e.g. an nginx in front) whose X-Forwarded-For is believed.
+    # Peers (IPs or CIDRs, e.g. an nginx in front) whose X-Forwarded-* are believed.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
     # Resumable uploads (tus, IETF draft): staged bytes (and, without Redis, their state)

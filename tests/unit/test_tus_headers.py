@@ -102,6 +102,15 @@ def test_concat_names_uploads_of_this_server() -> None:
         assert code_of(lambda bad=bad: parse_concat(bad, prefix)) == (400, "bad_request"), bad
 
 
+def test_concat_takes_the_urls_given_out_behind_a_proxy_that_mounts_us() -> None:
+    prefix = "/api/v1/tus/"
+    urls = "final;https://gw:8443/ingester/api/v1/tus/abcdefgh /api/v1/tus/ijklmnop"
+    final = parse_concat(urls, prefix, "/ingester")
+    assert final is not None and final.parts == ("abcdefgh", "ijklmnop")
+    elsewhere = "final;/other/api/v1/tus/abcdefgh"
+    assert code_of(lambda: parse_concat(elsewhere, prefix, "/ingester")) == (400, "bad_request")
+
+
 def test_content_disposition_filename() -> None:
     assert disposition_filename('inline; filename="a \\"b\\".txt"') == 'a "b".txt'
     assert disposition_filename("attachment; filename=plain.bin") == "plain.bin"

@@ -289,3 +289,15 @@ def test_discovery_and_creation_answers() -> None:
     created = headers_dict(protocol.created_headers("ietf", state(), now=150.0, max_size=MAX))
     assert created["location"] == "/api/v1/tus/" + "a" * 32
     assert created["upload-complete"] == "?0" and created["upload-state"] == "receiving"
+
+
+def test_urls_handed_out_start_where_a_trusted_proxy_says_the_client_reached_us() -> None:
+    base = "https://gw.example:8443/ingester"
+    created = headers_dict(protocol.created_headers("tus", state(), 150.0, MAX, base))
+    assert created["location"] == base + "/api/v1/tus/" + "a" * 32
+    final = headers_dict(protocol.state_headers("tus", state(parts=["b" * 32]), 150.0, MAX, base))
+    assert final["upload-concat"] == f"final;{base}/api/v1/tus/" + "b" * 32
+    mounted = protocol.creation_of(
+        "tus", {"upload-concat": f"final;{base}/api/v1/tus/abcdefgh"}, {}, MAX, "/ingester"
+    )
+    assert mounted.concat is not None and mounted.concat.parts == ("abcdefgh",)

@@ -85,6 +85,39 @@ def test_a_redis_lock_asks_the_holder_on_another_gateway_over_pubsub() -> None:
     assert run(scenario()) == ["asked", "saved", "taken"]
 
 
+def test_the_lock_of_a_gateway_that_is_gone_is_freed_at_once() -> None:
+    async def scenario() -> float:
+        server = fakeredis.FakeServer()
+        # A gateway that took the lock, then died: Redis dropped its subscription (here:
+        # it never made one), so nobody listens on its channel.
+        gone = RedisLocker(fakeredis.FakeAsyncRedis(server=server))
+        dead = await gone.acquire(ID, lambda: None, 1)
+        survivor = RedisLocker(fakeredis.FakeAsyncRedis(server=server))
+        await survivor.start()
+        try:
+            started = asyncio.get_running_loop().time()
+            lock = await survivor.acquire(ID, lambda: None, 5)
+            took = asyncio.get_running_loop().time() - started
+            await lock.release()
+            return took
+        finally:
+            await survivor.stop()
+            await dead.release()  # its renewals stop (the key is not its own any more)
+
+    assert run(scenario()) < 0.5  # not the lock's LOCK_MS
+
+
+def test_a_lock_whose_holder_cannot_be_told_apart_from_a_live_one_is_waited_for() -> None:
+    async def scenario() -> None:
+        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        locker = RedisLocker(client)
+        await client.set(LOCK.format(ID), "0123abcd", px=10_000)  # an older gateway's token
+        with pytest.raises(LockTimeout):
+            await locker.acquire(ID, lambda: None, 0.2)
+
+    run(scenario())
+
+
 def test_a_holder_that_cannot_let_go_in_time_is_a_timeout() -> None:
     async def scenario() -> None:
         locker = LocalLocker()

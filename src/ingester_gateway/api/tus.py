@@ -18,7 +18,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from ingester_gateway import errors
-from ingester_gateway.api.forwarded import TrustedProxies
+from ingester_gateway.api.forwarded import PublicRoot, TrustedProxies
 from ingester_gateway.auth.verify import Principal
 from ingester_gateway.errors import ApiError, error_body
 from ingester_gateway.fair_use.ports import UploadSlot
@@ -65,6 +65,7 @@ class _Exchange:
         # A request that brings data: its fair-use slot, and the drain's hold on it.
         self.slot: UploadSlot | None = None
         self.draining = contextlib.ExitStack()
+        self.root = PublicRoot()  # where the client reached us (set once the peer is judged)
 
     def answer_headers(self) -> list[Header]:
         return [(b"x-request-id", self.request_id.encode()), *protocol.common(self.dialect)]
@@ -112,6 +113,7 @@ class TusEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = _Exchange(scope)
+        ex.root = self._public_root(ex)
         reading = False
         try:
             if ex.method == "OPTIONS":
@@ -186,6 +188,16 @@ class TusEndpoint:
             extensions[BATCH](self.gw.budget.block_size)
         return ex.body
 
+    def _public_root(self, ex: _Exchange) -> PublicRoot:
+        client = ex.scope.get("client")
+        return self.proxies.public_root(
+            client[0] if client else None,
+            ex.scope.get("scheme", "http"),
+            ex.headers.get("x-forwarded-host"),
+            ex.headers.get("x-forwarded-proto"),
+            ex.headers.get("x-forwarded-prefix"),
+        )
+
     def _client_address(self, scope: Scope) -> str | None:
         client = scope.get("client")
         forwarded = scope_header(scope, b"x-forwarded-for")
@@ -197,7 +209,7 @@ class TusEndpoint:
         self, ex: _Exchange, principal: Principal, receive: Receive, send: Send
     ) -> None:
         limit = self.gw.settings.max_upload_bytes
-        creation = protocol.creation_of(ex.dialect, ex.headers, ex.query(), limit)
+        creation = protocol.creation_of(ex.dialect, ex.headers, ex.query(), limit, ex.root.prefix)
         state = await self._uploads.create(
             principal, ex.dialect, creation, self._client_address(ex.scope)
         )
@@ -256,14 +268,14 @@ class TusEndpoint:
     def _answer(self, ex: _Exchange, state: UploadState, created: bool) -> list[Header]:
         now, limit = self.gw.clock(), self.gw.settings.max_upload_bytes
         if created:
-            return protocol.created_headers(ex.dialect, state, now, limit)
+            return protocol.created_headers(ex.dialect, state, now, limit, ex.root.base)
         return protocol.append_headers(ex.dialect, state, now, limit)
 
     async def _read(self, ex: _Exchange, principal: Principal, send: Send) -> None:
         state = await self._uploads.read(principal, ex.upload_id)
         now, limit = self.gw.clock(), self.gw.settings.max_upload_bytes
         headers = [(b"x-request-id", ex.request_id.encode())]
-        headers += protocol.state_headers(ex.dialect, state, now, limit)
+        headers += protocol.state_headers(ex.dialect, state, now, limit, ex.root.base)
         if ex.method == "GET":
             await send_json(send, 200, _encoder.encode(status_of(state)), headers)
             return

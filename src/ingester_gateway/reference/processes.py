@@ -344,7 +344,7 @@ def redis_sentinel(
     return ServerProcess(f"sentinel-{port}", argv, port, conf_dir / "sentinel.log", ready_path=None)
 
 
-NGINX_CONF = """\
+NGINX_MAIN = """\
 daemon off;
 worker_processes 1;
 pid {workdir}/nginx.pid;
@@ -357,32 +357,37 @@ http {{
     fastcgi_temp_path {workdir}/fastcgi;
     uwsgi_temp_path {workdir}/uwsgi;
     scgi_temp_path {workdir}/scgi;
-    upstream backend {{ server {upstream}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{port};
-        client_max_body_size 0;
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_request_buffering off;
-            proxy_buffering off;
-            proxy_read_timeout 300s;
-            proxy_send_timeout 300s;
-        }}
+    include {servers};
+}}
+"""
+
+NGINX_PROXY = """\
+upstream backend {{ server {upstream}; keepalive 64; }}
+server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 0;
+    location / {{
+        proxy_pass http://backend;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_request_buffering off;
+        proxy_buffering off;
+        proxy_read_timeout 300s;
+        proxy_send_timeout 300s;
     }}
 }}
 """
 
 
-def nginx(workdir: Path, upstream: str, port: int | None = None) -> ServerProcess:
-    """nginx proxying everything to `upstream` (host:port) without buffering bodies."""
-    port = port or free_port()
+def nginx_serving(workdir: Path, servers: str, port: int) -> ServerProcess:
+    """nginx running `servers` (what goes in `http {}`: upstreams and a server listening
+    on 127.0.0.1:`port`, such as deploy/nginx.conf), its files all in `workdir`."""
     conf_dir = workdir / f"nginx-{port}"
     conf_dir.mkdir(parents=True, exist_ok=True)
+    (conf_dir / "servers.conf").write_text(servers)
     conf = conf_dir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(workdir=conf_dir, upstream=upstream, port=port))
+    conf.write_text(NGINX_MAIN.format(workdir=conf_dir, servers=conf_dir / "servers.conf"))
     argv = [
         find_binary("nginx"),
         "-c",
@@ -393,3 +398,9 @@ def nginx(workdir: Path, upstream: str, port: int | None = None) -> ServerProces
         str(conf_dir / "error.log"),
     ]
     return ServerProcess(f"nginx-{port}", argv, port, conf_dir / "stdout.log", ready_path=None)
+
+
+def nginx(workdir: Path, upstream: str, port: int | None = None) -> ServerProcess:
+    """nginx proxying everything to `upstream` (host:port) without buffering bodies."""
+    port = port or free_port()
+    return nginx_serving(workdir, NGINX_PROXY.format(upstream=upstream, port=port), port)

@@ -196,9 +196,10 @@ class Concat:
     parts: tuple[str, ...] = ()  # a final upload's partial uploads, in order
 
 
-def parse_concat(value: str | None, prefix: str) -> Concat | None:
+def parse_concat(value: str | None, prefix: str, mount: str = "") -> Concat | None:
     """tus `Upload-Concat`: `partial`, or `final;<url> <url> ...` where each URL (absolute
-    or a path) names an upload under `prefix`."""
+    or a path) names an upload under `prefix`, or under `mount` + `prefix` (the URLs
+    given out behind a proxy that mounts us at `mount`)."""
     if value is None:
         return None
     text = value.strip()
@@ -210,6 +211,8 @@ def parse_concat(value: str | None, prefix: str) -> Concat | None:
     parts = []
     for url in urls.split():
         path = urllib.parse.urlsplit(url).path
+        if mount and path.startswith(mount + prefix):
+            path = path[len(mount) :]
         if not path.startswith(prefix) or "/" in path[len(prefix) :] or len(path) == len(prefix):
             raise errors.BAD_REQUEST(f"Upload-Concat: {url!r} is not an upload of this server")
         parts.append(path[len(prefix) :])

@@ -5,6 +5,15 @@ A request that wants an upload someone else holds asks the holder to let go (the
 anchors' behaviour: the holder stops reading, saves what arrived, answers) and takes
 the lock once it is free. Over Redis the lock is `SET NX PX` with a token, renewed while
 held; the request to let go is published on one channel that every gateway listens to.
+
+A gateway that dies holding a lock (SIGKILL, a crash) cannot let go, and its lock would
+block the client's resume until it runs out. So each gateway also subscribes to a
+channel of its own while it runs, and names it in its tokens: Redis drops that
+subscription with the dead process's connections, and a request finding no subscriber
+behind a lock frees it at once (compare-and-delete on the token it read). A live
+gateway that merely lost its subscription for a moment may be robbed of a lock that
+way; its next save then finds the offset moved (compare-and-set) and it stops, as when
+a lock runs out.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import uuid
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from ingester_gateway.observability import get_logger
 from ingester_gateway.resilience import Backoff
@@ -86,6 +96,7 @@ class LocalLocker:
 
 LOCK = "ingester:tus-lock:{}"
 CHANNEL = "ingester:tus:release"  # message: the id of an upload someone wants
+HOLDER = "ingester:tus:holder:{}"  # a gateway's own channel, subscribed while it runs
 LOCK_MS = 10_000  # renewed every third of it while held
 ASK_EVERY = 1.0  # a request to let go is repeated (the holder may have missed one)
 POLL_SECONDS = 0.02
@@ -147,6 +158,7 @@ class RedisLocker:
         self._stop = StopSignal()
         self._task: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        self.instance = uuid.uuid4().hex  # named in this gateway's tokens
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="tus-release-listener")
@@ -161,15 +173,18 @@ class RedisLocker:
     ) -> RedisLock:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait
-        token = uuid.uuid4().hex
+        token = f"{self.instance}:{uuid.uuid4().hex}"
         asked_at: float | None = None
         key = LOCK.format(upload_id)
         try:
             while not await self._redis.set(key, token, nx=True, px=LOCK_MS):
                 now = loop.time()
+                due = asked_at is None or now - asked_at >= ASK_EVERY
+                if due and await self._free_if_holder_gone(upload_id):
+                    continue
                 if max_wait <= 0 or now >= deadline:
                     raise LockTimeout()
-                if asked_at is None or now - asked_at >= ASK_EVERY:
+                if due:
                     asked_at = now
                     local = self.held.get(upload_id)
                     if local is not None:
@@ -182,12 +197,33 @@ class RedisLocker:
         self.held[upload_id] = lock
         return lock
 
+    async def _free_if_holder_gone(self, upload_id: str) -> bool:
+        """Free the upload's lock when the gateway holding it is gone (no subscriber on
+        its channel); True when the lock is free now, or was freed meanwhile."""
+        key = LOCK.format(upload_id)
+        held = await self._redis.get(key)
+        if held is None:
+            return True
+        token = held.decode() if isinstance(held, bytes) else str(held)
+        holder, separator, _ = token.partition(":")
+        if not separator or holder == self.instance:
+            return False  # an older gateway's token, or ours: let go when asked
+        try:
+            [(_, subscribers)] = await self._redis.pubsub_numsub(HOLDER.format(holder))
+        except ResponseError:
+            return False  # PUBSUB not allowed here: the lock runs out instead
+        if subscribers:
+            return False
+        if await self.unlock(keys=[key], args=[token]):
+            _log.warning("upload_lock_freed", upload_id=upload_id, holder=holder)
+        return True
+
     async def _listen(self) -> None:
         failures = 0
         while not self._stop.is_set:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(CHANNEL, HOLDER.format(self.instance))
                 failures = 0
                 while not self._stop.is_set:
                     # Short waits: stop() is noticed within one (runtime/stopping.py).

@@ -113,9 +113,10 @@ class Creation:
 
 
 def creation_of(
-    dialect: Dialect, headers: Headers, query: Mapping[str, str], max_size: int
+    dialect: Dialect, headers: Headers, query: Mapping[str, str], max_size: int, mount: str = ""
 ) -> Creation:
-    """The creation request's headers, checked (400/413 for bad ones)."""
+    """The creation request's headers, checked (400/413 for bad ones); `mount` is the
+    path a trusted proxy serves us at (the partial uploads' URLs may carry it)."""
     content_length = _content_length(headers)
     has_data = content_length != 0 and (
         content_length is not None or "chunked" in headers.get("transfer-encoding", "").lower()
@@ -123,7 +124,7 @@ def creation_of(
     metadata = parse_metadata(headers.get("upload-metadata"))
     concat = None
     if dialect == "tus":
-        concat = parse_concat(headers.get("upload-concat"), PREFIX)
+        concat = parse_concat(headers.get("upload-concat"), PREFIX, mount)
         length = tus_integer(headers.get("upload-length"), "Upload-Length")
         defer = headers.get("upload-defer-length")
         if defer is not None and defer.strip() != "1":
@@ -236,9 +237,11 @@ def trailer_checksum(dialect: Dialect, trailers: Headers) -> Checksum | None:
     return content_digest_checksum(trailers.get("content-digest"))
 
 
-def location(upload_id: str) -> str:
-    """Relative: right behind any proxy (clients resolve it against the request URL)."""
-    return PREFIX + upload_id
+def location(upload_id: str, base: str = "") -> str:
+    """The upload's URL: `base` (where a trusted proxy says the client reached us:
+    `api/forwarded.py`) before our path; without one, a path clients resolve against
+    the request's URL."""
+    return base + PREFIX + upload_id
 
 
 # -- answers ---------------------------------------------------------------------------
@@ -289,7 +292,9 @@ def progress_headers(state: UploadState) -> list[Header]:
     return headers
 
 
-def state_headers(dialect: Dialect, state: UploadState, now: float, max_size: int) -> list[Header]:
+def state_headers(
+    dialect: Dialect, state: UploadState, now: float, max_size: int, base: str = ""
+) -> list[Header]:
     """HEAD (and GET) of an upload: its durable offset and what is known of it."""
     headers = [*common(dialect), _h("cache-control", "no-store"), _h("upload-offset", state.offset)]
     if dialect == "tus":
@@ -302,7 +307,7 @@ def state_headers(dialect: Dialect, state: UploadState, now: float, max_size: in
         if state.partial:
             headers.append(_h("upload-concat", "partial"))
         elif state.final:
-            finals = " ".join(location(part) for part in state.parts)
+            finals = " ".join(location(part, base) for part in state.parts)
             headers.append(_h("upload-concat", f"final;{finals}"))
         if state.receiving:
             headers.append(_h("upload-expires", http_date(state.expires_at)))
@@ -330,6 +335,7 @@ def append_headers(dialect: Dialect, state: UploadState, now: float, max_size: i
 
 
 def created_headers(
-    dialect: Dialect, state: UploadState, now: float, max_size: int
+    dialect: Dialect, state: UploadState, now: float, max_size: int, base: str = ""
 ) -> list[Header]:
-    return [_h("location", location(state.id)), *append_headers(dialect, state, now, max_size)]
+    created = location(state.id, base)
+    return [_h("location", created), *append_headers(dialect, state, now, max_size)]
