@@ -10,11 +10,12 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any
 
-from ingester_gateway.reference.processes import PYTHON, free_port
-from tests.kit import DevKeys, eventually
-from tests.resumable import offset_of, wait_stored
+import pytest
+
+from ingester_gateway.reference.processes import PYTHON, free_port, gateway, running, se_entry
+from tests.kit import DevKeys, eventually, http_call
+from tests.resumable import TUS_VERSION
 from tests.stack import Stack, assert_stored
 
 KiB, MiB = 2**10, 2**20
@@ -57,12 +58,6 @@ def records(state_dir: Path) -> list[Path]:
     return sorted((state_dir / "uploads").glob("*.json"))
 
 
-def stored_result(stack: Stack, url: str) -> dict[str, Any]:
-    result = wait_stored(stack.gw, stack.keys.auth(), url.removeprefix(stack.gw.url))["result"]
-    assert isinstance(result, dict)
-    return result
-
-
 def test_upload_stores_the_file_with_its_options_and_forgets_the_record(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -83,9 +78,7 @@ def test_upload_stores_the_file_with_its_options_and_forgets_the_record(
     assert records(state) == []  # stored: nothing left to resume
 
 
-def test_parallel_parts_are_concatenated_into_the_same_bytes(
-    stack: Stack, tmp_path: Path
-) -> None:
+def test_parallel_parts_are_concatenated_into_the_same_bytes(stack: Stack, tmp_path: Path) -> None:
     data = os.urandom(5 * MiB + 3)
     path = tmp_path / "random.bin"
     path.write_bytes(data)
@@ -101,17 +94,12 @@ def test_parallel_parts_are_concatenated_into_the_same_bytes(
     assert records(state) == []
 
 
-def test_sigint_mid_upload_then_the_same_command_resumes_from_the_server_offset(
-    stack: Stack, tmp_path: Path
-) -> None:
-    data = os.urandom(6 * MiB)
-    path = tmp_path / "big.bin"
-    path.write_bytes(data)
-    state = tmp_path / "state"
-    auth = stack.keys.auth()
-    paced = command(stack, path, state, "--chunk-size", "256KiB", "--limit-rate", "1MiB")
-    first = subprocess.Popen(
-        paced,
+def interrupted(stack: Stack, argv: list[str], sent: int = 1) -> str:
+    """Runs the command, sends it SIGINT once its record exists and the gateway holds at
+    least `sent` bytes, and returns what it said (it must exit 130, asking to resume)."""
+    state = Path(argv[argv.index("--state-dir") + 1])
+    process = subprocess.Popen(
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -119,33 +107,108 @@ def test_sigint_mid_upload_then_the_same_command_resumes_from_the_server_offset(
     )
     try:
         record = eventually(lambda: records(state)[0] if records(state) else None, 30, "a record")
-        url = json.loads(record.read_bytes())["parts"][0]["url"]
-        path_on_gateway = url.removeprefix(stack.gw.url)
-        eventually(
-            lambda: offset_of(stack.gw, auth, path_on_gateway) >= 512 * KiB or None,
-            30,
-            "half a MiB on the server",
-        )
-        first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=30)
+        eventually(lambda: on_server(stack, record) >= sent or None, 30, f"{sent} bytes sent")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
-    assert first.returncode == 130, err
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
     assert "run the same command again to resume" in err
-    kept = offset_of(stack.gw, auth, path_on_gateway)
-    assert 0 < kept < len(data)
-    assert records(state) == [record]  # kept to resume
+    return err
 
-    second = upload(stack, path, state, "--chunk-size", "1MiB", token=stack.keys.token())
+
+def on_server(stack: Stack, record: Path) -> int:
+    """The bytes the gateway holds of the uploads a record names, read from the progress
+    route (a HEAD would ask the PATCH in flight to let go: the command's chunk would
+    count for nothing)."""
+    total = 0
+    for part in json.loads(record.read_bytes())["parts"]:
+        upload_id = part["url"].rpartition("/")[2]
+        answer = http_call(stack.gw, "GET", f"/api/v1/uploads/{upload_id}", None, stack.keys.auth())
+        assert answer.status == 200, (answer.status, answer.body)
+        total += answer.json()["bytes_received"]
+    return total
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_sigint_mid_upload_then_the_same_command_resumes_from_the_server_offset(
+    stack: Stack, tmp_path: Path, parallel: int
+) -> None:
+    data = os.urandom(6 * MiB)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    state = tmp_path / "state"
+    options = ("--no-compress", "--parallel", str(parallel))
+    paced = command(stack, path, state, *options, "--chunk-size", "256KiB", "--limit-rate", "1MiB")
+    interrupted(stack, paced, sent=512 * KiB)
+    [record] = records(state)  # kept to resume
+    kept = on_server(stack, record)
+    assert 0 < kept < len(data)
+
+    second = upload(stack, path, state, *options, "--chunk-size", "1MiB", token=stack.keys.token())
     result = printed(second)
     assert f"resuming: {kept} of {len(data)} bytes are on the server" in second.stderr
     assert result["sha256"] == hashlib.sha256(data).hexdigest()
-    stored = stored_result(stack, url)
-    assert stored["file_id"] == result["file_id"]
-    assert_stored(stack, stored, data)
+    assert stack.download(result["file_id"]) == data  # --no-compress: stored as sent
     assert records(state) == []
+
+
+def test_a_record_of_an_upload_the_server_no_longer_has_starts_anew(
+    stack: Stack, tmp_path: Path
+) -> None:
+    data = os.urandom(2 * MiB)
+    path = tmp_path / "again.bin"
+    path.write_bytes(data)
+    state = tmp_path / "state"
+    paced = ("--chunk-size", "256KiB", "--limit-rate", "256KiB")
+    interrupted(stack, command(stack, path, state, "--no-compress", *paced))
+    [record] = records(state)
+    url = json.loads(record.read_bytes())["parts"][0]["url"]
+    auth = {**TUS_VERSION, **stack.keys.auth()}
+    removed = http_call(stack.gw, "DELETE", url.removeprefix(stack.gw.url), None, auth)
+    assert removed.status == 204, (removed.status, removed.body)
+    done = upload(stack, path, state, "--no-compress", token=stack.keys.token())
+    result = printed(done)
+    assert "the interrupted upload is no longer on the server: starting anew" in done.stderr
+    assert stack.download(result["file_id"]) == data
+    assert records(state) == []
+
+
+def test_a_gateway_restarting_mid_upload_is_retried_and_the_upload_goes_on(
+    stack: Stack, tmp_path: Path
+) -> None:
+    data = os.urandom(4 * MiB)
+    path = tmp_path / "through-a-restart.bin"
+    path.write_bytes(data)
+    state = tmp_path / "state"
+    own = gateway(tmp_path, stack.keys.public_path, [se_entry(stack.se, "rw")])
+    with running(own):
+        argv = command(stack, path, state, "--no-compress", "--chunk-size", "256KiB")
+        argv[argv.index("--url") + 1] = own.url
+        argv += ["--limit-rate", "1MiB"]
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment(stack.keys.token()),
+        )
+        try:
+            record = eventually(lambda: records(state)[0] if records(state) else None, 30)
+            served = Stack(stack.se, own, stack.keys, stack.data_dir)
+            eventually(lambda: on_server(served, record) >= MiB or None, 30, "1 MiB sent")
+            own.stop()  # SIGTERM: the gateway drains; what it received is kept
+            own.start()
+            out, err = process.communicate(timeout=90)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    result = printed(subprocess.CompletedProcess(argv, process.returncode, out, err))
+    assert "trying again in" in err  # the connection refused while the gateway was down
+    assert stack.download(result["file_id"]) == data
 
 
 def test_a_bad_token_exits_1_with_the_gateways_message(

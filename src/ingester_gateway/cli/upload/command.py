@@ -167,6 +167,7 @@ def _upload(
     import asyncio
 
     import msgspec
+    from tqdm import tqdm
 
     from ingester_gateway.cli.upload.source import FileSource
     from ingester_gateway.cli.upload.transport import TusTransport
@@ -182,8 +183,8 @@ def _upload(
     )
 
     def say(line: str) -> None:
-        if not args.quiet:
-            print(f"ingester-gateway upload: {line}", file=sys.stderr, flush=True)
+        if not args.quiet:  # above the progress bar, which is drawn again below
+            tqdm.write(f"ingester-gateway upload: {line}", file=sys.stderr)
 
     source = FileSource(Path(identity.path), args.limit_rate)
     uploader: Uploader | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 from ingester_gateway.cli.upload.rules import Pacer
 
 BLOCK = 1 << 20
+MIN_PACED_BLOCK = 16 << 10
 
 
 class FileSource:
@@ -26,6 +27,8 @@ class FileSource:
     ) -> None:
         self.path = path
         self.block = block
+        # Paced: about 8 blocks a second, so the bytes flow rather than come in bursts.
+        self.paced_block = min(block, max(MIN_PACED_BLOCK, int(rate / 8))) if rate else block
         self._pacer = Pacer(rate) if rate else None
         self._due = 0.0  # when the next paced block may go (shared by every part)
         self._clock = clock
@@ -68,7 +71,7 @@ class FileSource:
         each block's size as it is handed to the connection."""
         position = start
         while position < end:
-            size = min(self.block, end - position)
+            size = min(self.paced_block, end - position)
             if self._pacer is not None:
                 pause, self._due = self._pacer.wait(self._due, self._clock(), size)
                 if pause > 0:

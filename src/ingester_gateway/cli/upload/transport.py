@@ -130,7 +130,9 @@ class TusTransport:
 def _describe(exc: BaseException, url: str) -> str:
     host = urllib.parse.urlsplit(url).netloc
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot reach {host}: {exc.os_error.strerror or exc.os_error}"
+        cause = exc.os_error
+        refused = "connection refused" if isinstance(cause, ConnectionRefusedError) else None
+        return f"cannot reach {host}: {cause.strerror or refused or cause}"
     if isinstance(exc, TimeoutError):
         return f"{host} did not answer in time"
     return f"the connection to {host} broke: {exc or type(exc).__name__}"

@@ -352,18 +352,16 @@ class Uploader:
             return Verdict("retry", str(exc)), None
         return judge(answer.status, answer.headers, answer.body, time.time()), answer
 
-    @staticmethod
-    async def _pause(attempts: Attempts, verdict: Verdict) -> None:
+    async def _pause(self, attempts: Attempts, verdict: Verdict) -> None:
         """Wait before the next try; UploadFailed when the answer is final or the retry
         budget is spent."""
         if verdict.kind != "retry":
             raise UploadFailed(verdict.reason)
         delay = attempts.next_delay(verdict)
         if delay is None:
-            tries = attempts.failures
-            raise UploadFailed(
-                f"{verdict.reason} (gave up after {tries} tr{'ies' if tries > 1 else 'y'})"
-            )
+            tries = "1 try" if attempts.failures == 1 else f"{attempts.failures} tries"
+            raise UploadFailed(f"{verdict.reason} (gave up after {tries})")
+        self.say(f"{verdict.reason}; trying again in {delay:.1f} s")
         await asyncio.sleep(delay)
 
 
