@@ -53,7 +53,6 @@ class UploadPlan:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     result: UploadResult
-    upload_url: str
     resumed_from: int  # bytes the server held when this run began
     sent: int  # bytes this run sent that the server kept
     seconds: float  # sending them took this long
@@ -71,6 +70,7 @@ class Uploader:
         book: ResumeBook,
         say: Callable[[str], None],
         stream: TextIO,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.plan = plan
         self.transport = transport
@@ -78,6 +78,7 @@ class Uploader:
         self.book = book
         self.say = say
         self.stream = stream
+        self.sleep = sleep
         self.size = plan.identity.size
         self.confirmed: dict[int, int] = {}  # part -> bytes the server confirmed
         self.resumed_from = 0
@@ -103,15 +104,14 @@ class Uploader:
                 entry.final = await self._final(entry)
                 self.book.save(self.plan.identity, entry)
         seconds = time.monotonic() - started
-        target = entry.final or entry.parts[0].url
-        result = await self._stored(target)
+        result = await self._stored(entry.final or entry.parts[0].url)
         self.book.remove(self.plan.identity)
         if result.checksum != entry.sha256 or result.file_size != self.size:
             raise UploadFailed(
                 f"the gateway stored {result.file_size} bytes with sha256 {result.checksum}, "
                 f"not the file's {self.size} bytes with sha256 {entry.sha256}"
             )
-        return Outcome(result, target, self.resumed_from, self.size - self.resumed_from, seconds)
+        return Outcome(result, self.resumed_from, self.size - self.resumed_from, seconds)
 
     # -- resuming --------------------------------------------------------------------
 
@@ -339,7 +339,7 @@ class Uploader:
                     f"not stored within {self.plan.store_timeout:g} s (state: {status.state}); "
                     "run the same command again to keep waiting"
                 )
-            await asyncio.sleep(pause)
+            await self.sleep(pause)
             pause = min(pause * 1.5, STATUS_POLL_MAX)
 
     # -- answers and pauses ----------------------------------------------------------
@@ -362,7 +362,7 @@ class Uploader:
             tries = "1 try" if attempts.failures == 1 else f"{attempts.failures} tries"
             raise UploadFailed(f"{verdict.reason} (gave up after {tries})")
         self.say(f"{verdict.reason}; trying again in {delay:.1f} s")
-        await asyncio.sleep(delay)
+        await self.sleep(delay)
 
 
 def _integer(value: str | None) -> int | None:
