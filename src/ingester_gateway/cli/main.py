@@ -1,5 +1,5 @@
 """`ingester-gateway serve | storage-element | nodes | admin-module | keys | token
-| dev`."""
+| dev | upload`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ingester_gateway.cli.upload.command import add_arguments as add_upload_arguments
 from ingester_gateway.config import ConfigError, Settings, load_settings, parse_size
 from ingester_gateway.models import NODE_MODES, ROLES
 
@@ -272,6 +273,12 @@ def _dev(args: argparse.Namespace) -> int:
     return run_dev(Path(args.data_dir), args.port, args.se_port)
 
 
+def _upload(args: argparse.Namespace) -> int:
+    from ingester_gateway.cli.upload.command import run_upload
+
+    return run_upload(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingester-gateway", description=__doc__)
     parser.add_argument(
@@ -407,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the rw SE; the edit SE and the Admin Module take the next two ports",
     )
     dev.set_defaults(func=_dev)
+
+    upload = sub.add_parser(
+        "upload",
+        help="upload a file over tus: resumable, checksummed, parts in parallel, with progress",
+    )
+    add_upload_arguments(upload)
+    upload.set_defaults(func=_upload)
     return parser
 
 

@@ -84,10 +84,17 @@ def run_dev(data_dir: Path, port: int, se_port: int) -> int:
             server.stop()
 
 
+def _cli() -> str:
+    """The console script as the pasted commands can call it (the venv's, relative to here)."""
+    beside = Path(sys.executable).parent / "ingester-gateway"
+    return os.path.relpath(beside) if beside.exists() else "ingester-gateway"
+
+
 def _instructions(
     base: str, admin: str, token: str, rw: ServerProcess, edit: ServerProcess, data_dir: Path
 ) -> str:
     file_id = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"file_id\"])'"
+    cli = _cli()
     tx_id = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"transaction_id\"])'"
     return f"""
 ingester-gateway is running on {base}
@@ -102,6 +109,9 @@ ingester-gateway is running on {base}
   # multipart, artStore style:
   curl -F description=demo -F file=@README.md -H "Authorization: Bearer $TOKEN" \\
        {base}/api/v1/files/upload
+
+  # resumable (tus), checksummed, with a progress bar; Ctrl-C, then the same command resumes:
+  INGESTER_TOKEN=$TOKEN {cli} upload --url {base} README.md
 
   # the registry's record of a stored file:
   FILE_ID=$(curl -s -T README.md -H "Authorization: Bearer $TOKEN" \\
