@@ -87,8 +87,10 @@ GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
     },
     "gateway-fair-off": {"INGESTER_FAIR_USE": "false"},
     # Resumable uploads (issue 9): tus with a checksum on every PATCH, and the IETF draft;
-    # their staging directory on tmpfs (`TUS_ON_TMPFS`), as @tus/server's.
+    # their staging directory on tmpfs (`TUS_ON_TMPFS`), as @tus/server's. gateway-tus0
+    # stores after the last byte only: what storing while receiving costs the PATCHes.
     "gateway-tus": {},
+    "gateway-tus0": {"INGESTER_TUS_STORE_WHILE_RECEIVING": "false"},
     "gateway-ietf": {},
 }
 # Gateway instances wired to the reference Admin Module (registration, finalize).
@@ -97,7 +99,7 @@ WITH_ADMIN = frozenset({"gateway-reg", "gateway-fin"})
 WITH_REDIS = frozenset({"gateway-redis", "gateway-fair", "gateway-fair-off"})
 # Gateway instances whose resumable uploads are staged on tmpfs (INGESTER_TUS_DIR), not
 # in the state directory beside the logs (on disk).
-TUS_ON_TMPFS = frozenset({"gateway-tus", "gateway-ietf"})
+TUS_ON_TMPFS = frozenset({"gateway-tus", "gateway-tus0", "gateway-ietf"})
 SERVER_ROLES = (
     *("se", "se-edit", "nginx", "redis", "admin", "otlp-sink"),
     *GATEWAY_VARIANTS,

@@ -5,6 +5,10 @@ PATCHes by one client (`resumable_client.py`: each body from the tmpfs file with
 - tus: tus 1.0 to `gateway-tus` (staging on tmpfs), `Upload-Checksum: sha256 ...` on
   every PATCH; the gateway stores it into the SE meanwhile (it follows an upload of
   known length as its offset grows) and after the last byte.
+- tus0: the same to `gateway-tus0`, which stores after the last byte only
+  (`INGESTER_TUS_STORE_WHILE_RECEIVING=false`): the PATCHes without a store beside
+  them, and the whole store after. Reported: on two shared cores the store (gateway
+  and SE) takes CPU from the PATCHes, and tus/tusn against tus0/tusn shows how much.
 - tusn: the same PATCHes, without checksum (it has none), to @tus/server 2.4 +
   @tus/file-store under the machine's Node, staging on tmpfs (`tus_node/`): the
   reference of the tus rate. It only stages: nothing is stored anywhere after.
@@ -47,7 +51,7 @@ from benchmarks.summary import Summaries, human_size
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PATCH_SIZE = 64 * 2**20
-TUS, IETF, NODE = "gateway-tus", "gateway-ietf", "tus-node"
+TUS, TUS0, IETF, NODE = "gateway-tus", "gateway-tus0", "gateway-ietf", "tus-node"
 
 
 def _auth_file(bench: Bench) -> Path:
@@ -135,6 +139,10 @@ def run_tus(bench: Bench) -> Measurement:
     return _gateway_upload(bench, "tus", TUS, "tus")
 
 
+def run_tus_store_after(bench: Bench) -> Measurement:
+    return _gateway_upload(bench, "tus0", TUS0, "tus")
+
+
 def run_ietf(bench: Bench) -> Measurement:
     return _gateway_upload(bench, "ietf", IETF, "ietf")
 
@@ -176,6 +184,14 @@ SCENARIOS = (
         table="resumable",
     ),
     Scenario(
+        "tus0",
+        "tus as above -> a gateway that stores after the last byte only -> SE",
+        run_tus_store_after,
+        Datasets.random,
+        ("se", TUS0),
+        table="resumable",
+    ),
+    Scenario(
         "tusn",
         "tus 1.0 -> @tus/server 2.4 + file-store (Node), 64 MiB PATCHes, staged on tmpfs",
         run_tus_node,
@@ -209,6 +225,16 @@ def mb_s_vs_tus_node(s: Summaries) -> Reading:
     )
 
 
+def store_after_vs_tus_node(s: Summaries) -> Reading:
+    tus0, node = s["tus0"], s["tusn"]
+    return Reading(
+        "9. the same, the gateway storing after the last byte only (tus0) / @tus/server (tusn)",
+        tus0.mb_s,
+        node.mb_s,
+        "MB/s",
+    )
+
+
 def stored_vs_put(s: Summaries) -> Reading | None:
     stored = s["tus"].extra("stored_s")
     if stored is None:
@@ -220,6 +246,18 @@ def stored_vs_put(s: Summaries) -> Reading | None:
         s["c"].wall_s,
         "s",
         chart="tus until stored\n/ streamed PUT",
+    )
+
+
+def store_after_stored_vs_put(s: Summaries) -> Reading | None:
+    stored = s["tus0"].extra("stored_s")
+    if stored is None:
+        return None
+    return Reading(
+        "9. the same, storing after the last byte only (tus0) / the streamed raw PUT (c)",
+        stored,
+        s["c"].wall_s,
+        "s",
     )
 
 
@@ -262,7 +300,9 @@ def peak_rss(s: Summaries) -> Reading | None:
 
 FIGURES = (
     Figure("resumable.mb_s.tus_vs_tus_node", ("tus", "tusn"), mb_s_vs_tus_node),
+    Figure("resumable.mb_s.tus_store_after_vs_tus_node", ("tus0", "tusn"), store_after_vs_tus_node),
     Figure("resumable.stored_s.tus_vs_put", ("tus", "c"), stored_vs_put),
+    Figure("resumable.stored_s.tus_store_after_vs_put", ("tus0", "c"), store_after_stored_vs_put),
     Figure("resumable.mb_s.ietf_vs_tus", ("ietf", "tus"), ietf_vs_tus),
     Figure("resumable.cpu.tus_vs_tus_node", ("tus", "tusn"), cpu_vs_tus_node),
     Figure("resumable.peak_rss.tus", ("tus",), peak_rss),
