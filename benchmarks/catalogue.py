@@ -17,6 +17,7 @@ from benchmarks.scenarios import (
     multipart,
     passthrough,
     registry,
+    resumable,
     small_files,
     tracing,
 )
@@ -32,6 +33,7 @@ CONCERNS = (
     first_byte,
     auth,
     finalize,
+    resumable,
     drain,
     tracing,
     edge,

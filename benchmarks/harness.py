@@ -327,7 +327,9 @@ def run(
 
         raw = logdir / f"profile-{key}.txt"
         say(f"\nprofiling {key} with py-spy (extra run, not in the figures) -> {raw}")
-        with Profiler(stack.gateway().pid, raw, native=args.profile_native):
+        # the scenario's own gateway instance (gateway-tus, gateway-otel, ...)
+        role = next((r for r in SCENARIOS[key].servers if r.startswith("gateway")), "gateway")
+        with Profiler(stack.gateway(role).pid, raw, native=args.profile_native):
             SCENARIOS[key].run(bench)
         with contextlib.suppress(FileNotFoundError):
             hot = summarize(raw)

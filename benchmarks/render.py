@@ -33,6 +33,16 @@ def progress_line(m: Measurement) -> str:
         ratio = x.get("compression_ratio")
         comp = f", {ratio:.2f}x" if ratio else ""
         return f"{m.key}: {m.mb_s:7.1f} MB/s, {m.cpu_per_gib('ref'):.2f} CPU-s/GiB{comp}"
+    if "patches" in x:
+        stored = x.get("stored_s")
+        return (
+            f"{m.key}: {m.mb_s:7.1f} MB/s ({m.wall_s:.2f} s, {x['patches']} PATCHes)"
+            + ("" if stored is None else f", stored after {stored:.2f} s")
+            + f"  CPU-s/GiB client {m.cpu_per_gib('client'):.2f}, {x['server']}"
+            f" {m.cpu_per_gib('gateway'):.2f}, SE {m.cpu_per_gib('se'):.2f},"
+            f" other {m.cpu_per_gib('other'):.2f}, {x['server']} RSS"
+            f" {(m.gateway_peak_rss or 0) / MiB:.0f} MiB"
+        )
     if "client" in m.cpu_s:
         delay = x.get("first_byte_delay_ms")
         return (
@@ -298,6 +308,46 @@ def onthefly_table(summaries: Summaries) -> str:
     )
 
 
+def resumable_table(summaries: Summaries) -> str:
+    rows = []
+    for s in summaries.values():
+        if s.table != "resumable":
+            continue
+        x = s.runs[0].extra
+        stored = s.extra("stored_s")
+        rows.append(
+            [
+                f"{s.key}: {s.title}",
+                f"{x['server']}",
+                f"{s.mb_s:.0f}{_spread(s)}",
+                f"{s.wall_s:.2f}",
+                "—" if stored is None else f"{stored:.2f}",
+                f"{s.cpu_per_gib('client'):.2f}",
+                _cpu_cell(s, "gateway"),
+                f"{s.cpu_per_gib('se'):.2f}",
+                f"{s.cpu_per_gib('other'):.2f}",
+                _rss_cell(s),
+            ]
+        )
+    if not rows:
+        return ""
+    return markdown_table(
+        [
+            "scenario",
+            "server",
+            "MB/s median (min-max)",
+            "s to the last answer",
+            "s until stored",
+            "CPU-s/GiB client",
+            "server",
+            "SE",
+            "other",
+            "server peak RSS / VmHWM MiB",
+        ],
+        rows,
+    )
+
+
 def scenario_tables(summaries: Summaries, opts: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(section title, table) of every per-scenario table with rows in this run; `opts`:
     the run's `scenario.Options`, as a dict."""
@@ -311,6 +361,10 @@ def scenario_tables(summaries: Summaries, opts: Mapping[str, Any]) -> list[tuple
             small_table(summaries),
         ),
         ("Uploads made on the fly (memory, first byte)", onthefly_table(summaries)),
+        (
+            "Resumable uploads: one client, 64 MiB PATCHes from a tmpfs file (sendfile)",
+            resumable_table(summaries),
+        ),
     ]
     return [(title, table) for title, table in sections if table]
 

@@ -96,8 +96,9 @@ class Scenario:
     uses_payload: bool = True
     # which table of latest.md lists it: "upload" (MB/s, CPU-s/GiB per process tree),
     # "ref" (a library alone), "small" (requests/s, latency, CPU per 1000), "onthefly"
-    # (uploads made on the fly: peak RSS, first byte), "none"
-    table: Literal["upload", "ref", "small", "onthefly", "none"] = "upload"
+    # (uploads made on the fly: peak RSS, first byte), "resumable" (PATCHes: MB/s, time
+    # until stored), "none"
+    table: Literal["upload", "ref", "small", "onthefly", "resumable", "none"] = "upload"
 
 
 # -- the process trees a measurement reports ----------------------------------------

@@ -1,9 +1,10 @@
 """The servers under test: one reference SE (data on tmpfs), and in front of that
 same SE an nginx, the gateway (1 worker), further gateway instances (see
-`GATEWAY_VARIANTS`) and the FastAPI baseline of
-`baselines/`. Each is started on first use (`server(role)`) and all are stopped by
-`close()`, which the harness calls on every exit path. `gateway_settings()` reads the
-gateway's setting defaults as its servers see them."""
+`GATEWAY_VARIANTS`), the FastAPI baseline of `baselines/`; beside them @tus/server
+(`tus_node/`, the resumable uploads' reference). Each is started on first use
+(`server(role)`) and all are stopped by `close()`, which the harness calls on every
+exit path. `gateway_settings()` reads the gateway's setting defaults as its servers
+see them."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks.scenario import Skipped
 from ingester_gateway.reference import processes
 from ingester_gateway.reference.processes import ServerProcess
 from ingester_gateway.reference.tokens import generate_keypair, mint_token
@@ -30,6 +34,12 @@ TOKEN_TTL = 6 * 3600
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = Path(__file__).resolve().parent / "baselines"
 OTLP_SINK = Path(__file__).resolve().parent / "otlp_sink.py"
+TUS_NODE = Path(__file__).resolve().parent / "tus_node"
+# installed once per package-lock.json, outside the work tree (`npm ci`, ~12 MB)
+TUS_NODE_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ingester-bench-tus-node"
+)
+NODE_MIN = (20, 19)  # @tus/server 2.4's `engines`
 TRACING_ON = {
     "OTEL_TRACES_EXPORTER": "otlp",
     "OTEL_TRACES_SAMPLER": "always_on",
@@ -76,15 +86,25 @@ GATEWAY_VARIANTS: dict[str, dict[str, str]] = {
         "INGESTER_FAIR_USE_BYTES_PER_WINDOW": "1TiB",
     },
     "gateway-fair-off": {"INGESTER_FAIR_USE": "false"},
+    # Resumable uploads (issue 9): tus with a checksum on every PATCH, and the IETF draft;
+    # their staging directory on tmpfs (`TUS_ON_TMPFS`), as @tus/server's. gateway-tus0
+    # stores after the last byte only: what storing while receiving costs the PATCHes.
+    "gateway-tus": {},
+    "gateway-tus0": {"INGESTER_TUS_STORE_WHILE_RECEIVING": "false"},
+    "gateway-ietf": {},
 }
 # Gateway instances wired to the reference Admin Module (registration, finalize).
 WITH_ADMIN = frozenset({"gateway-reg", "gateway-fin"})
 # Gateway instances given the bench's redis-server (INGESTER_REDIS_URL).
 WITH_REDIS = frozenset({"gateway-redis", "gateway-fair", "gateway-fair-off"})
+# Gateway instances whose resumable uploads are staged on tmpfs (INGESTER_TUS_DIR), not
+# in the state directory beside the logs (on disk).
+TUS_ON_TMPFS = frozenset({"gateway-tus", "gateway-tus0", "gateway-ietf"})
 SERVER_ROLES = (
     *("se", "se-edit", "nginx", "redis", "admin", "otlp-sink"),
     *GATEWAY_VARIANTS,
     "baseline",
+    "tus-node",
 )
 
 _SETTINGS_PROBE = """
@@ -119,6 +139,51 @@ def gateway_default(name: str) -> Any:
 def zstd_threads_supported() -> bool:
     """Whether the gateway reads `INGESTER_ZSTD_THREADS` (unknown names are ignored)."""
     return "zstd_threads" in gateway_settings()
+
+
+def _node_version() -> tuple[int, ...] | None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return None
+    out = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
+    try:
+        return tuple(int(x) for x in out.stdout.strip().lstrip("v").split("."))
+    except ValueError:
+        return None
+
+
+def tus_node_install() -> Path:
+    """A directory with @tus/server's node_modules and `server.mjs`: `npm ci` of
+    `tus_node/package-lock.json` into a cache directory named after the lock, the first
+    time (the registry is asked then only); `Skipped` without Node >= 20.19 and npm."""
+    version = _node_version()
+    if version is None or version < NODE_MIN:
+        found = "none" if version is None else ".".join(map(str, version))
+        raise Skipped(
+            f"@tus/server 2.4 needs Node >= {'.'.join(map(str, NODE_MIN))} and npm"
+            f" (found: {found}; apt-get install nodejs npm)"
+        )
+    lock = (TUS_NODE / "package-lock.json").read_bytes()
+    home = TUS_NODE_CACHE / hashlib.sha256(lock).hexdigest()[:16]
+    if not (home / "node_modules" / "@tus" / "server").is_dir():
+        staging = home.with_name(home.name + f".{os.getpid()}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy2(TUS_NODE / name, staging / name)
+        done = subprocess.run(
+            ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=staging,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise RuntimeError(f"npm ci of benchmarks/tus_node failed:\n{done.stderr[-2000:]}")
+        shutil.rmtree(home, ignore_errors=True)
+        staging.rename(home)
+    shutil.copy2(TUS_NODE / "server.mjs", home / "server.mjs")  # the tree's, every run
+    return home
 
 
 async def _announce(url: str, record: NodeAnnouncement) -> None:
@@ -158,6 +223,7 @@ class BenchStack:
         with os.fdopen(fd, "w") as fh:
             fh.write(f"Authorization: Bearer {self.user_token}\n")
         self.se_data = workdir / "se-data"
+        self.tus_node_dir = workdir / "tus-node-data"
         self._servers: dict[str, ServerProcess] = {}
         self._pem = pem
         self._tokens: list[str] = []
@@ -260,6 +326,8 @@ class BenchStack:
                 }
             if role == "gateway-fin":
                 entries.append(processes.se_entry(self.se_edit(), "edit"))
+            if role in TUS_ON_TMPFS:
+                env["INGESTER_TUS_DIR"] = str(self.workdir / f"{role}-tus")
             if "OTEL_TRACES_EXPORTER" in env:
                 env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_sink().url
             self._start(
@@ -288,6 +356,20 @@ class BenchStack:
             )
         return self._servers["baseline"]
 
+    def tus_node(self) -> ServerProcess:
+        """@tus/server 2.4 + @tus/file-store under the machine's Node, staging in
+        `tus_node_dir` on tmpfs (see `tus_node/server.mjs`)."""
+        if "tus-node" not in self._servers:
+            home = tus_node_install()
+            self.tus_node_dir.mkdir(exist_ok=True)
+            port = processes.free_port()
+            argv = ["node", str(home / "server.mjs"), str(port), str(self.tus_node_dir)]
+            server = ServerProcess(
+                "tus-node", argv, port, self.logdir / "tus-node.log", ready_path=None
+            )
+            self._start("tus-node", server)
+        return self._servers["tus-node"]
+
     def server(self, role: str) -> ServerProcess:
         if role == "se":
             return self.se()
@@ -303,6 +385,8 @@ class BenchStack:
             return self.otlp_sink()
         if role == "baseline":
             return self.baseline()
+        if role == "tus-node":
+            return self.tus_node()
         return self.gateway(role)
 
     def start(self, roles: list[str]) -> None:

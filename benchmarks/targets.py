@@ -66,6 +66,13 @@ TARGETS: tuple[Target, ...] = (
     # finalize: the copy against a plain streamed upload of the same bytes
     Target("finalize.mb_s.finalize_vs_upload", ">=", 0.8, "issue 8"),
     Target("finalize.peak_rss", "<=", 100, "issue 8"),
+    # resumable uploads, 1 GiB in 64 MiB PATCHes: tus with a sha256 checksum on every PATCH
+    # against @tus/server (no checksum), its time until stored against the streamed PUT,
+    # the IETF draft against tus, and the gateway's peak RSS (MiB)
+    Target("resumable.mb_s.tus_vs_tus_node", ">=", 1.2, "issue 9"),
+    Target("resumable.stored_s.tus_vs_put", "<=", 1.5, "issue 9"),
+    Target("resumable.mb_s.ietf_vs_tus", ">=", 0.9, "issue 9"),
+    Target("resumable.peak_rss.tus", "<=", 100, "issue 9"),
     # tracing on (every upload, OTLP) against off: what the spans cost
     Target("tracing.cpu.passthrough_on_vs_off", "<=", 1.05, "issue 11"),
     Target("tracing.cpu_per_1000.small_on_vs_off", "<=", 1.15, "issue 11"),
