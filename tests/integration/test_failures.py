@@ -598,7 +598,9 @@ def test_full_se_is_507_for_a_content_length_upload_and_nothing_stored(small_se:
 
 # -- a Storage Element that stops reading mid-body ----------------------------------------
 
-STALL_SECONDS = 5.0
+# Well past what the gateway needs (1 s upstream timeout, then a bounded drain of the
+# client's body), so a loaded machine does not read as waiting out the stall.
+STALL_SECONDS = 8.0
 
 
 @pytest.fixture(scope="module")
