@@ -48,9 +48,13 @@ run: install
 # build/coverage/ (html/, coverage.xml); the last line repeats pytest's count. Fails when
 # a test fails. `make test ARGS=tests/unit` runs a part.
 COV := $(PY) -m coverage
+# Test modules run on this many pytest-xdist workers (each module whole on one worker,
+# so its servers start once); TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 3
 test: install system-deps
 	@rm -rf build/coverage
-	@status=0; $(COV) run -m pytest --junitxml=build/coverage/junit.xml $(ARGS) || status=$$?; \
+	@status=0; $(COV) run -m pytest -n $(TEST_WORKERS) --dist loadfile \
+	  --junitxml=build/coverage/junit.xml $(ARGS) || status=$$?; \
 	{ $(COV) combine -q && $(COV) json -q && $(COV) xml -q && $(COV) html -q \
 	  && $(PY) tests/coverage_summary.py build/coverage; } \
 	  || { [ $$status -ne 0 ] || status=1; }; \
