@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -60,7 +61,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TMPFS = Path("/dev/shm")
 MiB = 2**20
-IDLE_BEFORE_MEASURE = 3.0  # seconds idle before RSS is read (the gateway trims after 1 s)
+IDLE_BEFORE_MEASURE = 2.0  # seconds idle before RSS is read (the gateway trims after 1 s)
 RESULTS = ("ok", "refused", "failed", "abandoned")
 
 
@@ -173,9 +174,12 @@ class SoakStack:
         self._started: list[ServerProcess] = []
 
     def start(self) -> None:
-        for server in [self.redis, *self.ses, self.admin, self.gateway]:
-            self._started.append(server)
-            server.start(timeout=30)
+        """Redis; the SEs and the Admin Module side by side (it lists each SE once it
+        answers); the gateway once they are all up."""
+        for group in ([self.redis], [*self.ses, self.admin], [self.gateway]):
+            self._started += group
+            with concurrent.futures.ThreadPoolExecutor(len(group)) as pool:
+                list(pool.map(lambda server: server.start(timeout=30), group))
 
     def se_data(self, se: ServerProcess) -> Path:
         return self.workdir / f"{se.name}-data"
