@@ -34,6 +34,7 @@ import tempfile
 import time
 import traceback
 import urllib.request
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--drain-timeout", type=float, default=120.0, help="seconds to wait for the drain (120)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=30.0,
+        help="seconds of the same traffic before the start figures are read (30)",
     )
     parser.add_argument("--seed", type=int, default=None, help="of the traffic's choices")
     parser.add_argument(
@@ -184,6 +191,11 @@ class SoakStack:
     def se_data(self, se: ServerProcess) -> Path:
         return self.workdir / f"{se.name}-data"
 
+    def server_ports(self) -> dict[int, str]:
+        """port -> name of every server the gateway talks to."""
+        ports = {se.port: se.name for se in self.ses}
+        return ports | {self.redis.port: "redis", self.admin.port: "admin-module"}
+
     def user_token(self, n: int) -> str:
         return mint_token(self.pem, sub=f"soak-{n:02d}", role="user", ttl=24 * 3600)
 
@@ -210,6 +222,55 @@ def gateway_usage(gateway: ServerProcess, at: float) -> Usage:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             fds += len(os.listdir(f"/proc/{pid}/fd"))
     return Usage(at, rss_bytes(pids), fds)
+
+
+def _tcp_peers(pid: int) -> dict[str, tuple[int, int, str]]:
+    """socket inode -> (local port, remote port, state) of the process's TCP sockets."""
+    peers = {}
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = row.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                peers[inode] = (
+                    int(local.rsplit(":", 1)[1], 16),
+                    int(remote.rsplit(":", 1)[1], 16),
+                    state,
+                )
+    return peers
+
+
+def open_fds_by_kind(gateway: ServerProcess, servers: dict[int, str]) -> dict[str, int]:
+    """What the gateway's descriptors are: connections by the server they go to
+    (`servers`: port -> name), client connections, the listening socket, files, pipes,
+    other kernel objects (epoll, eventfd)."""
+    counts: dict[str, int] = {}
+    for pid in process_tree(gateway.pid):
+        peers = _tcp_peers(pid)
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    local, remote, state = peers.get(target[8:-1], (0, 0, ""))
+                    if state == "0A":
+                        kind = "listening"
+                    elif local == gateway.port:
+                        kind = "clients"
+                    elif remote in servers:
+                        kind = f"to {servers[remote]}"
+                    else:
+                        kind = "other sockets"
+                elif target.startswith("pipe:"):
+                    kind = "pipes"
+                elif target.startswith("/"):
+                    kind = "files"
+                else:
+                    kind = target.split(":", 1)[-1].strip("[]")  # eventpoll, eventfd, ...
+                counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def scrape(gateway: ServerProcess) -> dict[str, float]:
@@ -324,13 +385,20 @@ async def drain(stack: SoakStack, timeout: float) -> dict[str, Any]:
     return seen
 
 
-async def soak(args: argparse.Namespace, stack: SoakStack) -> dict[str, Any]:
-    payloads = Payloads(args.max_size_bytes, args.seed)
-    pace = Pace(args.rate_bytes)
-    outcomes: list[Outcome] = []
-    usage: list[Usage] = []
-    log: list[str] = []
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+async def traffic(
+    args: argparse.Namespace,
+    stack: SoakStack,
+    payloads: Payloads,
+    pace: Pace,
+    first_client: int,
+    until: float,
+    began: float,
+    outcomes: list[Outcome],
+    disruptions: Awaitable[None] | None = None,
+) -> None:
+    """`args.clients` users (numbered from `first_client`) on a session of their own,
+    uploading until `until`; the session is closed when they are done."""
+    connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=150)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         clients = [
@@ -343,29 +411,41 @@ async def soak(args: argparse.Namespace, stack: SoakStack) -> dict[str, Any]:
                 args.body_timeout,
                 args.seed + n,
             )
-            for n in range(args.clients)
+            for n in range(first_client, first_client + args.clients)
         ]
-        say("warm-up: one raw, multipart and tus upload")
-        for kind in ("raw", "multipart", "tus"):
-            outcomes.append(await clients[0].upload(kind, 64 * 1024))
-        await asyncio.sleep(IDLE_BEFORE_MEASURE)
-        start_usage = gateway_usage(stack.gateway, 0.0)
-        began = time.monotonic()
-        until = began + args.duration
-        plan = disruption_plan(args.duration, stack.ses)
-        say(f"traffic for {args.duration:g} s; disruptions:")
-        sampler = asyncio.create_task(sample_usage(stack.gateway, began, usage))
-        chaos = asyncio.create_task(disrupt(stack, plan, began, args.down, log))
-        await asyncio.gather(
-            *(client_loop(c, pace, until, began, args.max_size_bytes, outcomes) for c in clients),
-            chaos,
-        )
-        traffic_seconds = time.monotonic() - began
-        say(f"traffic done after {traffic_seconds:.1f} s; draining")
-        drained = await drain(stack, args.drain_timeout)
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
+        loops = [client_loop(c, pace, until, began, args.max_size_bytes, outcomes) for c in clients]
+        await asyncio.gather(*loops, *([disruptions] if disruptions is not None else []))
+
+
+async def soak(args: argparse.Namespace, stack: SoakStack) -> dict[str, Any]:
+    payloads = Payloads(args.max_size_bytes, args.seed)
+    pace = Pace(args.rate_bytes)
+    outcomes: list[Outcome] = []
+    usage: list[Usage] = []
+    log: list[str] = []
+    servers = stack.server_ports()
+    warm_began = time.monotonic()
+    say(f"warm-up: {args.warmup:g} s of the same traffic, no disruption")
+    # Every path taken and the allocator grown before the start figures are read, so that
+    # start and end compare like with like.
+    await traffic(args, stack, payloads, pace, 100, warm_began + args.warmup, warm_began, outcomes)
+    await asyncio.sleep(IDLE_BEFORE_MEASURE)
+    start_usage = gateway_usage(stack.gateway, 0.0)
+    start_fds = open_fds_by_kind(stack.gateway, servers)
+    began = time.monotonic()
+    for warm in outcomes:  # counted with the rest; `at` < 0 says when
+        warm.at -= began - warm_began
+    plan = disruption_plan(args.duration, stack.ses)
+    say(f"traffic for {args.duration:g} s; disruptions:")
+    sampler = asyncio.create_task(sample_usage(stack.gateway, began, usage))
+    chaos = disrupt(stack, plan, began, args.down, log)
+    await traffic(args, stack, payloads, pace, 0, began + args.duration, began, outcomes, chaos)
+    traffic_seconds = time.monotonic() - began
+    say(f"traffic done after {traffic_seconds:.1f} s; draining")
+    drained = await drain(stack, args.drain_timeout)
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
     await asyncio.sleep(IDLE_BEFORE_MEASURE)
     alive = stack.gateway.process is not None and stack.gateway.process.poll() is None
     end_usage = gateway_usage(stack.gateway, time.monotonic() - began) if alive else None
@@ -376,6 +456,8 @@ async def soak(args: argparse.Namespace, stack: SoakStack) -> dict[str, Any]:
         "traffic_seconds": traffic_seconds,
         "start_usage": start_usage,
         "end_usage": end_usage,
+        "start_fds": start_fds,
+        "end_fds": open_fds_by_kind(stack.gateway, servers) if alive else None,
         "usage": usage,
         "gateway_alive": alive,
     }
@@ -469,16 +551,20 @@ def render(report: dict[str, Any]) -> str:
             for se in report["storage_elements"]
         )
     )
-    start, end, peak = report["gateway"]["start"], report["gateway"]["end"], report["gateway"]
+    gw = report["gateway"]
+    start, end = gw["start"], gw["end"]
     if end is None:
         lines.append("gateway: NOT RUNNING at the end")
     else:
         lines.append(
             f"gateway: RSS {start['rss_bytes'] / MiB:.1f} -> {end['rss_bytes'] / MiB:.1f} MiB"
-            f" (peak {peak['peak_rss_bytes'] / MiB:.1f}), open fds {start['open_fds']} ->"
-            f" {end['open_fds']} (peak {peak['peak_open_fds']}); {len(peak['log_errors'])}"
+            f" (peak {gw['peak_rss_bytes'] / MiB:.1f}), open fds {start['open_fds']} ->"
+            f" {end['open_fds']} (peak {gw['peak_open_fds']}); {len(gw['log_errors'])}"
             " error lines in its log"
         )
+        for when in ("start", "end"):
+            kinds = ", ".join(f"{k} {n}" for k, n in gw[f"{when}_fds"].items())
+            lines.append(f"  fds at the {when}: {kinds}")
     drain_seen = report["drain"]
     lines.append(
         f"drain: {'done' if drain_seen['drained'] else 'NOT done'} in {drain_seen['seconds']} s"
@@ -523,6 +609,7 @@ def build_report(
             "rate_bytes_per_s": args.rate_bytes,
             "max_size": args.max_size_bytes,
             "body_timeout_s": args.body_timeout,
+            "warmup_s": args.warmup,
             "seed": args.seed,
             "kinds": KINDS,
             "gateway_env": args.env,
@@ -531,6 +618,7 @@ def build_report(
         "kinds": kinds,
         "refused_by_code": tally(outcomes, "refused"),
         "failed_by_reason": tally(outcomes, "failed"),
+        "failures": [asdict(o) for o in outcomes if o.result == "failed"][:100],
         "disruptions": [asdict(d) for d in ran["plan"]],
         "drain": ran["drain"],
         "accounting": acc,
@@ -540,6 +628,8 @@ def build_report(
         ],
         "gateway": {
             "start": asdict(start),
+            "start_fds": ran["start_fds"],
+            "end_fds": ran["end_fds"],
             "end": None if end is None else asdict(end),
             "peak_rss_bytes": max((u.rss_bytes for u in usage), default=0),
             "peak_open_fds": max((u.open_fds for u in usage), default=0),

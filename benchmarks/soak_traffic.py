@@ -14,9 +14,10 @@ ending in one `Outcome`:
 
 Bytes come from two buffers made once (random, and log-like text that compresses),
 each upload a slice with a unique 16-byte tag in front; their sha256 is what the 201
-must name. Vanishing and stalled clients use plain sockets, so exactly the bytes chosen
-reach the gateway before the connection closes or goes quiet; the rest use aiohttp on
-keep-alive connections, as real clients do."""
+must name. Vanishing, slow and stalled clients use plain sockets of their own, so
+exactly the bytes chosen reach the gateway before the connection closes or goes quiet
+(aiohttp holds a request's head back until its first body byte); the rest use aiohttp
+on keep-alive connections, as real clients do."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ SIZE_CLASSES: tuple[tuple[float, int, int], ...] = (
 )
 SLOW_MAX = 512 * KiB
 SLOW_RATE = 256 * KiB  # bytes/s of a slow client
+SLOW_PIECE = 8 * KiB
 
 
 @dataclass
@@ -177,6 +179,38 @@ def judge_stored(reply: Any, size: int, digest: str) -> tuple[str, str | None]:
     if not reply.get("file_id"):
         return "failed", "201 without file_id"
     return "ok", None
+
+
+def judged(
+    kind: str,
+    size: int,
+    digest: str,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    started: float,
+) -> Outcome:
+    """The outcome of an upload answered `status` with `body`."""
+    seconds = time.monotonic() - started
+    if status != 201:
+        result, code = judge_answer(status, headers, body)
+        return Outcome(kind, size, result, seconds, status, code)
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        reply = None
+    result, code = judge_stored(reply, size, digest)
+    stored = reply if isinstance(reply, dict) else {}
+    return Outcome(
+        kind,
+        size,
+        result,
+        seconds,
+        201,
+        code,
+        file_id=stored.get("file_id"),
+        element_id=stored.get("storage_element_id"),
+    )
 
 
 async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -316,25 +350,7 @@ class Client:
         self, kind: str, size: int, digest: str, resp: aiohttp.ClientResponse, started: float
     ) -> Outcome:
         body = await resp.read()
-        seconds = time.monotonic() - started
-        if resp.status != 201:
-            result, code = judge_answer(resp.status, resp.headers, body)
-            return Outcome(kind, size, result, seconds, resp.status, code)
-        try:
-            reply = json.loads(body)
-        except ValueError:
-            reply = None
-        result, code = judge_stored(reply, size, digest)
-        return Outcome(
-            kind,
-            size,
-            result,
-            seconds,
-            201,
-            code,
-            file_id=reply.get("file_id") if isinstance(reply, dict) else None,
-            element_id=reply.get("storage_element_id") if isinstance(reply, dict) else None,
-        )
+        return judged(kind, size, digest, resp.status, resp.headers, body, started)
 
     async def _empty(self, kind: str, size: int) -> Outcome:
         url = f"{self.base}/api/v1/files/{self.name('txt')}"
@@ -501,24 +517,33 @@ class Client:
         return Outcome(kind, size, "abandoned", 0.0)
 
     async def _slow(self, kind: str, size: int) -> Outcome:
-        """Chunked at SLOW_RATE, with one pause of up to half the body timeout."""
+        """Chunked at SLOW_RATE on a connection of its own, the head sent at once, with
+        one pause of up to half the body timeout (possibly before the first body byte)."""
         size = min(size, SLOW_MAX)
         data, digest = self.payloads.make(self.rng, size)
         pause_at = self.rng.randrange(size)
         pause = self.rng.uniform(0, self.body_timeout / 2)
-
-        async def trickle() -> AsyncIterator[bytes]:
-            piece = 8 * KiB
-            for start in range(0, size, piece):
-                if start <= pause_at < start + piece:
-                    await asyncio.sleep(pause)
-                yield data[start : start + piece]
-                await asyncio.sleep(piece / SLOW_RATE)
-
-        url = f"{self.base}/api/v1/files/{self.name()}{self._query(size)}"
+        path = f"/api/v1/files/{self.name()}{self._query(size)}"
         started = time.monotonic()
-        async with self.session.put(url, data=trickle(), headers=self.auth) as resp:
-            return await self._judge(kind, size, digest, resp, started)
+        reader, writer = await asyncio.open_connection(*self.address)
+        try:
+            writer.write(request_head("PUT", path, {**self.auth, "Transfer-Encoding": "chunked"}))
+            await writer.drain()
+            with contextlib.suppress(ConnectionError):  # answered early: read the answer
+                for start in range(0, size, SLOW_PIECE):
+                    if start <= pause_at < start + SLOW_PIECE:
+                        await asyncio.sleep(pause)
+                    writer.write(chunked(data[start : start + SLOW_PIECE])[:-5])
+                    await writer.drain()
+                    await asyncio.sleep(SLOW_PIECE / SLOW_RATE)
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+            status, headers, body = await asyncio.wait_for(read_answer(reader), ANSWER_DEADLINE)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        return judged(kind, size, digest, status, headers, body, started)
 
     async def _stalled(self, kind: str, size: int) -> Outcome:
         """Content-Length, half the body, then nothing: the gateway's body timeout must
@@ -539,8 +564,7 @@ class Client:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-        result, code = judge_answer(status, answer_headers, body)
-        return Outcome(kind, size, result, time.monotonic() - started, status, code)
+        return judged(kind, size, "", status, answer_headers, body, started)
 
 
 async def _pieces(data: bytes, piece: int) -> AsyncIterator[bytes]:

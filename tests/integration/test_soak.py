@@ -18,8 +18,9 @@ SOAK = Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
 def test_a_short_soak_fails_no_upload_and_leaves_no_orphan_and_nothing_unregistered(
     tmp_path: Path,
 ) -> None:
-    argv = [PYTHON, str(SOAK), "--duration", "20", "--clients", "4", "--max-size", "2MiB"]
-    argv += ["--rate", "4MiB", "--body-timeout", "2", "--seed", "10", "--out", str(tmp_path)]
+    argv = [PYTHON, str(SOAK), "--duration", "20", "--warmup", "3", "--clients", "4"]
+    argv += ["--max-size", "2MiB", "--rate", "4MiB", "--body-timeout", "2", "--seed", "10"]
+    argv += ["--out", str(tmp_path)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=100)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     (written,) = tmp_path.glob("soak-*.json")
