@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test lint lock bench clean
+.PHONY: install system-deps run test lint lock bench soak clean
 
 # Every package at the version in constraints.txt (the image and CI install the same).
 $(STAMP): pyproject.toml constraints.txt
@@ -71,6 +71,13 @@ lint: install
 
 bench: install system-deps
 	$(PY) benchmarks/run.py
+
+# A bounded soak (issue 10): 5 minutes of mixed uploads and misbehaving clients while SEs
+# restart and one is SIGKILLed, then every stored file accounted for; exits 1 on a failed
+# upload, an orphan or an unregistered file. `make soak ARGS='--duration 60'` (see
+# benchmarks/README.md, "Soak").
+soak: install system-deps
+	$(PY) benchmarks/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache build/coverage

@@ -5,7 +5,13 @@ default glibc serves such sizes with fresh mmaps, or returns the top of its heap
 the system as soon as a block is freed: every new block then faults its pages in
 again (a zeroed page per 4 KiB, ~10 % of the CPU of a pass-through upload). So blocks
 come from the heap and freed memory stays there while uploads run; once the gateway
-has been idle for a moment, `malloc_trim` returns it to the system."""
+has been idle for a moment, `malloc_trim` returns it to the system.
+
+Blocks made by worker threads (compressed output, staged reads) are freed by the event
+loop. With glibc's default of one heap ("arena") per thread, up to 8 per core, the holes
+they leave spread over as many heaps, none of which empties enough to be trimmed: under
+the soak's mixed traffic RSS crept up ~5 MiB a minute, and stayed flat with two arenas
+(`benchmarks/soak.py`; benchmarks/README.md, "Soak")."""
 
 from __future__ import annotations
 
@@ -33,13 +39,15 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 _TRIM: Callable[[int], int] | None = _LIBC.malloc_trim if _LIBC is not None else None
 # mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8
+ARENAS = 2  # the event loop's heap, and one its worker threads share
 
 
 def tune_allocator() -> bool:
     """Serve blocks (up to 32 MiB) from the heap and keep up to 16 MiB of freed heap at
     its top while busy (enough for the blocks in flight to be reused without page
-    faults; not so much that peak RSS grows); True when glibc took the settings."""
+    faults; not so much that peak RSS grows), in at most ARENAS heaps; True when glibc
+    took the settings. Called before any worker thread starts."""
     if _LIBC is None:
         return False
     return all(
@@ -48,6 +56,7 @@ def tune_allocator() -> bool:
             (M_MMAP_THRESHOLD, 32 * 2**20),
             (M_TRIM_THRESHOLD, 16 * 2**20),
             (M_TOP_PAD, 2**20),
+            (M_ARENA_MAX, ARENAS),
         )
     )
 
