@@ -89,6 +89,34 @@ def run(awaitable: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
+def asgi_put(
+    app: Callable[..., Awaitable[None]], token: str, body: bytes, *extra: tuple[bytes, bytes]
+) -> list[dict[str, Any]]:
+    """One `PUT /api/v1/files/b.bin` with `body` in one piece, straight into an ASGI
+    callable (no server); the messages it sent."""
+    scope = {
+        "type": "http",
+        "method": "PUT",
+        "path": "/api/v1/files/b.bin",
+        "query_string": b"",
+        "headers": [
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-length", str(len(body)).encode()),
+            *extra,
+        ],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    run(app(scope, receive, send))
+    return sent
+
+
 async def pieces_of(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield chunk

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -20,7 +19,7 @@ from ingester_gateway.registry.health import HealthProber
 from ingester_gateway.registry.static import StaticRegistry
 from ingester_gateway.resilience import BreakerPolicy
 from ingester_gateway.upload.driver import UploadDriver
-from tests.kit import DevKeys, run
+from tests.kit import DevKeys, asgi_put
 
 QUOTED_REQUEST = "\u00ffsecret request bytes\u00fe"
 
@@ -56,26 +55,8 @@ def test_an_unhandled_error_is_a_500_counted_as_failed_and_logged_without_its_te
 
     monkeypatch.setattr(UploadDriver, "run", bug)
     app = build_app(gateway.settings, gateway)
-    scope = {
-        "type": "http",
-        "method": "PUT",
-        "path": "/api/v1/files/b.bin",
-        "query_string": b"",
-        "headers": [
-            (b"authorization", f"Bearer {keys.token()}".encode()),
-            (b"content-length", b"3"),
-        ],
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"abc", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
     with capture_logs() as logs:
-        run(app(scope, receive, send))
+        sent = asgi_put(app, keys.token(), b"abc")
 
     assert sent[0]["status"] == 500
     assert json.loads(sent[1]["body"])["error"]["code"] == "internal_error"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -19,7 +18,7 @@ from ingester_gateway.registry.health import HealthProber
 from ingester_gateway.registry.static import StaticRegistry
 from ingester_gateway.resilience import BreakerPolicy
 from ingester_gateway.upload.progress import ProgressBook
-from tests.kit import DevKeys, FakeClock, run
+from tests.kit import DevKeys, FakeClock, asgi_put
 
 
 async def no_answer(node: NodeRecord) -> None:
@@ -52,26 +51,12 @@ def test_a_duplicate_upload_id_is_409_and_the_running_upload_keeps_its_entry(
     running = UploadProgress(upload_id="upload-0001", state="receiving", filename="a.bin")
     assert gateway.progress.open("upload-0001", "alice", running)
 
-    scope = {
-        "type": "http",
-        "method": "PUT",
-        "path": "/api/v1/files/b.bin",
-        "query_string": b"",
-        "headers": [
-            (b"authorization", f"Bearer {keys.token(sub='alice')}".encode()),
-            (b"content-length", b"3"),
-            (b"x-upload-id", b"upload-0001"),
-        ],
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"abc", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    run(UploadEndpoint(gateway).put_file(scope, receive, send))
+    sent = asgi_put(
+        UploadEndpoint(gateway).put_file,
+        keys.token(sub="alice"),
+        b"abc",
+        (b"x-upload-id", b"upload-0001"),
+    )
 
     assert sent[0]["status"] == 409
     assert json.loads(sent[1]["body"])["error"]["code"] == "upload_id_in_use"
