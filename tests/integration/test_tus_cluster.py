@@ -26,7 +26,15 @@ from ingester_gateway.reference.processes import (
     service_account_env,
 )
 from tests.kit import Answer, DevKeys, assert_error_envelope, log_events
-from tests.resumable import OFFSET_STREAM, TUS, TUS_VERSION, create, patch, wait_stored
+from tests.resumable import (
+    OFFSET_STREAM,
+    TUS,
+    TUS_VERSION,
+    create,
+    patch,
+    read_answer,
+    wait_stored,
+)
 from tests.stack import Stack, redis_url
 
 MiB = 2**20
@@ -56,17 +64,6 @@ def pair(stack: Stack, keys: DevKeys, tmp_path_factory: pytest.TempPathFactory) 
             yield Pair(one, two, workdir / "shared-tus" / "staging")
 
 
-def _answer(sock: socket.socket) -> Answer:
-    raw = b""
-    with contextlib.suppress(OSError):
-        while b"\r\n\r\n" not in raw and (piece := sock.recv(65536)):
-            raw += piece
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
-    return Answer(int(status_line.split()[1]), headers, body)
-
-
 def test_a_second_patch_elsewhere_takes_the_upload_over(stack: Stack, pair: Pair) -> None:
     auth = stack.keys.auth()
     data = os.urandom(12 * MiB)
@@ -93,7 +90,8 @@ def test_a_second_patch_elsewhere_takes_the_upload_over(stack: Stack, pair: Pair
         racer = threading.Thread(target=lambda: second.append(patch(pair.two, auth, path, 0, data)))
         racer.start()
         racer.join(60)
-        interrupted = _answer(first)
+        first.settimeout(30)
+        interrupted = read_answer(first)  # head and body, however they arrive
     assert_error_envelope(interrupted, 400, "upload_interrupted")  # the holder let go
     kept = int(interrupted.headers["upload-offset"])
     assert 0 < kept <= sent
