@@ -50,6 +50,11 @@ class Tracing(Protocol):
         """A server span continuing the caller's trace when its `traceparent` says so."""
         ...
 
+    def annotate(self, attributes: Attributes) -> None:
+        """Set attributes on the current span: a step too small to be a span of its own
+        (the plan, a node's selection) is told on the upload's."""
+        ...
+
     def inject(self, headers: dict[str, str]) -> None:
         """Add the current trace's headers (`traceparent`, ...) to an outgoing request."""
         ...
@@ -104,6 +109,9 @@ class NoTracing:
         attributes: Attributes | None = None,
     ) -> AbstractContextManager[StepSpan]:
         return NO_SPAN
+
+    def annotate(self, attributes: Attributes) -> None:
+        return None
 
     def inject(self, headers: dict[str, str]) -> None:
         return None

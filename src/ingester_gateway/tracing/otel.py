@@ -115,6 +115,9 @@ class OtelTracing:
         ) as span:
             yield _Span(span)
 
+    def annotate(self, attributes: Attributes) -> None:
+        trace.get_current_span().set_attributes(attributes)
+
     def inject(self, headers: dict[str, str]) -> None:
         propagate.inject(headers)
 

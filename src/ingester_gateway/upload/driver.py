@@ -142,11 +142,16 @@ class UploadDriver:
         svc, req = self.svc, self.req
         blocks = self._blocks(source)
         first = await blocks.read() or b""
-        with svc.tracing.span("upload.plan") as span:
-            plan = plan_upload(req, first, blocks.ended, svc.rules)
-            span.set("ingester.codec", plan.codec if plan.recode else "none")
-            span.set("ingester.whole", plan.whole)
-            span.set("ingester.reservation", plan.reservation)
+        plan = plan_upload(req, first, blocks.ended, svc.rules)
+        if svc.tracing.enabled:  # the plan is microseconds of pure code: told, not a span
+            svc.tracing.annotate(
+                {
+                    "ingester.codec": plan.codec if plan.recode else "none",
+                    "ingester.whole": plan.whole,
+                    "ingester.reservation": plan.reservation,
+                    "ingester.policy": req.options.retention_policy,
+                }
+            )
         node, stored, plan = await self._store(source, blocks, first, plan)
         result = upload_result(req, plan, stored, time.time())
         registrations = svc.metrics.registrations
@@ -191,11 +196,10 @@ class UploadDriver:
         ended up (a whole body that would not shrink is stored as it is)."""
         svc, req = self.svc, self.req
         policy = req.options.retention_policy
-        with svc.tracing.span("upload.select_node", {"ingester.policy": policy}) as span:
-            node = svc.nodes.select(
-                policy, plan.reservation, exclude=req.exclude_nodes, strict=req.strict_mode
-            )
-            span.set("ingester.node", node.id if node is not None else "")
+        # Each try's span names its node; the selection itself is not a span.
+        node = svc.nodes.select(
+            policy, plan.reservation, exclude=req.exclude_nodes, strict=req.strict_mode
+        )
         if node is None:
             raise no_node_error(
                 svc.nodes.any_usable(policy),
@@ -470,11 +474,9 @@ class UploadDriver:
         to a node it was tried on: a delete owed there may still come for its id."""
         req, nodes = self.req, self.svc.nodes
         policy, strict = req.options.retention_policy, req.strict_mode
-        with self.svc.tracing.span("upload.select_node", {"ingester.policy": policy}) as span:
-            node = nodes.select(policy, size, exclude=[*tried, *req.exclude_nodes], strict=strict)
-            if node is None and req.file_id is None:
-                node = nodes.select(policy, size, exclude=req.exclude_nodes, strict=strict)
-            span.set("ingester.node", node.id if node is not None else "")
+        node = nodes.select(policy, size, exclude=[*tried, *req.exclude_nodes], strict=strict)
+        if node is None and req.file_id is None:
+            node = nodes.select(policy, size, exclude=req.exclude_nodes, strict=strict)
         return node
 
     def _reserve(self, moves: list[tuple[str, int]]) -> None:
