@@ -184,6 +184,22 @@ class Credentials:
         return {"Authorization": "Bearer service"}
 
 
+def upload_request(
+    options: UploadOptions | None = None,
+    filename: str = "report.bin",
+    claimed_sha256: bytes | None = None,
+) -> UploadRequest:
+    return UploadRequest(
+        upload_id="upload-1",
+        request_id="req-1",
+        principal=PRINCIPAL,
+        filename=filename,
+        declared_content_type=None,
+        options=options or UploadOptions(compress=False),
+        claimed_sha256=claimed_sha256,
+    )
+
+
 @dataclass
 class Harness:
     se: ScriptedSE
@@ -200,15 +216,7 @@ class Harness:
         claimed_sha256: bytes | None = None,
     ) -> UploadResult:
         pieces = data if isinstance(data, list) else [data]
-        request = UploadRequest(
-            upload_id="upload-1",
-            request_id="req-1",
-            principal=PRINCIPAL,
-            filename="report.bin",
-            declared_content_type=None,
-            options=options or UploadOptions(compress=False),
-            claimed_sha256=claimed_sha256,
-        )
+        request = upload_request(options, claimed_sha256=claimed_sha256)
         driver = UploadDriver(self.services, request, new_progress(request))
 
         async def go() -> UploadResult:
@@ -534,14 +542,7 @@ def test_an_upload_aborted_while_a_block_compresses_waits_for_the_job_before_clo
     h = harness({"a": ["store"]})
     codec = HeldCodec()
     services = dataclasses.replace(h.services, codecs={**h.services.codecs, "zstd": codec})
-    request = UploadRequest(
-        upload_id="upload-1",
-        request_id="req-1",
-        principal=PRINCIPAL,
-        filename="report.bin",
-        declared_content_type=None,
-        options=UploadOptions(compress=True, compression_algorithm="zstd"),
-    )
+    request = upload_request(UploadOptions(compress=True, compression_algorithm="zstd"))
     driver = UploadDriver(services, request, new_progress(request))
 
     async def client_leaves_mid_block() -> AsyncIterator[bytes]:
@@ -569,14 +570,7 @@ def test_progress_follows_the_bytes_received_not_the_last_whole_block(
     harness: Callable[..., Harness],
 ) -> None:
     h = harness({"a": ["store"]})
-    request = UploadRequest(
-        upload_id="upload-1",
-        request_id="req-1",
-        principal=PRINCIPAL,
-        filename="slow.bin",
-        declared_content_type=None,
-        options=UploadOptions(compress=False),
-    )
+    request = upload_request(filename="slow.bin")
     progress = new_progress(request)
     driver = UploadDriver(h.services, request, progress)
     piece = 10_000
@@ -608,14 +602,7 @@ def test_each_step_is_a_span_of_the_uploads_trace_and_each_request_carries_its_o
     exporter = InMemorySpanExporter()
     tracing = OtelTracing([SimpleSpanProcessor(exporter)])
     services = dataclasses.replace(h.services, tracing=tracing)
-    request = UploadRequest(
-        upload_id="upload-1",
-        request_id="req-1",
-        principal=PRINCIPAL,
-        filename="report.bin",
-        declared_content_type=None,
-        options=UploadOptions(compress=False),
-    )
+    request = upload_request()
 
     async def go() -> UploadResult:
         with tracing.incoming("upload", None, None):
