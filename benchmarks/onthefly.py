@@ -57,11 +57,7 @@ def upload_on_the_fly(
             f"the SE's tmpfs has {free / 2**30:.1f} GiB free, {needed / 2**30:.1f} GiB needed"
             " (free /dev/shm or lower --big-size / --concurrent-size)"
         )
-    auth = bench.scratch / "auth.value"
-    if not auth.exists():
-        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"Bearer {stack.user_token}\n")
+    auth = bench.auth_file()
     argv = [
         *(sys.executable, "-m", "benchmarks.loadgen", stack.gateway(gateway_role).url),
         *("--auth-file", str(auth), "--size", str(size), "--concurrency", str(concurrency)),

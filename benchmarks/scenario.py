@@ -8,6 +8,7 @@ them `--repeat` times (or once).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,16 @@ class Bench:
     scratch: Path
     opts: Options = field(default_factory=Options)
     warm: bool = False
+
+    def auth_file(self) -> Path:
+        """The user's `Authorization` value in a file only we may read (the clients take
+        it from there, not from their command line)."""
+        path = self.scratch / "auth.value"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"Bearer {self.stack.user_token}\n")
+        return path
 
 
 def no_payload(data: Datasets) -> None:

@@ -33,11 +33,7 @@ SETTLE_S = 30.0
 
 
 def _loadgen(bench: Bench, url: str, size: int, name: str) -> tuple[subprocess.Popen[bytes], Path]:
-    auth = bench.scratch / "auth.value"
-    if not auth.exists():
-        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"Bearer {bench.stack.user_token}\n")
+    auth = bench.auth_file()
     out = bench.scratch / f"loadgen-{name}.json"
     argv = [
         *(sys.executable, "-m", "benchmarks.loadgen", url, "--auth-file", str(auth)),

@@ -54,15 +54,6 @@ PATCH_SIZE = 64 * 2**20
 TUS, TUS0, IETF, NODE = "gateway-tus", "gateway-tus0", "gateway-ietf", "tus-node"
 
 
-def _auth_file(bench: Bench) -> Path:
-    path = bench.scratch / "auth.value"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"Bearer {bench.stack.user_token}\n")
-    return path
-
-
 def _client(
     bench: Bench, key: str, role: str, argv: list[str]
 ) -> tuple[Measurement, dict[str, Any]]:
@@ -118,7 +109,7 @@ def _gateway_upload(bench: Bench, key: str, role: str, protocol: str) -> Measure
         f"{base}/api/v1/tus/?compression_algorithm=none",
         str(payload.path),
         *("--protocol", protocol, "--checksum", "--patch-size", str(PATCH_SIZE)),
-        *("--auth-file", str(_auth_file(bench))),
+        *("--auth-file", str(bench.auth_file())),
         *("--metadata", f"filename={payload.path.name}"),
         *("--progress-url", f"{base}/api/v1/uploads/"),
     ]
