@@ -37,7 +37,7 @@ from ingester_gateway.observability import (
 )
 from ingester_gateway.runtime.asgi import send_json
 from ingester_gateway.runtime.drain import SignalDrain
-from ingester_gateway.runtime.edge import EdgeLimits, networks
+from ingester_gateway.runtime.edge import EdgeLimits, Networks
 from ingester_gateway.runtime.http import configure_edge
 from ingester_gateway.runtime.memory import tune_allocator
 
@@ -239,5 +239,5 @@ def edge_limits(settings: Settings) -> EdgeLimits:
         max_connections=settings.max_connections,
         max_connections_per_client=settings.max_connections_per_client,
         # An nginx in front carries many clients on its connections.
-        uncapped_peers=networks(settings.trusted_proxies),
+        uncapped_peers=Networks(settings.trusted_proxies),
     )

@@ -136,7 +136,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     # (README, "Fair use"): uploads in flight, requests per minute (the token's
     # `rate_limit` claim overrides the role's), bytes per window (reading is paced).
     fair_use: bool = True
-    fair_use_concurrent_uploads: RoleLimits = msgspec.field(default_factory=lambda: {"*": 16})
+    fair_use_concurrent_uploads: RoleLimits = msgspec.field(default_factory=lambda: {ANY_ROLE: 16})
     fair_use_requests_per_minute: RoleLimits = msgspec.field(default_factory=dict)
     fair_use_bytes_per_window: RoleLimits = msgspec.field(default_factory=dict)
     fair_use_window_seconds: Seconds = 60.0

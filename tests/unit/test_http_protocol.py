@@ -14,7 +14,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from ingester_gateway.runtime.edge import Edge, EdgeLimits, networks
+from ingester_gateway.runtime.edge import Edge, EdgeLimits, Networks
 from ingester_gateway.runtime.http import BATCH, BODY_ERROR, GONE, GatewayHttpProtocol
 from tests.kit import run
 
@@ -220,7 +220,7 @@ def observed() -> Iterator[Observed]:
         header_timeout=0.2,
         max_connections=3,
         max_connections_per_client=2,
-        uncapped_peers=networks(["10.0.0.0/8"]),
+        uncapped_peers=Networks(["10.0.0.0/8"]),
         linger_seconds=0.05,
     )
     GatewayHttpProtocol.edge = Edge(limits, seen)

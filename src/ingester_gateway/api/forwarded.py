@@ -20,6 +20,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ingester_gateway.runtime.edge import Networks
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _HOST = re.compile(
@@ -52,18 +54,10 @@ def _last(value: str | None) -> str | None:
 
 class TrustedProxies:
     def __init__(self, proxies: Sequence[str]) -> None:
-        self._networks: tuple[Network, ...] = tuple(
-            ipaddress.ip_network(p, strict=False) for p in proxies
-        )
+        self._networks = Networks(proxies)
 
     def trusts(self, address: str | None) -> bool:
-        if not self._networks or address is None:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._networks)
+        return address in self._networks
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The uploader's address: the peer's, or what trusted proxies say it is."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping
-from urllib.parse import parse_qsl
 
 import msgspec
 from starlette.types import Receive, Scope, Send
@@ -32,15 +31,13 @@ from ingester_gateway.resumable.ports import StateUnavailable
 from ingester_gateway.resumable.protocol import PREFIX, Header
 from ingester_gateway.resumable.service import ResumableUploads
 from ingester_gateway.resumable.state import Dialect, UploadState, status_of
-from ingester_gateway.runtime.asgi import send_json
+from ingester_gateway.runtime.asgi import query_of, send_json
 from ingester_gateway.runtime.http import BATCH, GONE, TRAILERS
 from ingester_gateway.upload.progress import valid_upload_id
 
 COLLECTION = PREFIX.rstrip("/")
 COLLECTION_METHODS = "OPTIONS, POST"
 UPLOAD_METHODS = "OPTIONS, HEAD, GET, PATCH, DELETE"
-DRAIN_SECONDS = 2.0
-DRAIN_BYTES = 64 * 2**20
 _encoder = msgspec.json.Encoder()
 
 
@@ -69,9 +66,6 @@ class _Exchange:
 
     def answer_headers(self) -> list[Header]:
         return [(b"x-request-id", self.request_id.encode()), *protocol.common(self.dialect)]
-
-    def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.scope["query_string"].decode("latin-1"), keep_blank_values=True))
 
     def has_body(self) -> bool:
         return "chunked" in self.headers.get("transfer-encoding", "").lower() or (
@@ -209,7 +203,8 @@ class TusEndpoint:
         self, ex: _Exchange, principal: Principal, receive: Receive, send: Send
     ) -> None:
         limit = self.gw.settings.max_upload_bytes
-        creation = protocol.creation_of(ex.dialect, ex.headers, ex.query(), limit, ex.root.prefix)
+        query = query_of(ex.scope)
+        creation = protocol.creation_of(ex.dialect, ex.headers, query, limit, ex.root.prefix)
         state = await self._uploads.create(
             principal, ex.dialect, creation, self._client_address(ex.scope)
         )
@@ -219,7 +214,7 @@ class TusEndpoint:
                 state, creation.data(), self._body(ex, receive), ex.trailers
             )
         elif ex.has_body():  # data not declared as such: not read (tus), answered anyway
-            await drain_body(receive, DRAIN_SECONDS, DRAIN_BYTES)
+            await drain_body(receive)
         if await self._gone(ex, outcome):
             return
         headers = [*ex.answer_headers(), *self._answer(ex, state, created=True)]
@@ -235,23 +230,20 @@ class TusEndpoint:
         state, outcome = await self._uploads.append(
             principal, ex.upload_id, spec, self._body(ex, receive), ex.trailers
         )
-        if (
-            outcome is not None
-            and outcome.error is not None
-            and outcome.error.problem is errors.SHUTTING_DOWN
-        ):
-            answer = self._answer(ex, state, created=False)
-            await self._error(ex, receive, send, outcome.error, answer)
+        answer = self._answer(ex, state, created=False)
+        error = outcome.error if outcome is not None else None
+        if error is not None and error.problem is errors.SHUTTING_DOWN:  # say where to go on
+            await self._error(ex, receive, send, error, answer)
             return
         if await self._gone(ex, outcome):
             return
-        headers = [*ex.answer_headers(), *self._answer(ex, state, created=False)]
         if outcome is not None and outcome.ending == "interrupted":
-            error = errors.UPLOAD_INTERRUPTED(
+            taken = errors.UPLOAD_INTERRUPTED(
                 f"another request took the upload over; {state.offset} bytes are kept"
             )
-            await self._error(ex, receive, send, error, self._answer(ex, state, created=False))
+            await self._error(ex, receive, send, taken, answer)
             return
+        headers = [*ex.answer_headers(), *answer]
         if ex.dialect == "ietf" and not state.receiving:
             await send_json(send, 202, _encoder.encode(status_of(state)), headers)
             return
@@ -305,7 +297,7 @@ class TusEndpoint:
             # amount first, so the client sees the answer rather than a reset).
             expects = ex.headers.get("expect", "").lower() == "100-continue"
             if (body is not None and body.started) or not expects:
-                await drain_body(receive, DRAIN_SECONDS, DRAIN_BYTES)
+                await drain_body(receive)
             headers.append((b"connection", b"close"))
         self.gw.log.log(
             logging.WARNING if exc.status >= 500 else logging.INFO,

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Literal
-from urllib.parse import parse_qsl
 
 import msgspec
 from starlette.types import Receive, Scope, Send
@@ -29,7 +28,7 @@ from ingester_gateway.observability import request_id_from
 from ingester_gateway.pipeline.body import ClientDisconnected, RequestBody, drain_body
 from ingester_gateway.pipeline.digest import claimed_sha256
 from ingester_gateway.pipeline.multipart import MultipartReader, boundary_from
-from ingester_gateway.runtime.asgi import send_json
+from ingester_gateway.runtime.asgi import query_of, send_json
 from ingester_gateway.runtime.http import BATCH, BODY_ERROR, GONE
 from ingester_gateway.tracing import Attributes, StepSpan
 from ingester_gateway.upload.driver import UploadDriver, new_progress
@@ -42,8 +41,6 @@ Outcome = Literal["stored", "rejected", "failed", "aborted"]
 
 FILES_PREFIX = "/api/v1/files/"
 _ROUTES = {"PUT": FILES_PREFIX + "{filename}", "POST": "/api/v1/files/upload"}
-DRAIN_SECONDS = 2.0
-DRAIN_BYTES = 64 * 2**20
 _encoder = msgspec.json.Encoder()
 _WANTED = frozenset(
     {
@@ -101,9 +98,6 @@ class Exchange:
     @property
     def expects_continue(self) -> bool:
         return self.headers.get(b"expect", b"").lower() == b"100-continue"
-
-    def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.scope["query_string"].decode("latin-1"), keep_blank_values=True))
 
 
 def _upload_id_from(header: bytes | None) -> str:
@@ -289,7 +283,7 @@ class UploadEndpoint:
             # amount first so the client sees the answer instead of a TCP reset; a
             # client waiting on `100-continue` has sent nothing and is not invited to.
             if (body is not None and body.started) or not ex.expects_continue:
-                await drain_body(receive, DRAIN_SECONDS, DRAIN_BYTES)
+                await drain_body(receive)
             headers.append((b"connection", b"close"))
         self.gw.log.log(
             logging.WARNING if exc.status >= 500 else logging.INFO,
@@ -313,7 +307,7 @@ class UploadEndpoint:
             principal=principal,
             filename=filename,
             declared_content_type=ex.text(b"content-type"),
-            options=parse_upload_options(ex.query()),
+            options=parse_upload_options(query_of(ex.scope)),
             expected_size=body.content_length,
             exact_size=body.content_length,
             claimed_sha256=claimed_sha256(

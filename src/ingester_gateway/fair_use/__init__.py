@@ -2,7 +2,7 @@
 minute, bytes per window (README, "Fair use").
 
 An endpoint that takes uploads (the raw and multipart routes; the tus endpoint the same
-way) holds a `FairUse` and does, before its first `receive()`:
+way) holds the gateway's `FairUseGate` and does, before its first `receive()`:
 
     slot = await fair_use.acquire_upload(principal)   # 429 ApiError with Retry-After
     try:

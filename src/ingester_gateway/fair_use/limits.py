@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ingester_gateway.auth.verify import Principal
+from ingester_gateway.config import ANY_ROLE
 
 Limit = Literal["concurrent_uploads", "requests", "bytes"]
-LIMITS: tuple[Limit, ...] = ("concurrent_uploads", "requests", "bytes")
-ANY_ROLE = "*"
 RATE_WINDOW = 60.0  # requests are limited per minute (artStore's `rate_limit` unit)
 
 

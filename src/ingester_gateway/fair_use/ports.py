@@ -1,6 +1,6 @@
-"""The small interfaces of fair use: what an endpoint holds while it uploads (`FairUse`,
-`UploadSlot`), and where the users' budgets are kept (`Ledger`: this process, or Redis
-for every instance)."""
+"""The small interfaces of fair use: what an endpoint holds while it uploads
+(`UploadSlot`, from `gate.FairUseGate.acquire_upload`), and where the users' budgets
+are kept (`Ledger`: this process, or Redis for every instance)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ingester_gateway.auth.verify import Principal
 from ingester_gateway.fair_use.limits import Limit, UserLimits
 from ingester_gateway.pipeline.body import BodyMeter
 
@@ -23,13 +22,6 @@ class UploadSlot(Protocol):
     def meter(self) -> BodyMeter | None: ...
 
     async def release(self) -> None: ...
-
-
-class FairUse(Protocol):
-    async def acquire_upload(self, principal: Principal) -> UploadSlot:
-        """Admit one upload of `principal`, or raise the 429 `ApiError` of the limit it
-        is over (with `Retry-After`). Call it before the first `receive()`."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

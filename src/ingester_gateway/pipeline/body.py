@@ -231,7 +231,14 @@ class _IdleSweeper:
             self._interval = 0.25
 
 
-async def drain_body(receive: Receive, max_seconds: float, max_bytes: int) -> None:
+# How much of an unwanted body is read (and dropped) before an early answer.
+DRAIN_SECONDS = 2.0
+DRAIN_BYTES = 64 * 2**20
+
+
+async def drain_body(
+    receive: Receive, max_seconds: float = DRAIN_SECONDS, max_bytes: int = DRAIN_BYTES
+) -> None:
     """Read and drop what the client still sends, bounded, so an early error
     response is not lost to a TCP reset when the connection closes."""
     loop = asyncio.get_running_loop()

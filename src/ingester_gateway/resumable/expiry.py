@@ -17,16 +17,13 @@ from ingester_gateway.resumable.ports import (
     Staging,
     StateStore,
     StateUnavailable,
+    no_release,
 )
 from ingester_gateway.resumable.state import UploadState
 from ingester_gateway.runtime.stopping import StopSignal, stop_tasks
 
 _log = get_logger("ingester_gateway.resumable")
 SWEEP_BATCH = 100
-
-
-def _nothing() -> None:
-    return None
 
 
 async def discard(store: StateStore, staging: Staging, state: UploadState) -> None:
@@ -93,7 +90,7 @@ class Sweeper:
                 await self._store.postpone(upload_id, now + self._expiry)  # its owner decides
                 continue
             try:
-                lock = await self._locker.acquire(upload_id, _nothing, 0)
+                lock = await self._locker.acquire(upload_id, no_release, 0)
             except LockTimeout:
                 continue  # in use right now: not idle
             try:

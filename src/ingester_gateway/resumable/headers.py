@@ -33,7 +33,6 @@ DIGEST_ALGORITHMS: dict[str, Callable[[], Any]] = {
     "sha-256": hashlib.sha256,
     "sha-512": hashlib.sha512,
 }
-MAX_INTEGER = 999_999_999_999_999  # RFC 9651: at most 15 digits
 
 _DIGITS = re.compile(r"[0-9]{1,15}")
 _SF_KEY = re.compile(r"[a-z*][a-z0-9_.*-]*")

@@ -117,3 +117,8 @@ class Locker(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+def no_release() -> None:
+    """The `on_release` of a lock whose holder never lets go early (a job, the sweep)."""
+    return None

@@ -70,6 +70,13 @@ def method_of(method: str, headers: Headers) -> str:
     return method
 
 
+def _carries_data(headers: Headers, content_length: int | None) -> bool:
+    """A body with bytes in it: a Content-Length above 0, or a chunked one."""
+    if content_length is not None:
+        return content_length != 0
+    return "chunked" in headers.get("transfer-encoding", "").lower()
+
+
 def _media_type(headers: Headers) -> str:
     return headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
@@ -118,9 +125,7 @@ def creation_of(
     """The creation request's headers, checked (400/413 for bad ones); `mount` is the
     path a trusted proxy serves us at (the partial uploads' URLs may carry it)."""
     content_length = _content_length(headers)
-    has_data = content_length != 0 and (
-        content_length is not None or "chunked" in headers.get("transfer-encoding", "").lower()
-    )
+    has_data = _carries_data(headers, content_length)
     metadata = parse_metadata(headers.get("upload-metadata"))
     concat = None
     if dialect == "tus":
@@ -195,9 +200,7 @@ class Append:
 
 def append_of(dialect: Dialect, headers: Headers) -> Append:
     content_length = _content_length(headers)
-    empty = content_length == 0 or (
-        content_length is None and "chunked" not in headers.get("transfer-encoding", "").lower()
-    )
+    empty = not _carries_data(headers, content_length)
     media = _media_type(headers)
     if dialect == "tus":
         if media != OFFSET_STREAM:

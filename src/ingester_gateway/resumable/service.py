@@ -30,7 +30,7 @@ from ingester_gateway.resumable.ports import (
     StateStore,
     StateUnavailable,
 )
-from ingester_gateway.resumable.protocol import Append, Creation
+from ingester_gateway.resumable.protocol import Append, Creation, trailer_checksum
 from ingester_gateway.resumable.state import (
     Dialect,
     Owner,
@@ -262,8 +262,6 @@ class ResumableUploads:
 
     @staticmethod
     def _late_checksum(dialect: Dialect, trailers: Trailers) -> Callable[[], Checksum | None]:
-        from ingester_gateway.resumable.protocol import trailer_checksum
-
         return lambda: trailer_checksum(dialect, trailers())
 
     async def read(self, principal: Principal, upload_id: str) -> UploadState:

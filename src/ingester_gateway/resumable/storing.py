@@ -29,6 +29,7 @@ from ingester_gateway.resumable.ports import (
     Staging,
     StateStore,
     StateUnavailable,
+    no_release,
 )
 from ingester_gateway.resumable.state import UploadState, failed, stored
 from ingester_gateway.upload.driver import UploadDriver, UploadServices, new_progress
@@ -87,10 +88,6 @@ class StoreSetup:
     clock: Callable[[], float] = time.time
 
 
-def _nothing() -> None:
-    return None
-
-
 class UploadStorer:
     def __init__(self, setup: StoreSetup) -> None:
         self._s = setup
@@ -99,7 +96,7 @@ class UploadStorer:
     async def work(self, job: StoreUpload) -> bool:
         """The outbox handler: True once nothing is left to do for this job."""
         try:
-            lock = await self._s.locker.acquire(f"store-{job.upload_id}", _nothing, 0)
+            lock = await self._s.locker.acquire(f"store-{job.upload_id}", no_release, 0)
         except LockTimeout:
             return False  # another job stores it right now; look again later
         except StateUnavailable:

@@ -4,8 +4,9 @@ and reading a small request body whole."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import parse_qsl
 
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
 
 async def send_json(
@@ -42,3 +43,8 @@ async def read_small_body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def query_of(scope: Scope) -> dict[str, str]:
+    """The request's query parameters (the last of a repeated name wins)."""
+    return dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Protocol
 
 from ingester_gateway import errors
-from ingester_gateway.errors import ApiError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # After the interruptions, how long the uploads may take to fail cleanly (an SE delete,
@@ -41,10 +39,6 @@ class Interruptible(Protocol):
         ...
 
 
-def shutting_down(detail: str) -> ApiError:
-    return errors.SHUTTING_DOWN(f"the gateway is shutting down: {detail}")
-
-
 class Drain:
     def __init__(
         self,
@@ -55,7 +49,6 @@ class Drain:
         self.grace = grace
         self.settle = settle
         self.draining = False
-        self.started_at: float | None = None
         self._on_change = on_change
         self._streamed: set[Interruptible] = set()
         self._resumable: set[Interruptible] = set()
@@ -70,7 +63,7 @@ class Drain:
     def admit(self) -> None:
         """Raise `shutting_down` (503) when no new upload may start."""
         if self.draining:
-            raise shutting_down("retry on another instance")
+            raise errors.SHUTTING_DOWN("the gateway is shutting down: retry on another instance")
 
     @contextmanager
     def track(self, upload: Interruptible, resumable: bool = False) -> Iterator[None]:
@@ -105,7 +98,6 @@ class Drain:
     async def run(self) -> None:
         """Drain, and return when the server may exit."""
         self.draining = True
-        self.started_at = time.monotonic()
         if self._on_change is not None:
             self._on_change(True)
         for upload in list(self._resumable):

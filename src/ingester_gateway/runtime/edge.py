@@ -12,13 +12,33 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ingester_gateway import errors
 from ingester_gateway.errors import Problem, error_body
 
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+class Networks:
+    """Addresses and networks (`10.0.0.0/8`, `::1`) that an address is tested against:
+    the trusted proxies, for the edge's caps and for X-Forwarded-* (api/forwarded.py)."""
+
+    __slots__ = ("_networks",)
+
+    def __init__(self, texts: Sequence[str] = ()) -> None:
+        self._networks = tuple(ipaddress.ip_network(text, strict=False) for text in texts)
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def __contains__(self, address: object) -> bool:
+        if not self._networks or not isinstance(address, str):
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +50,8 @@ class EdgeLimits:
     max_connections: int | None = None  # per process; None: no cap
     max_connections_per_client: int | None = None  # per peer address; None: no cap
     # Peers whose connections carry many clients (a proxy in front): not capped per address.
-    uncapped_peers: tuple[IpNetwork, ...] = ()
+    uncapped_peers: Networks = field(default_factory=Networks)
     linger_seconds: float = 2.0  # after a refusal: input read and dropped, then closed
-
-
-def networks(texts: Sequence[str]) -> tuple[IpNetwork, ...]:
-    return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
 
 
 # Every reason the edge closes or refuses a connection (the metric's `reason` label),
@@ -177,17 +193,8 @@ class ConnectionCount:
             else:
                 del self._by_peer[peer]
 
-    def held_by(self, peer: str) -> int:
-        return self._by_peer.get(peer, 0)
-
     def _uncapped(self, peer: str) -> bool:
-        if not self._limits.uncapped_peers:
-            return False
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self._limits.uncapped_peers)
+        return peer in self._limits.uncapped_peers
 
 
 @dataclass

@@ -13,10 +13,9 @@ from types import TracebackType
 import aiohttp
 
 from ingester_gateway.resumable.headers import format_digest
+from ingester_gateway.resumable.protocol import OFFSET_STREAM, TUS_VERSION
+from ingester_gateway.resumable.protocol import PREFIX as TUS_PATH
 
-TUS_PATH = "/api/v1/tus/"
-TUS_VERSION = "1.0.0"
-OFFSET_STREAM = "application/offset+octet-stream"
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0  # the answer to a PATCH comes once its bytes are on disk
 
